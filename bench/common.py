@@ -1,0 +1,44 @@
+"""Timing helpers shared by the benchmarks: median wall time after warm-up, matmul peak."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def time_fn(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float:
+  """Median seconds of `fn(*args)` over `repeats` runs, after `warmup` runs (compile included there)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_peak_gflops(m: int = 2048, k: int = 2048, n: int = 2048, dtype=jnp.float32,
+                       repeats: int = 5) -> float:
+  """Achieved GFLOP/s of one large float32 matmul on the default device (the machine's peak)."""
+  a = jnp.ones((m, k), dtype)
+  b = jnp.ones((k, n), dtype)
+  f = jax.jit(jnp.matmul)
+  seconds = time_fn(f, a, b, repeats=repeats)
+  return 2.0 * m * k * n / seconds / 1e9
+
+
+def machine() -> str:
+  """CPU model (from /proc/cpuinfo where present), device kind and jax version."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  dev = jax.devices()[0]
+  return f"{cpu}, {dev.platform}:{dev.device_kind}, jax {jax.__version__}"
