@@ -1,0 +1,505 @@
+"""Distillation losses: membrane-aware KD (MD), logit KD and affine-projector feature KD.
+
+SPEC §3. The teacher is a frozen full-precision SNN, the student a quantized SNN with the
+same tap names. Taps are the pre-reset membranes h_t (or spikes) of every LIF layer, sown
+by the models into the Flax collections 'membranes' / 'spikes' and flattened here to
+`{'stage1/block0/lif1': array [T, B, ..., C]}`.
+
+Everything below is a pure JAX function (no Flax needed). Teacher inputs are wrapped in
+`jax.lax.stop_gradient`: they are constants and never receive a gradient.
+
+Python-number weights that are exactly 0 switch their term off: the term is not computed at
+all (0 × NaN would still be NaN), and its metric is reported as 0.
+"""
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Array = jax.Array
+Taps = Mapping[str, Array]
+LayerSpec = Union[str, Sequence[str]]
+
+__all__ = [
+    "TapNotFoundError",
+    "flatten_taps",
+    "select_taps",
+    "membrane_kd_loss",
+    "logit_kd_loss",
+    "time_mean",
+    "init_projector",
+    "apply_projector",
+    "feature_kd_loss",
+    "distillation_loss",
+]
+
+_ALIGN_MODES = ("prefix", "window_mean")
+# A loss, not a layer: keep f32 accuracy on TPU/GPU (no bf16/TF32 passes); T×T is tiny.
+_HIGHEST = jax.lax.Precision.HIGHEST
+# membrane_kd_loss's keyword arguments and defaults, forwarded by distillation_loss.
+_MD_KWARGS = {"layers": "all", "layer_weights": None, "decorrelate": True,
+              "temporal_weight": 1.0, "align": "prefix", "eps": 1e-5}
+
+
+class TapNotFoundError(KeyError, ValueError):
+  """A requested tap name is missing; the message lists the available taps.
+
+  Subclasses both KeyError (it is a failed lookup) and ValueError (it is bad input).
+  """
+
+  def __str__(self) -> str:  # KeyError would repr() the message and escape it.
+    return str(self.args[0]) if self.args else ""
+
+
+def _is_static_zero(x: Any) -> bool:
+  """True for a Python/NumPy number equal to 0 (a switched-off term); never for jax arrays."""
+  if isinstance(x, jax.Array):
+    return False
+  if isinstance(x, numbers.Number) or (isinstance(x, np.ndarray) and x.ndim == 0):
+    return float(x) == 0.0
+  return False
+
+
+def _check_nonneg_weight(name: str, w: Any) -> None:
+  if isinstance(w, numbers.Real) and not w >= 0:
+    raise ValueError(f"{name} must be >= 0, got {w!r}")
+
+
+def _compute_dtype(x: Array) -> jnp.dtype:
+  # Statistics in at least float32, so bf16 taps do not lose the standardisation.
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+# ----------------------------------------------------------------------------- taps
+
+
+def flatten_taps(collection: Mapping[str, Any], *, sep: str = "/") -> dict[str, Array]:
+  """Flattens a sown Flax collection into `{module/path: array}`.
+
+  `collection` is e.g. `mutated['membranes']`: nested dicts mirroring the module tree whose
+  leaves are `{'h': (array, ...)}`. The module path is joined with `sep`, the sow leaf key
+  ('h' / 's' / any key whose value is a tuple) is dropped and the tuple is unwrapped to its
+  LAST element (flax's `sow` appends one element per call). Already-flat dicts of arrays
+  pass through unchanged (keys kept).
+  """
+  if not isinstance(collection, Mapping):
+    raise ValueError(
+        f"taps must be a (nested) mapping of arrays, got {type(collection).__name__}")
+  out: dict[str, Array] = {}
+
+  def put(path: tuple[str, ...], value: Any) -> None:
+    name = sep.join(path)
+    if not name:
+      raise ValueError(f"a tap leaf sits at the top level of the collection with no module "
+                       f"path: {value!r}; expected {{'module': {{'h': (array,)}}}}")
+    if name in out:
+      raise ValueError(f"two taps flatten to the same name {name!r}; a module sows more "
+                       "than one leaf into this collection")
+    out[name] = value
+
+  def walk(path: tuple[str, ...], node: Any) -> None:
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        walk(path + (str(key),), value)
+      elif isinstance(value, (tuple, list)):
+        if not value:
+          raise ValueError(f"empty sow tuple at {sep.join(path + (str(key),))!r}")
+        put(path, value[-1])  # sow leaf: drop its key
+      elif path and key in ("h", "s"):
+        put(path, value)  # an already-unwrapped sow leaf
+      else:
+        put(path + (str(key),), value)
+
+  walk((), collection)
+  return out
+
+
+def select_taps(taps: Taps, layers: LayerSpec = "all") -> dict[str, Array]:
+  """Selects taps by name, in a stable order.
+
+  layers: 'all' (every tap, in the taps' own order); a list of names (in that order);
+  're:<pattern>' (every tap whose name `re.search`es the pattern, in the taps' order); or a
+  single tap name. A missing name, or a pattern with no match, raises `TapNotFoundError`
+  (a KeyError and ValueError) whose message lists the available taps.
+  """
+  taps = flatten_taps(taps)
+  available = list(taps)
+  if isinstance(layers, str):
+    if layers == "all":
+      return dict(taps)
+    if layers.startswith("re:"):
+      pattern = re.compile(layers[3:])
+      chosen = [n for n in available if pattern.search(n)]
+      if not chosen:
+        raise TapNotFoundError(
+            f"layer pattern {layers!r} matches no tap; available taps: {available}")
+      return {n: taps[n] for n in chosen}
+    layers = [layers]
+  if not isinstance(layers, Sequence) or not layers:
+    raise ValueError(f"layers must be 'all', 're:<pattern>' or a non-empty list of tap "
+                     f"names, got {layers!r}")
+  missing = [n for n in layers if n not in taps]
+  if missing:
+    raise TapNotFoundError(f"tap(s) {missing} not found; available taps: {available}")
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"layers lists a tap more than once: {list(layers)}")
+  return {n: taps[n] for n in layers}
+
+
+# ------------------------------------------------------------------- membrane KD (MD)
+
+
+def _align_time(u_t: Array, t_student: int, align: str, name: str) -> Array:
+  """Teacher [T_t, ...] -> [T_s, ...]: first T_s steps, or means over T_s windows."""
+  t_teacher = u_t.shape[0]
+  if t_teacher < t_student:
+    raise ValueError(f"tap {name!r}: teacher has T_t={t_teacher} timesteps, fewer than the "
+                     f"student's T_s={t_student}; need T_t >= T_s")
+  if t_teacher == t_student:
+    return u_t
+  if align == "prefix":
+    return u_t[:t_student]
+  # Window i covers teacher steps [floor(i*T_t/T_s), floor((i+1)*T_t/T_s)); non-empty since
+  # T_t >= T_s. Built as a static [T_s, T_t] averaging matrix so it is one matmul.
+  bounds = [(i * t_teacher) // t_student for i in range(t_student + 1)]
+  avg = np.zeros((t_student, t_teacher), np.float32)
+  for i in range(t_student):
+    avg[i, bounds[i]:bounds[i + 1]] = 1.0 / (bounds[i + 1] - bounds[i])
+  return jnp.tensordot(jnp.asarray(avg, u_t.dtype), u_t, axes=1, precision=_HIGHEST)
+
+
+def _standardize(u: Array, eps: float) -> Array:
+  """Ũ = (U − μ_{t,c}) / sqrt(σ²_{t,c} + ε²) over the batch and spatial axes.
+
+  SPEC writes (σ + ε); sqrt(σ² + ε²) differs from it by less than ε and, unlike sqrt(σ²),
+  has a finite gradient at σ = 0 (a constant, e.g. dead, channel maps to exactly Ũ = 0).
+  """
+  axes = tuple(range(1, u.ndim - 1))
+  # Shift by one sample of each (t, c) map first: the result does not depend on the shift,
+  # but a constant map (dead or saturated quantized neurons) then centres to exactly 0
+  # instead of to float32 rounding noise that 1/ε would amplify.
+  first = (slice(None),) + (slice(0, 1),) * (u.ndim - 2) + (slice(None),)
+  d = u - jax.lax.stop_gradient(u[first])
+  d = d - jnp.mean(d, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(d), axis=axes, keepdims=True)
+  return d * jax.lax.rsqrt(var + eps * eps)
+
+
+def _temporal_corr(z: Array) -> Array:
+  """R = mean over neurons n of z_n z_nᵀ / T, z_n ∈ R^T the neuron's trajectory. [T, T]."""
+  t = z.shape[0]
+  flat = z.reshape(t, -1)
+  return jnp.matmul(flat, flat.T, precision=_HIGHEST) / (flat.shape[1] * t)
+
+
+def _layer_md(u_s: Array, u_t: Array, *, decorrelate: bool, with_temporal: bool,
+              eps: float) -> tuple[Array, Array]:
+  """(L_sp, L_tm) of one layer; aligned teacher. L_tm = 0 when not computed."""
+  if not decorrelate:
+    return jnp.mean(jnp.square(u_s - u_t)), jnp.zeros((), u_s.dtype)
+  z_s = _standardize(u_s, eps)
+  z_t = _standardize(u_t, eps)
+  spatial = jnp.mean(jnp.square(z_s - z_t))
+  if not with_temporal:
+    return spatial, jnp.zeros((), spatial.dtype)
+  # ‖R_s − R_t‖²_F / T² is the mean of the squared T×T difference.
+  temporal = jnp.mean(jnp.square(_temporal_corr(z_s) - _temporal_corr(z_t)))
+  return spatial, temporal
+
+
+def _membrane_kd(student_taps: Taps, teacher_taps: Taps, *, layers: LayerSpec,
+                 layer_weights: Mapping[str, Any] | None, decorrelate: bool,
+                 temporal_weight: Any, align: str, eps: float):
+  """Shared body of `membrane_kd_loss`: also returns the weighted spatial/temporal means."""
+  if align not in _ALIGN_MODES:
+    raise ValueError(f"align must be one of {_ALIGN_MODES}, got {align!r}")
+  if isinstance(eps, numbers.Real) and not eps > 0:
+    raise ValueError(f"eps must be > 0 (it keeps constant channels finite), got {eps!r}")
+  _check_nonneg_weight("temporal_weight", temporal_weight)
+  student = select_taps(student_taps, layers)
+  teacher_all = flatten_taps(teacher_taps)
+  missing = [n for n in student if n not in teacher_all]
+  if missing:
+    raise TapNotFoundError(f"student tap(s) {missing} not found in the teacher taps; "
+                           f"available teacher taps: {list(teacher_all)}")
+  weights = {n: 1.0 for n in student}
+  if layer_weights is not None:
+    unknown = [n for n in layer_weights if n not in student]
+    if unknown:
+      raise ValueError(f"layer_weights names {unknown} that are not distilled taps; "
+                       f"distilled taps: {list(student)}")
+    for n, w in layer_weights.items():
+      _check_nonneg_weight(f"layer_weights[{n!r}]", w)
+      weights[n] = w
+  if all(isinstance(w, numbers.Real) for w in weights.values()) and sum(weights.values()) <= 0:
+    raise ValueError(f"layer weights sum to 0, nothing to distill: {weights}")
+  with_temporal = decorrelate and not _is_static_zero(temporal_weight)
+
+  per_layer: dict[str, dict[str, Array]] = {}
+  w_sum = 0.0
+  loss = sp_acc = tm_acc = 0.0
+  for name, u_s in student.items():
+    u_s = jnp.asarray(u_s)
+    u_t = jax.lax.stop_gradient(jnp.asarray(teacher_all[name]))
+    if u_s.ndim < 3:
+      raise ValueError(f"tap {name!r} has shape {u_s.shape}; expected [T, B, ..., C] "
+                       "(at least 3 axes, channels last)")
+    if u_s.shape[1:] != u_t.shape[1:]:
+      raise ValueError(f"tap {name!r}: student shape {u_s.shape} and teacher shape "
+                       f"{u_t.shape} differ beyond the time axis")
+    dtype = _compute_dtype(u_s)
+    u_t = _align_time(u_t.astype(dtype), u_s.shape[0], align, name)
+    spatial, temporal = _layer_md(u_s.astype(dtype), u_t, decorrelate=decorrelate,
+                                  with_temporal=with_temporal, eps=eps)
+    per_layer[name] = {"spatial": spatial, "temporal": temporal}
+    w = weights[name]
+    if _is_static_zero(w):
+      continue
+    layer_loss = spatial + temporal_weight * temporal if with_temporal else spatial
+    loss = loss + w * layer_loss
+    sp_acc = sp_acc + w * spatial
+    tm_acc = tm_acc + w * temporal
+    w_sum = w_sum + w
+  inv = 1.0 / w_sum
+  return (jnp.asarray(loss * inv), per_layer, jnp.asarray(sp_acc * inv),
+          jnp.asarray(tm_acc * inv))
+
+
+def membrane_kd_loss(
+    student_taps: Taps,
+    teacher_taps: Taps,
+    *,
+    layers: LayerSpec = "all",
+    layer_weights: Mapping[str, Any] | None = None,
+    decorrelate: bool = True,
+    temporal_weight: Any = 1.0,
+    align: str = "prefix",
+    eps: float = 1e-5,
+) -> tuple[Array, dict[str, dict[str, Array]]]:
+  """Membrane-aware distillation loss L_MD (SPEC §3) **[reconstruction]**.
+
+  Per distilled layer l (membranes U [T, B, ..., C], channels last):
+    1. Ũ = (U − μ_{t,c}) / sqrt(σ²_{t,c} + ε²), statistics over batch and space per
+       (timestep, channel), separately for student and teacher (the SPEC's σ + ε is replaced
+       by the gradient-safe sqrt(σ² + ε²), equal to within ε).
+    2. L_sp = mean (Ũ_s − Ũ_t)².
+    3. R = mean over neurons of z zᵀ / T (z ∈ R^T a neuron's Ũ trajectory);
+       L_tm = ‖R_s − R_t‖²_F / T².
+    4. L_MD = Σ_l w_l (L_sp,l + λ_tm L_tm,l) / Σ_l w_l, λ_tm = `temporal_weight`.
+  With `decorrelate=False`, L_sp,l is the plain MSE between raw membranes and the temporal
+  term is off. `temporal_weight == 0` (a Python number) skips the temporal term entirely.
+
+  Teacher taps are `stop_gradient`ed. A teacher with T_t > T_s timesteps is aligned to the
+  student: `align='prefix'` keeps its first T_s steps; 'window_mean' averages T_s contiguous
+  windows with boundaries floor(i·T_t/T_s).
+
+  Args:
+    student_taps, teacher_taps: flat `{name: [T, B, ..., C]}` or sown nested collections.
+    layers: which student taps to distill, see `select_taps`.
+    layer_weights: `{name: w_l}`; unlisted layers get 1. A 0 weight drops the layer.
+  Returns:
+    (L_MD scalar, {name: {'spatial': L_sp,l, 'temporal': L_tm,l}}) — per-layer terms are
+    unweighted; 'temporal' is 0 where it was not computed.
+  """
+  loss, per_layer, _, _ = _membrane_kd(
+      student_taps, teacher_taps, layers=layers, layer_weights=layer_weights,
+      decorrelate=decorrelate, temporal_weight=temporal_weight, align=align, eps=eps)
+  return loss, per_layer
+
+
+# ------------------------------------------------------------------------- logit KD
+
+
+def logit_kd_loss(student_logits: Array, teacher_logits: Array,
+                  temperature: float = 4.0) -> Array:
+  """τ² · KL(softmax(z_t/τ) ‖ softmax(z_s/τ)), mean over the batch (all leading axes).
+
+  Computed from log-softmaxes for stability; the teacher logits are `stop_gradient`ed.
+  """
+  if isinstance(temperature, numbers.Real) and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature!r}")
+  student_logits = jnp.asarray(student_logits)
+  teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
+  if student_logits.shape != teacher_logits.shape:
+    raise ValueError(f"student logits {student_logits.shape} and teacher logits "
+                     f"{teacher_logits.shape} must have the same shape [B, classes]")
+  dtype = _compute_dtype(student_logits)
+  log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / temperature, axis=-1)
+  log_p_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / temperature, axis=-1)
+  kl = optax.losses.kl_divergence_with_log_targets(log_p_s, log_p_t)
+  return temperature**2 * jnp.mean(kl)
+
+
+# ------------------------------------------------------------ affine-projector feature KD
+
+
+def time_mean(x: Array) -> Array:
+  """Feature F = (1/T) Σ_t x_t of a time-major tap [T, ...] -> [...]."""
+  x = jnp.asarray(x)
+  if x.ndim < 1:
+    raise ValueError(f"time_mean needs a time-major array [T, ...], got shape {x.shape}")
+  return jnp.mean(x, axis=0)
+
+
+def init_projector(key: Array, c_student: int, c_teacher: int,
+                   dtype: Any = jnp.float32) -> dict[str, Array]:
+  """Projector P parameters, identity at init.
+
+  c_student == c_teacher: per-channel affine {'gamma': ones [C], 'beta': zeros [C]}.
+  Otherwise a 1×1 conv {'kernel': [c_s, c_t], 'bias': [c_t]}: kernel = rectangular identity
+  plus N(0, (0.01)²/c_s) noise (from `key`) so the padded output channels are not tied.
+  """
+  for name, c in (("c_student", c_student), ("c_teacher", c_teacher)):
+    if not isinstance(c, numbers.Integral) or c < 1:
+      raise ValueError(f"{name} must be a positive int, got {c!r}")
+  if c_student == c_teacher:
+    return {"gamma": jnp.ones((c_student,), dtype), "beta": jnp.zeros((c_student,), dtype)}
+  noise = jax.random.normal(key, (c_student, c_teacher), dtype) * (0.01 / np.sqrt(c_student))
+  return {"kernel": jnp.eye(c_student, c_teacher, dtype=dtype) + noise,
+          "bias": jnp.zeros((c_teacher,), dtype)}
+
+
+def apply_projector(params: Mapping[str, Array], f: Array) -> Array:
+  """P(F) over the last (channel) axis: γ_c·F + β_c, or F @ kernel + bias (a 1×1 conv)."""
+  f = jnp.asarray(f)
+  if "gamma" in params and "beta" in params:
+    c_in = params["gamma"].shape[-1]
+    apply = lambda: f * params["gamma"] + params["beta"]
+  elif "kernel" in params and "bias" in params:
+    c_in = params["kernel"].shape[0]
+    apply = lambda: f @ params["kernel"] + params["bias"]
+  else:
+    raise ValueError(f"projector params must hold {{'gamma','beta'}} or {{'kernel','bias'}}, "
+                     f"got keys {sorted(params)}")
+  if f.ndim < 1 or f.shape[-1] != c_in:
+    raise ValueError(f"feature shape {f.shape} does not end in the projector's {c_in} "
+                     "input channels")
+  return apply()
+
+
+def feature_kd_loss(params: Mapping[str, Array], f_student: Array, f_teacher: Array) -> Array:
+  """mean (P(F_s) − F_t)² over all elements (MSE form of ‖P(F_s) − F_t‖²); teacher frozen."""
+  projected = apply_projector(params, f_student)
+  f_teacher = jax.lax.stop_gradient(jnp.asarray(f_teacher))
+  if projected.shape != f_teacher.shape:
+    raise ValueError(f"projected student feature {projected.shape} and teacher feature "
+                     f"{f_teacher.shape} differ in shape")
+  return jnp.mean(jnp.square(projected - f_teacher))
+
+
+# ---------------------------------------------------------------------- total loss
+
+
+def _feature_term(student_taps: Taps, teacher_taps: Taps, projector_params: Any,
+                  feature_pairs: Any) -> Array:
+  """Mean over pairs of feature_kd_loss(P, time_mean(student tap), time_mean(teacher tap))."""
+  if projector_params is None:
+    raise ValueError("gamma != 0 needs projector_params {student_tap: projector params}, "
+                     "got None")
+  if feature_pairs is None:
+    pairs = [(n, n) for n in projector_params]
+  elif isinstance(feature_pairs, Mapping):
+    pairs = list(feature_pairs.items())
+  else:
+    pairs = [tuple(p) for p in feature_pairs]
+  if not pairs:
+    raise ValueError(f"no feature pairs to distill: feature_pairs={feature_pairs!r}")
+  student = flatten_taps(student_taps)
+  teacher = flatten_taps(teacher_taps)
+  total = 0.0
+  for s_name, t_name in pairs:
+    if s_name not in student:
+      raise TapNotFoundError(f"feature tap {s_name!r} not in the student taps; "
+                             f"available: {list(student)}")
+    if t_name not in teacher:
+      raise TapNotFoundError(f"feature tap {t_name!r} not in the teacher taps; "
+                             f"available: {list(teacher)}")
+    if s_name not in projector_params:
+      raise ValueError(f"no projector for student tap {s_name!r}; projectors: "
+                       f"{list(projector_params)}")
+    total = total + feature_kd_loss(projector_params[s_name], time_mean(student[s_name]),
+                                    time_mean(teacher[t_name]))
+  return jnp.asarray(total / len(pairs))
+
+
+def distillation_loss(
+    student_logits: Array,
+    labels: Array,
+    teacher_logits: Array | None,
+    student_taps: Taps | None,
+    teacher_taps: Taps | None,
+    *,
+    alpha: Any = 1.0,
+    beta: Any = 1.0,
+    temperature: float = 4.0,
+    gamma: Any = 0.0,
+    projector_params: Mapping[str, Mapping[str, Array]] | None = None,
+    feature_pairs: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    **md_kwargs: Any,
+) -> tuple[Array, dict[str, Array]]:
+  """Total student loss L = CE(z_s, y) + α·L_MD + β·τ²·KL + γ·L_feat (SPEC §3).
+
+  Logits are the time-mean readout [B, classes]; `labels` are integer classes [B] or
+  (soft) one-hot [B, classes]. L_MD is `membrane_kd_loss(student_taps, teacher_taps,
+  **md_kwargs)`. L_feat is the mean over `feature_pairs` ({student_tap: teacher_tap}, or
+  (student, teacher) pairs; default: each key of `projector_params` with the same teacher
+  name) of `feature_kd_loss(projector_params[s], time_mean(s_tap), time_mean(t_tap))`.
+  A Python-number weight of 0 skips its term (its inputs may then be None).
+
+  Returns (L, metrics) with metrics 'ce', 'md' (L_MD), 'md_spatial' and 'md_temporal' (the
+  layer-weighted means of L_sp and L_tm), 'kd' (τ²·KL), 'feature', 'total'; the weights
+  α, β, γ are not folded into the term metrics; skipped terms read 0.
+  """
+  for name, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+    _check_nonneg_weight(name, w)
+  student_logits = jnp.asarray(student_logits)
+  labels = jnp.asarray(labels)
+  dtype = _compute_dtype(student_logits)
+  logits32 = student_logits.astype(dtype)
+  if labels.ndim == student_logits.ndim:
+    if labels.shape != student_logits.shape:
+      raise ValueError(f"one-hot labels {labels.shape} must match logits {student_logits.shape}")
+    ce = jnp.mean(optax.softmax_cross_entropy(logits32, labels.astype(dtype)))
+  elif labels.ndim == student_logits.ndim - 1 and labels.shape == student_logits.shape[:-1]:
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(f"integer class labels expected for shape {labels.shape}, got dtype "
+                       f"{labels.dtype}")
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits32, labels))
+  else:
+    raise ValueError(f"labels shape {labels.shape} fits neither integer labels "
+                     f"{student_logits.shape[:-1]} nor one-hot {student_logits.shape}")
+
+  unknown = sorted(set(md_kwargs) - set(_MD_KWARGS))
+  if unknown:
+    raise ValueError(f"unknown keyword arguments {unknown}; membrane_kd_loss accepts "
+                     f"{list(_MD_KWARGS)}")
+  md_options = {**_MD_KWARGS, **md_kwargs}
+
+  zero = jnp.zeros((), dtype)
+  md = md_sp = md_tm = kd = feat = zero
+  total = ce
+  if not _is_static_zero(alpha):
+    if student_taps is None or teacher_taps is None:
+      raise ValueError("alpha != 0 needs student_taps and teacher_taps, got None")
+    md, _, md_sp, md_tm = _membrane_kd(student_taps, teacher_taps, **md_options)
+    total = total + alpha * md
+  if not _is_static_zero(beta):
+    if teacher_logits is None:
+      raise ValueError("beta != 0 needs teacher_logits, got None")
+    kd = logit_kd_loss(student_logits, teacher_logits, temperature)
+    total = total + beta * kd
+  if not _is_static_zero(gamma):
+    if student_taps is None or teacher_taps is None:
+      raise ValueError("gamma != 0 needs student_taps and teacher_taps, got None")
+    feat = _feature_term(student_taps, teacher_taps, projector_params, feature_pairs)
+    total = total + gamma * feat
+  metrics = {"ce": ce, "md": md, "md_spatial": md_sp, "md_temporal": md_tm, "kd": kd,
+             "feature": feat, "total": total}
+  return total, metrics
