@@ -1,0 +1,36 @@
+"""The base configuration every launcher config starts from (big_vision / flax-examples style)."""
+from __future__ import annotations
+
+import ml_collections
+
+from mdsnn_jax.nn import default_model_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with defaults; `launch/configs/*.py` override what a run needs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Comma-separated stages, run in order: 'fp' (FP teacher), 'qat' (quantized student, no
+  # KD), 'md' (quantized student distilled from the teacher in workdir/fp or
+  # distill.teacher_workdir).
+  c.stages = "fp"
+  c.init_from_teacher = True  # qat / md students start from the FP teacher's weights
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="digits", root=None, source="auto", image_size=None, timesteps=None,
+      augment=False, train_subset=None, worker_count=0))
+  c.model = default_model_config()
+
+  c.train = ml_collections.ConfigDict(dict(
+      global_batch=64, eval_batch=128, steps=500, log_every=50, eval_every=0,
+      checkpoint_every=100, keep_checkpoints=2))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adam", lr=1e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9))
+  c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05))
+  c.distill = ml_collections.ConfigDict(dict(
+      alpha=1.0, beta=1.0, temperature=4.0, gamma=0.0, layers="all", decorrelate=True,
+      temporal_weight=1.0, align="prefix", teacher_timesteps=0, teacher_workdir=""))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1))
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address=None, num_processes=None, process_id=None))
+  return c

@@ -1,0 +1,70 @@
+"""The training state: parameters, non-gradient collections and the optimizer state."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import optax
+
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training (and so is checkpointed).
+
+  params: trained by gradient. batch_stats: tdBN running statistics. quant_state:
+  quantizer state updated outside the gradient (e.g. LQ-Net bases).
+  """
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  quant_state: PyTree
+  opt_state: optax.OptState
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, variables: dict, tx: optax.GradientTransformation) -> "TrainState":
+    params = variables["params"]
+    return cls(
+        step=jax.numpy.zeros((), jax.numpy.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        quant_state=variables.get("quant_state", {}),
+        opt_state=tx.init(params),
+        tx=tx,
+    )
+
+  @property
+  def variables(self) -> dict:
+    """The model variables in the form `model.apply` takes."""
+    return {"params": self.params, "batch_stats": self.batch_stats,
+            "quant_state": self.quant_state}
+
+  def apply_gradients(self, grads, *, batch_stats, quant_state) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        batch_stats=batch_stats, quant_state=quant_state, opt_state=opt_state)
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+  """Adam / AdamW / SGD-momentum with a constant or (warm-up +) cosine learning rate."""
+  lr = float(optim_cfg.lr)
+  schedule = optim_cfg.get("schedule", "cosine")
+  warmup = int(optim_cfg.get("warmup_steps", 0))
+  if schedule == "cosine":
+    lr_fn = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1))
+  elif schedule == "constant":
+    lr_fn = optax.constant_schedule(lr) if not warmup else optax.linear_schedule(0.0, lr, warmup)
+  else:
+    raise ValueError(f"unknown optim.schedule {schedule!r}; allowed: ['cosine', 'constant']")
+  name = optim_cfg.get("name", "adam")
+  wd = float(optim_cfg.get("weight_decay", 0.0))
+  if name == "adam":
+    return optax.adam(lr_fn) if wd == 0 else optax.adamw(lr_fn, weight_decay=wd)
+  if name == "adamw":
+    return optax.adamw(lr_fn, weight_decay=wd)
+  if name == "sgd":
+    tx = optax.sgd(lr_fn, momentum=float(optim_cfg.get("momentum", 0.9)), nesterov=True)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+  raise ValueError(f"unknown optim.name {name!r}; allowed: ['adam', 'adamw', 'sgd']")

@@ -1,0 +1,130 @@
+"""Training and evaluation steps: FP / QAT (task loss) and MD distillation (SPEC §3).
+
+Models return per-timestep logits [T, B, K]; the readout is their time mean. The step
+functions are pure `(state, batch, ...) -> (state, metrics)` and are jitted with explicit
+shardings by `make_*_step` (batch on the mesh's 'data' axis, everything else replicated).
+
+In the distillation step the teacher's variables are an argument that is never
+differentiated: its forward runs in eval mode outside `jax.value_and_grad`, so no backward
+pass through the teacher is built (tests count the convolutions in the jaxpr).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mdsnn_jax import distill
+from mdsnn_jax.train import sharding as shd
+from mdsnn_jax.train.state import TrainState
+
+LOSS_KINDS = ("ce", "tet")
+
+
+def task_loss(logits_t: jax.Array, labels: jax.Array, kind: str = "ce",
+              tet_lambda: float = 0.05) -> jax.Array:
+  """Task loss on per-timestep logits [T, B, K].
+
+  'ce': CE(mean_t o_t, y).  'tet' (temporal efficient training):
+  (1 − λ)·mean_t CE(o_t, y) + λ·mean_t MSE(o_t, 1).
+  """
+  if kind == "ce":
+    return optax.softmax_cross_entropy_with_integer_labels(logits_t.mean(0), labels).mean()
+  if kind == "tet":
+    ce_t = optax.softmax_cross_entropy_with_integer_labels(
+        logits_t, jnp.broadcast_to(labels, logits_t.shape[:2])).mean()
+    if tet_lambda == 0:
+      return ce_t
+    return (1.0 - tet_lambda) * ce_t + tet_lambda * jnp.mean((logits_t - 1.0) ** 2)
+  raise ValueError(f"unknown loss.kind {kind!r}; allowed: {list(LOSS_KINDS)}")
+
+
+def _apply(model, variables, images, *, train: bool, timesteps: int | None, taps: bool):
+  """Runs the model; returns (logits [T,B,K], updated collections incl. taps when asked)."""
+  mutable = (["batch_stats", "quant_state"] if train else []) + (["membranes"] if taps else [])
+  if not mutable:
+    return model.apply(variables, images, train=train, timesteps=timesteps), {}
+  return model.apply(variables, images, train=train, timesteps=timesteps, mutable=mutable)
+
+
+def _student_variables(state: TrainState, params) -> dict:
+  model_params = {k: v for k, v in params.items() if k != "projector"}
+  return {"params": model_params, "batch_stats": state.batch_stats,
+          "quant_state": state.quant_state}
+
+
+def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *, model,
+               loss_cfg, distill_cfg=None, teacher_model=None,
+               timesteps: int | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step. With `distill_cfg` (stage 'md'): L = task + α·MD + β·τ²KL + γ·feat."""
+  images, labels = batch["image"], batch["label"]
+  kind = loss_cfg.get("kind", "ce")
+  tet_lambda = float(loss_cfg.get("tet_lambda", 0.05))
+
+  teacher_logits = teacher_taps = None
+  if distill_cfg is not None:
+    t_out, t_cols = _apply(teacher_model, teacher_variables, images, train=False,
+                           timesteps=distill_cfg.get("teacher_timesteps") or timesteps, taps=True)
+    teacher_logits = jax.lax.stop_gradient(t_out.mean(0))
+    teacher_taps = jax.lax.stop_gradient(distill.flatten_taps(t_cols["membranes"]))
+
+  def loss_fn(params):
+    logits_t, cols = _apply(model, _student_variables(state, params), images, train=True,
+                            timesteps=timesteps, taps=distill_cfg is not None)
+    metrics = {}
+    if distill_cfg is None:
+      loss = task_loss(logits_t, labels, kind, tet_lambda)
+      metrics["ce"] = loss if kind == "ce" else optax.softmax_cross_entropy_with_integer_labels(
+          logits_t.mean(0), labels).mean()
+    else:
+      loss, metrics = distill.distillation_loss(
+          logits_t.mean(0), labels, teacher_logits, distill.flatten_taps(cols["membranes"]),
+          teacher_taps, alpha=distill_cfg.alpha, beta=distill_cfg.beta,
+          temperature=distill_cfg.temperature, gamma=distill_cfg.gamma,
+          projector_params=params.get("projector"),
+          layers=_layers(distill_cfg.layers), decorrelate=distill_cfg.decorrelate,
+          temporal_weight=distill_cfg.temporal_weight, align=distill_cfg.align)
+      if kind != "ce":  # swap the CE task term for the configured one
+        loss = loss - metrics["ce"] + task_loss(logits_t, labels, kind, tet_lambda)
+    metrics["loss"] = loss
+    metrics["accuracy"] = jnp.mean(jnp.argmax(logits_t.mean(0), -1) == labels)
+    return loss, (metrics, cols)
+
+  (_, (metrics, cols)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(
+      grads, batch_stats=cols.get("batch_stats", state.batch_stats),
+      quant_state=cols.get("quant_state", state.quant_state))
+  return new_state, metrics
+
+
+def _layers(spec):
+  """Config form of `distill.select_taps`'s layers: 'all', 're:<pattern>' or a comma list."""
+  if isinstance(spec, str) and spec != "all" and not spec.startswith("re:"):
+    return [s.strip() for s in spec.split(",") if s.strip()]
+  return spec
+
+
+def eval_step(variables: dict, batch: dict, *, model, timesteps: int | None = None) -> dict:
+  """Sums of correct predictions and of examples (padding excluded through batch['mask'])."""
+  logits = model.apply(variables, batch["image"], train=False, timesteps=timesteps).mean(0)
+  mask = batch["mask"]
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * mask
+  return {"correct": correct.sum(), "count": mask.sum()}
+
+
+def make_train_step(mesh, *, model, loss_cfg, distill_cfg=None, teacher_model=None,
+                    timesteps=None) -> Callable:
+  """`train_step` jitted with the batch sharded on 'data' and state/teacher replicated."""
+  rep, data = shd.replicated(mesh), shd.batch_sharding(mesh)
+  fn = lambda state, batch, teacher_variables: train_step(
+      state, batch, teacher_variables, model=model, loss_cfg=loss_cfg, distill_cfg=distill_cfg,
+      teacher_model=teacher_model, timesteps=timesteps)
+  return jax.jit(fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def make_eval_step(mesh, *, model, timesteps=None) -> Callable:
+  rep, data = shd.replicated(mesh), shd.batch_sharding(mesh)
+  fn = lambda variables, batch: eval_step(variables, batch, model=model, timesteps=timesteps)
+  return jax.jit(fn, in_shardings=(rep, data), out_shardings=rep)

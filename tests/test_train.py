@@ -1,0 +1,218 @@
+"""The launcher end to end, resume after SIGKILL, sharding, config validation, distill step."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--config.model.name=digits_mlp", "--config.model.timesteps=2",
+    "--config.train.global_batch=32", "--config.train.eval_batch=64",
+    "--config.train.log_every=10",
+]
+
+
+def _launch(workdir, *overrides, config="launch/configs/default.py:fp", env=None, **popen):
+  cmd = [sys.executable, "launch/train.py", f"--config={config}", f"--workdir={workdir}",
+         *TINY, *overrides]
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _run(workdir, *overrides, **kw):
+  proc = _launch(workdir, *overrides, **kw)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  return out
+
+
+def _final_params(stage_dir):
+  from mdsnn_jax.train.checkpoint import load_variables
+  return jax.tree.map(np.asarray, load_variables(pathlib.Path(stage_dir) / "final_variables"))
+
+
+def test_end_to_end_digits_fp_then_md(tmp_path):
+  out = _run(tmp_path, "--config.train.steps=60", "--config.train.checkpoint_every=30",
+             config="launch/configs/default.py:fp,md")
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  for stage in ("fp", "md"):
+    acc = summary["stages"][stage]["test_accuracy"]
+    assert acc > 0.3, f"{stage} accuracy {acc} not above chance (0.1)\n{out}"
+    assert (tmp_path / stage / "final_variables").is_dir()
+    records = [json.loads(l) for l in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_accuracy" in r for r in records)
+    assert any("loss" in r and "steps_per_s" in r for r in records)
+  md = [json.loads(l) for l in (tmp_path / "md" / "metrics.jsonl").read_text().splitlines()]
+  assert md[0].get("ptq_accuracy", 0) > 0.1, md[0]  # the quantized start, evaluated at step 0
+  train_records = [r for r in md if "loss" in r]
+  assert all(k in train_records[0] for k in ("md", "kd", "ce")), train_records[0]
+  assert "ETA" in out and "steps/s" in out
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+  args = ("--config.train.steps=40", "--config.train.checkpoint_every=5")
+  _run(tmp_path / "straight", *args)
+
+  killed = tmp_path / "killed"
+  proc = _launch(killed, *args)
+  ckpt_dir = killed / "fp" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+    if steps and max(steps) >= 10:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "fp" / "final_variables").exists()
+
+  out = _run(killed, *args)
+  summary = json.loads((killed / "fp" / "summary.json").read_text())
+  assert summary["resumed_from_step"] >= 10, out
+  a, b = _final_params(tmp_path / "straight" / "fp"), _final_params(killed / "fp")
+  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from mdsnn_jax.train.config import base_config
+    from mdsnn_jax.train import sharding as shd, steps
+    from mdsnn_jax.train.state import TrainState, make_optimizer
+    from mdsnn_jax import nn, data
+    assert len(jax.devices()) == 4, jax.devices()
+    c = base_config(); c.model.name = 'digits_cnn'; c.model.timesteps = 2
+    info = data.dataset_info(c.data)
+    model = nn.create_model(c.model, info.num_classes)
+    batch = next(iter(data.make_loader(c.data, 'train', batch_size=32, seed=0, shuffle=True)))
+    batch = {'image': np.asarray(batch['image']), 'label': np.asarray(batch['label'])}
+    variables = model.init({'params': jax.random.PRNGKey(0)}, batch['image'][:1], train=False)
+    variables = jax.tree.map(np.asarray, dict(variables))  # host copies: each mesh's step donates its own
+    results = []
+    for n in (1, 4):
+      mesh = shd.make_mesh(n)
+      state = TrainState.create(variables=dict(variables), tx=make_optimizer(c.optim, 10))
+      state = jax.device_put(state, shd.replicated(mesh))
+      fn = steps.make_train_step(mesh, model=model, loss_cfg=c.loss, timesteps=2)
+      for _ in range(3):
+        state, m = fn(state, shd.global_batch_from_local(batch, mesh), None)
+      results.append((jax.tree.map(np.asarray, state.params), float(m['loss'])))
+    (p1, l1), (p4, l4) = results
+    np.testing.assert_allclose(l1, l4, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+      np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+    try:
+      shd.check_batch_divisible(30, shd.make_mesh(4))
+    except ValueError as e:
+      assert '30' in str(e) and '4' in str(e), e
+    else:
+      raise AssertionError('indivisible batch accepted')
+    print('SHARDING_OK')
+""")
+
+
+def test_four_device_step_equals_one_device_step():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  res = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert "SHARDING_OK" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.name=imagenet9000", "imagenet9000"),
+    ("--config.model.name=resnet1000", "resnet1000"),
+    ("--config.stages=fp,distill", "distill"),
+    ("--config.train.global_batch=0", "0"),
+    ("--config.loss.kind=hinge", "hinge"),
+])
+def test_bad_config_fails_before_training(tmp_path, override, message):
+  proc = _launch(tmp_path, override)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  assert message in out, out
+  assert not (tmp_path / "fp" / "checkpoints").exists(), "training started despite a bad config"
+
+
+def test_md_without_teacher_fails_with_where_to_find_it(tmp_path):
+  proc = _launch(tmp_path, config="launch/configs/default.py:md")
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  assert "teacher" in out and str(tmp_path / "fp" / "final_variables") in out, out
+
+
+def test_validate_config_rejects_indivisible_batch(tmp_path):
+  from mdsnn_jax.train.config import base_config
+  from mdsnn_jax.train.loop import validate_config
+  c = base_config()
+  c.train.global_batch = 3
+  if len(jax.devices()) == 1:
+    pytest.skip("one device: every batch size divides")
+  with pytest.raises(ValueError, match="3"):
+    validate_config(c, tmp_path)
+
+
+def _count_convs(jaxpr) -> int:
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      n += 1
+    for v in eqn.params.values():
+      if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+        n += _count_convs(v.jaxpr)
+      elif hasattr(v, "eqns"):
+        n += _count_convs(v)
+  return n
+
+
+def test_distill_step_computes_no_teacher_backward():
+  """Student convs appear 3× (forward, input grad, weight grad); the teacher's once."""
+  from mdsnn_jax import nn
+  from mdsnn_jax.train.config import base_config
+  from mdsnn_jax.train import steps
+  from mdsnn_jax.train.loop import stage_model_config
+  from mdsnn_jax.train.state import TrainState, make_optimizer
+  c = base_config()
+  c.stages = "md"
+  c.model.name = "digits_cnn"
+  c.model.timesteps = 2
+  c.model.conv_impl = "xla"
+  c.model.quant.weight = {"kind": "lsq", "bits": 2}
+  teacher = nn.create_model(stage_model_config(c, "fp"), 10)
+  student = nn.create_model(stage_model_config(c, "md"), 10)
+  x = jnp.zeros((4, 8, 8, 1))
+  batch = {"image": x, "label": jnp.zeros((4,), jnp.int32)}
+  tv = teacher.init({"params": jax.random.PRNGKey(0)}, x[:1], train=False)
+  sv = student.init({"params": jax.random.PRNGKey(1)}, x[:1], train=False)
+  state = TrainState.create(variables=dict(sv), tx=make_optimizer(c.optim, 10))
+
+  def only_teacher(tv):
+    return teacher.apply(tv, x, train=False, timesteps=2)
+
+  def only_student_grad(state):
+    return steps.train_step(state, batch, None, model=student, loss_cfg=c.loss, timesteps=2)
+
+  def distill(state, tv):
+    return steps.train_step(state, batch, tv, model=student, loss_cfg=c.loss, distill_cfg=c.distill,
+                            teacher_model=teacher, timesteps=2)
+
+  n_teacher = _count_convs(jax.make_jaxpr(only_teacher)(tv).jaxpr)
+  n_student = _count_convs(jax.make_jaxpr(only_student_grad)(state).jaxpr)
+  n_distill = _count_convs(jax.make_jaxpr(distill)(state, tv).jaxpr)
+  assert n_teacher > 0 and n_student > n_teacher
+  assert n_distill == n_student + n_teacher, (n_distill, n_student, n_teacher)
