@@ -1,0 +1,599 @@
+"""The "beyond accuracy" report of a trained workdir: accuracy, firing behaviour, hardware.
+
+    report = build_report(workdir, out_dir=workdir / 'report')
+
+For every trained stage ('fp' teacher, 'qat' / 'md' students) of a workdir written by
+`mdsnn_jax.train.loop.train_and_evaluate`:
+
+- accuracy: the one in the stage's summary.json and the one re-measured here;
+- firing (SPEC §5): per-neuron rates r_j = (1/(N·T)) Σ_n Σ_t s_j^(n)[t] over the test split,
+  streamed batch by batch (`firing.update_rates`); per layer the mean rate, the dead
+  fraction (r_j = 0) and the neuron count;
+- EMD (SPEC §5): Wasserstein-1 distance between the FP teacher's and each quantized stage's
+  per-neuron rate distributions, per layer and pooled over all spiking layers;
+- hardware (SPEC §6): `hardware.crossbar_cost` of the model's conv / dense layers in dense
+  mode (SpikeSim's reference) and in event mode (crossbar reads charged at the layer's input
+  spike rate), and the ratios of each quantized stage over the FP teacher (`compare_costs`).
+
+Bits charged to the crossbar model (SPEC §6 extensions):
+- FP teacher: 16-bit weights (4 columns of 4-bit cells per weight) and 22-bit membranes, the
+  width of SpikeSim's neuron memory.
+- Quantized student: `model.quant.weight.bits` (ternary weights: 2 bits, log2 3 = 1.58
+  rounded up to whole stored bits) and the membrane grid's stored bits
+  ⌈log2(#levels)⌉ (ternary {−1, 0, 1}: ⌈1.58⌉ = 2; uniform b-bit: b; integer {−3..1}: 3).
+  The whole network is charged at these widths; first / last layer precision overrides
+  (`model.quant.first_layer` / `last_layer`) are not modelled.
+
+Event-mode input rates: a conv / dense layer's input rate is the mean rate of the LIF
+layer whose output it reads (matched by identity of the traced array), else of the LIF
+layer that most recently finished before it in call order. The latter is an approximation
+where a residual sum sits in between (SEW-ResNet's spike-count ADD can exceed one spike).
+A layer with no LIF before it (the first layer, fed analog pixels or event frames) is
+charged dense, rate 1.0.
+
+Outputs in `out_dir`, all written atomically (temporary file in the same folder, then
+`os.replace`): report.json, report.md (markdown tables), firing_rates.png (per-layer
+rate histograms FP vs quantized), emd_per_layer.png, energy_breakdown.png.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdsnn_jax import distill
+from mdsnn_jax import firing
+from mdsnn_jax import hardware as hw
+
+FP_WEIGHT_BITS = 16
+FP_MEMBRANE_BITS = 22  # SpikeSim's neuron memory width
+STAGE_ORDER = ("fp", "qat", "md")
+BITS_NOTE = (f"Bits: FP teacher {FP_WEIGHT_BITS}-bit weights and {FP_MEMBRANE_BITS}-bit "
+             "membranes (SpikeSim's neuron memory); quantized stages their weight bits (ternary: "
+             "2) and ceil(log2 #membrane levels) stored membrane bits (ternary: 2), charged to "
+             "every layer (first / last layer precision overrides are not modelled).")
+PLOT_FILES = ("firing_rates.png", "emd_per_layer.png", "energy_breakdown.png")
+HARDWARE_FIELDS = ("energy_uj", "latency_ms", "area_mm2", "edp_js", "edap_js_mm2", "tops_per_w",
+                   "tops_per_mm2")
+RATIO_FIELDS = ("energy_reduction", "latency_reduction", "area_reduction", "edp_reduction",
+                "edap_reduction", "tops_per_w_gain", "tops_per_mm2_gain")
+
+
+class FiringResult(NamedTuple):
+  """What `collect_firing` measured over the evaluated examples.
+
+  rates: {layer: per-neuron rate r_j, float64 [neurons]} in spikes per neuron per timestep.
+  accuracy: fraction of examples whose time-mean logits' argmax equals the label.
+  examples: number of examples seen.
+  """
+  rates: dict[str, np.ndarray]
+  accuracy: float
+  examples: int
+
+
+class HardwareResult(NamedTuple):
+  """What `hardware_for` computed.
+
+  layers: the conv / dense `LayerShape`s in call order. input_rates: ρ_i charged in event
+  mode (1.0 for a layer with no LIF before it). sources: the LIF layer each ρ_i came from
+  (None for dense-charged layers). dense / event: `CrossbarCost`s (event is None when no
+  spike rates were given).
+  """
+  layers: list[hw.LayerShape]
+  input_rates: list[float]
+  sources: list[str | None]
+  dense: hw.CrossbarCost
+  event: hw.CrossbarCost | None
+
+
+# ----------------------------------------------------------------------------------------
+# Streaming firing rates and accuracy.
+
+
+def spike_forward(model, timesteps: int | None):
+  """(variables, x) -> (time-mean logits [B, K], {layer: spikes [T, B, ...]}), not jitted."""
+
+  def forward(variables, x):
+    logits, cols = model.apply(variables, x, train=False, timesteps=timesteps, mutable=["spikes"])
+    if "spikes" not in cols:
+      raise ValueError(f"model {type(model).__name__} sowed no 'spikes' collection; every LIF "
+                       "layer must call self.sow('spikes', 's', s)")
+    return logits.mean(0), distill.flatten_taps(cols["spikes"])
+
+  return forward
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _firing_step(model, timesteps, stats, variables, x, y):
+  logits, taps = spike_forward(model, timesteps)(variables, x)
+  correct = jnp.sum(jnp.argmax(logits, -1) == y)
+  return firing.update_rates(stats, taps), correct
+
+
+def collect_firing(model, variables, loader: Iterable[Mapping[str, Any]], timesteps: int | None,
+                   max_batches: int | None = None) -> FiringResult:
+  """Per-neuron firing rates and accuracy of `model` over `loader` (batches {'image','label'}).
+
+  One jitted step per batch runs the forward with the 'spikes' collection mutable and adds
+  the batch's spikes to the running sums (`firing.update_rates`): memory is constant in
+  the number of batches. The step is compiled once per (model, timesteps, batch shape), so
+  a last, smaller batch costs one extra compilation; `model` must be hashable (linen
+  modules are). Stops after `max_batches` batches when given.
+  """
+  if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(
+      max_batches, (int, np.integer)) or max_batches < 1):
+    raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+  stats = None
+  correct = examples = 0
+  for i, batch in enumerate(loader):
+    if max_batches is not None and i >= max_batches:
+      break
+    x = jnp.asarray(batch["image"], jnp.float32)
+    y = jnp.asarray(batch["label"], jnp.int32)
+    if stats is None:
+      stats = firing.init_rates(jax.eval_shape(spike_forward(model, timesteps), variables, x)[1])
+    stats, c = _firing_step(model, timesteps, stats, variables, x, y)
+    correct += int(c)
+    examples += int(y.shape[0])
+  if stats is None:
+    raise ValueError("the loader yielded no batch; allowed: at least one {'image', 'label'} batch")
+  return FiringResult(firing.finalize_rates(stats), correct / examples, examples)
+
+
+# ----------------------------------------------------------------------------------------
+# Hardware figures.
+
+
+def weight_bits_of(weight_cfg: Mapping[str, Any]) -> int:
+  """Stored weight bits of a weight-quantizer config: kind 'none' → 16 (the FP teacher),
+  else the quantizer's `bits` (`quant.make_weight_quantizer`; ternary reports 2 = ⌈1.58⌉)."""
+  from mdsnn_jax.quant.registry import make_weight_quantizer  # local: only this needs quant
+
+  if weight_cfg.get("kind", "none") == "none":
+    return FP_WEIGHT_BITS
+  return int(make_weight_quantizer(weight_cfg).bits)
+
+
+def membrane_bits_of(membrane_cfg: Mapping[str, Any]) -> int:
+  """Stored membrane bits ⌈log2(#levels)⌉ of a membrane-quantizer config; 'none' → 22 (FP).
+
+  Levels from `quant.make_membrane_quantizer(cfg).levels`: ternary {−1, 0, 1} → ⌈1.58⌉ = 2;
+  uniform b bits (2^b − 1 levels) → b; integer {−3..1} → ⌈2.32⌉ = 3.
+  """
+  from mdsnn_jax.quant.registry import make_membrane_quantizer
+
+  if membrane_cfg.get("kind", "none") == "none":
+    return FP_MEMBRANE_BITS
+  n_levels = len(make_membrane_quantizer(membrane_cfg).levels)
+  if n_levels < 2:
+    raise ValueError(f"membrane quantizer {dict(membrane_cfg)!r} has {n_levels} level(s); "
+                     "the hardware model needs a grid of >= 2 levels")
+  return max(1, math.ceil(math.log2(n_levels) - 1e-9))
+
+
+def hardware_bits(model_cfg: Mapping[str, Any]) -> tuple[int, int]:
+  """(weight_bits, membrane_bits) charged to the crossbar model for a stage's model config."""
+  quant = model_cfg.get("quant", None) or {}
+  return (weight_bits_of(quant.get("weight", None) or {"kind": "none"}),
+          membrane_bits_of(quant.get("membrane", None) or {"kind": "none"}))
+
+
+def _has_kernel(mod) -> bool:
+  kernel = mod.variables.get("params", {}).get("kernel")
+  return kernel is not None and not isinstance(kernel, Mapping) and np.ndim(kernel) in (2, 4)
+
+
+def _sows_spikes(mod) -> bool:
+  own = mod.variables.get("spikes", {})
+  return isinstance(own, Mapping) and any(isinstance(v, (tuple, list)) for v in own.values())
+
+
+def layer_input_sources(model, variables, sample_x, **apply_kwargs) -> list[str | None]:
+  """For each conv / dense layer in call order (as `layer_shapes_from_model` lists them), the
+  tap name of the LIF layer whose spikes it reads, or None when no LIF layer precedes it.
+
+  Runs one abstract forward (`jax.eval_shape`) with 'spikes' mutable under
+  `flax.linen.intercept_methods`. A LIF layer is a module that sows into 'spikes' itself;
+  its name is its module path joined by '/', as `distill.flatten_taps` names the taps.
+  A layer whose input is the very array a LIF layer returned (e.g. MS-ResNet's downsample
+  conv reading lif1's spikes) gets that LIF; otherwise (a reshape, a residual sum in
+  between) the LIF layer that most recently finished before it in call order.
+  """
+  import flax.linen as nn  # local: the rest of this module runs without Flax
+
+  order: list[str | None] = []
+  seen: set[tuple] = set()
+  lif_outputs: list[tuple[str, Any]] = []  # (name, returned array), kept alive for `is`
+
+  def interceptor(next_fun, fargs, fkwargs, context):
+    mod = context.module
+    if context.method_name != "__call__" or mod.scope is None:
+      return next_fun(*fargs, **fkwargs)
+    key = tuple(mod.scope.path)
+    if fargs and key not in seen and _has_kernel(mod):
+      seen.add(key)
+      direct = [name for name, out in lif_outputs if out is fargs[0]]
+      order.append(direct[-1] if direct else (lif_outputs[-1][0] if lif_outputs else None))
+    out = next_fun(*fargs, **fkwargs)
+    if _sows_spikes(mod):
+      lif_outputs.append(("/".join(key), out))
+    return out
+
+  kwargs = dict(apply_kwargs)
+  kwargs["mutable"] = ["spikes"]
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), variables, sample_x)
+  return order
+
+
+def hardware_for(model, variables, sample_x, *, weight_bits: int, membrane_bits: int,
+                 timesteps: int, spike_rates: Mapping[str, Any] | None = None,
+                 crossbar: hw.CrossbarConfig = hw.CrossbarConfig()) -> HardwareResult:
+  """Crossbar cost of `model`'s conv / dense layers in dense and (with rates) event mode.
+
+  spike_rates: {LIF layer: per-neuron rates or a mean rate} (e.g. `collect_firing(...).rates`).
+  Layer i's event-mode input rate ρ_i is the mean rate of the LIF layer it reads
+  (`layer_input_sources`); with no LIF before it (the first layer, fed analog pixels or
+  event frames) ρ_i = 1.0, i.e. charged dense. `crossbar`
+  supplies the other hardware parameters; timesteps, bits and mode are set here.
+  """
+  apply_kwargs = dict(train=False, timesteps=timesteps, mutable=["spikes"])
+  layers = hw.layer_shapes_from_model(model, variables, sample_x, **apply_kwargs)
+  sources = layer_input_sources(model, variables, sample_x, train=False, timesteps=timesteps)
+  if len(sources) != len(layers):
+    raise ValueError(f"found {len(sources)} layer inputs but {len(layers)} crossbar layers")
+  dense_cfg = dataclasses.replace(crossbar, timesteps=int(timesteps), weight_bits=int(weight_bits),
+                                  membrane_bits=int(membrane_bits), mode="dense")
+  dense = hw.crossbar_cost(layers, dense_cfg)
+  if spike_rates is None:
+    return HardwareResult(layers, [1.0] * len(layers), [None] * len(layers), dense, None)
+  means = {name: float(np.mean(np.asarray(r, np.float64))) for name, r in spike_rates.items()}
+  rates = []
+  for src in sources:
+    if src is None:
+      rates.append(1.0)
+    elif src not in means:
+      raise ValueError(f"no spike rate for LIF layer {src!r}; spike_rates name {sorted(means)}")
+    else:
+      rates.append(means[src])
+  event = hw.crossbar_cost(layers, dataclasses.replace(dense_cfg, mode="event"), spike_rates=rates)
+  return HardwareResult(layers, rates, list(sources), dense, event)
+
+
+def cost_summary(cost: hw.CrossbarCost) -> dict[str, Any]:
+  """Display units: energy µJ, latency ms, area mm², EDP J·s, EDAP J·s·mm², TOPS/W, TOPS/mm²."""
+  return dict(
+      energy_uj=cost.energy_j * 1e6, latency_ms=cost.latency_s * 1e3, area_mm2=cost.area_mm2,
+      edp_js=cost.edp, edap_js_mm2=cost.edap, tops_per_w=cost.tops_per_w,
+      tops_per_mm2=cost.tops_per_mm2, tiles=cost.tiles, total_pes=cost.total_pes,
+      energy_breakdown_uj={k: v * 1e6 for k, v in cost.energy_breakdown_j.items()},
+      area_breakdown_mm2=dict(cost.area_breakdown_mm2))
+
+
+# ----------------------------------------------------------------------------------------
+# Atomic writers.
+
+
+@contextlib.contextmanager
+def _atomic_path(path: pathlib.Path):
+  """Yields a temporary path next to `path`; renames it into place when the block succeeds."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  with _atomic_path(pathlib.Path(path)) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def save_figure_atomic(fig, path: str | os.PathLike) -> None:
+  with _atomic_path(pathlib.Path(path)) as tmp:
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+# ----------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg backend).
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")  # no display; a no-op when Agg is already active
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_firing_histograms(rates_by_stage: Mapping[str, Mapping[str, Any]], path, bins: int = 20):
+  """Grid of per-layer histograms of per-neuron rates on [0, 1], one outline per stage."""
+  plt = _pyplot()
+  stages = list(rates_by_stage)
+  layers = list(next(iter(rates_by_stage.values())))
+  cols = min(3, len(layers))
+  rows = -(-len(layers) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+  for ax, layer in zip(axes.flat, layers):
+    for stage in stages:
+      if layer not in rates_by_stage[stage]:
+        continue
+      counts, edges = firing.rate_histograms({layer: rates_by_stage[stage][layer]}, bins)[layer]
+      frac = counts / max(counts.sum(), 1)
+      ax.stairs(frac, edges, label=stage, linewidth=1.6, fill=stage == stages[0],
+                alpha=0.35 if stage == stages[0] else 1.0)
+    ax.set_title(layer, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("firing rate (spikes / neuron / step)", fontsize=8)
+    ax.set_ylabel("fraction of neurons", fontsize=8)
+    ax.tick_params(labelsize=7)
+  for ax in list(axes.flat)[len(layers):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=8)
+  fig.suptitle("Per-neuron firing-rate distributions", fontsize=11)
+  fig.tight_layout()
+  save_figure_atomic(fig, path)
+  plt.close(fig)
+
+
+def plot_emd(emd_by_stage: Mapping[str, Mapping[str, Any]], path):
+  """Grouped bars: EMD(fp, stage) per layer, one bar group per layer, one color per stage."""
+  plt = _pyplot()
+  stages = list(emd_by_stage)
+  layers = list(next(iter(emd_by_stage.values()))["per_layer"]) if stages else []
+  fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(layers) + 2), 3.6))
+  width = 0.8 / max(len(stages), 1)
+  x = np.arange(len(layers))
+  for i, stage in enumerate(stages):
+    vals = [emd_by_stage[stage]["per_layer"][l] for l in layers]
+    ax.bar(x + (i - (len(stages) - 1) / 2) * width, vals, width,
+           label=f"fp vs {stage} (pooled {emd_by_stage[stage]['pooled']:.3g})")
+  ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
+  ax.set_xlabel("LIF layer")
+  ax.set_ylabel("EMD of firing rates (spikes / neuron / step)")
+  ax.set_title("Firing-rate EMD per layer (FP teacher vs quantized)")
+  if stages:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  save_figure_atomic(fig, path)
+  plt.close(fig)
+
+
+def plot_energy_breakdown(hardware_by_stage: Mapping[str, Mapping[str, Any]], path):
+  """Stacked bars of energy (µJ) by component, one bar per (stage, mode)."""
+  plt = _pyplot()
+  bars = [(f"{stage}\n{mode}", hwd[mode]["energy_breakdown_uj"])
+          for stage, hwd in hardware_by_stage.items() for mode in ("dense", "event")
+          if hwd.get(mode)]
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(bars) + 3), 4.0))
+  bottom = np.zeros(len(bars))
+  cmap = plt.get_cmap("tab10")
+  for j, comp in enumerate(hw.ENERGY_COMPONENTS):
+    vals = np.array([b[1].get(comp, 0.0) for b in bars])
+    ax.bar(np.arange(len(bars)), vals, 0.6, bottom=bottom, label=comp, color=cmap(j % 10))
+    bottom += vals
+  ax.set_xticks(np.arange(len(bars)), [b[0] for b in bars], fontsize=8)
+  ax.set_ylabel("energy per inference (µJ)")
+  ax.set_title("Crossbar energy by component")
+  ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+  fig.tight_layout()
+  save_figure_atomic(fig, path)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Markdown.
+
+
+def fmt(x: Any) -> str:
+  """How report.md prints a number: 4 significant digits (ints as ints); None as '–'."""
+  if x is None:
+    return "–"
+  if isinstance(x, (bool, np.bool_)):
+    return str(bool(x))
+  if isinstance(x, (int, np.integer)):
+    return str(int(x))
+  x = float(x)
+  if not math.isfinite(x):
+    return str(x)
+  return f"{x:.4g}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  for row in rows:
+    lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |")
+  return lines + [""]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+  """report.md from the report dict (every number comes from the dict, printed by `fmt`)."""
+  stages = report["stages"]
+  counts = ", ".join(f"{s} {fmt(v['examples'])}" for s, v in stages.items())
+  limit = f" (first {report['max_batches']} batches)" if report.get("max_batches") else ""
+  out = [f"# Beyond-accuracy report: {report['model']} on {report['dataset']}", "",
+         f"workdir `{report['workdir']}`; T = {report['timesteps']}; test examples evaluated per "
+         f"stage: {counts}{limit}.", "", "## Accuracy", ""]
+  out += _table(["stage", "weight bits", "membrane bits", "accuracy (training)",
+                 "accuracy (re-measured)", "examples"],
+                [[s, v["weight_bits"], v["membrane_bits"], v["accuracy_trained"],
+                  v["accuracy_measured"], v["examples"]] for s, v in stages.items()])
+
+  out += ["## Firing behaviour", "",
+          "Per-neuron rate r = spikes / (examples · T); dead = fraction of neurons that never fired.",
+          ""]
+  for s, v in stages.items():
+    out += [f"### {s}", ""]
+    out += _table(["layer", "neurons", "mean rate", "dead fraction"],
+                  [[layer, f["n_neurons"], f["mean_rate"], f["dead_fraction"]]
+                   for layer, f in v["firing"].items()])
+
+  if report["emd"]:
+    out += ["## Firing-rate EMD vs the FP teacher", "",
+            "1-D Wasserstein-1 distance between the per-neuron rate distributions.", ""]
+    q_stages = list(report["emd"])
+    layers = list(report["emd"][q_stages[0]]["per_layer"])
+    rows = [[layer] + [report["emd"][q]["per_layer"].get(layer) for q in q_stages] for layer in layers]
+    rows.append(["**pooled**"] + [report["emd"][q]["pooled"] for q in q_stages])
+    out += _table(["layer"] + [f"EMD fp vs {q}" for q in q_stages], rows)
+
+  out += ["## Hardware (SpikeSim-style crossbar model)", "",
+          "Dense: every crossbar read charged (SpikeSim reference). Event: crossbar reads charged "
+          "at each layer's input spike rate (first layer dense). " + report["bits_note"], ""]
+  rows = []
+  for s, v in stages.items():
+    for mode in ("dense", "event"):
+      h = v["hardware"].get(mode)
+      if h:
+        rows.append([s, mode] + [h[k] for k in HARDWARE_FIELDS])
+  out += _table(["stage", "mode", "energy (µJ)", "latency (ms)", "area (mm²)", "EDP (J·s)",
+                 "EDAP (J·s·mm²)", "TOPS/W", "TOPS/mm²"], rows)
+
+  if report["ratios"]:
+    out += ["## Gains over the FP teacher", "",
+            "Reductions are fp / quantized; gains are quantized / fp (> 1 is better).", ""]
+    rows = [[s, mode] + [r[k] for k in RATIO_FIELDS]
+            for s, by_mode in report["ratios"].items() for mode, r in by_mode.items()]
+    out += _table(["stage", "mode", "energy ×", "latency ×", "area ×", "EDP ×", "EDAP ×",
+                   "TOPS/W ×", "TOPS/mm² ×"], rows)
+
+  out += ["## Plots", ""] + [f"![{p}]({p})" for p in report["files"]["plots"]] + [""]
+  return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------
+# The whole report of a workdir.
+
+
+def _to_jsonable(obj: Any) -> Any:
+  if isinstance(obj, Mapping):
+    return {str(k): _to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_to_jsonable(v) for v in obj]
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, (np.floating, float)):
+    return float(obj)
+  return obj
+
+
+def _read_json(path: pathlib.Path) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 max_batches: int | None = None, eval_batch: int | None = None) -> dict:
+  """Evaluates every trained stage of `workdir` and writes report.{json,md} and plots to `out_dir`.
+
+  out_dir defaults to workdir/report. A stage counts as trained when workdir/<stage>/
+  final_variables exists. EMD and hardware ratios are against the 'fp' stage and are left
+  out when it is absent. max_batches limits the test batches per stage (None: all);
+  eval_batch defaults to config.train.eval_batch. Returns the dict written to report.json.
+  """
+  import ml_collections
+
+  from mdsnn_jax import data as data_lib
+  from mdsnn_jax import nn as nn_lib
+  from mdsnn_jax.train import checkpoint as ckpt
+  from mdsnn_jax.train.loop import stage_model_config
+
+  workdir = pathlib.Path(workdir)
+  out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
+  summary_path = workdir / "summary.json"
+  if not summary_path.is_file():
+    raise FileNotFoundError(f"no training summary at {summary_path}; train the workdir first")
+  summary = _read_json(summary_path)
+  config = ml_collections.ConfigDict(summary["config"])
+  stages = [s for s in STAGE_ORDER if (workdir / s / "final_variables").is_dir()]
+  if not stages:
+    raise FileNotFoundError(f"no trained stage in {workdir}: none of "
+                            f"{[str(workdir / s / 'final_variables') for s in STAGE_ORDER]} exists")
+
+  info = data_lib.dataset_info(config.data)
+  timesteps = int(config.model.timesteps)
+  hw_timesteps = int(info.timesteps or timesteps) if info.is_event else timesteps
+  batch = int(eval_batch or config.train.eval_batch)
+  sample = (np.zeros((1, hw_timesteps) + tuple(info.image_shape), np.float32) if info.is_event
+            else np.zeros((1,) + tuple(info.image_shape), np.float32))
+  key = jax.random.PRNGKey(int(config.seed))
+
+  results: dict[str, dict] = {}
+  rates_by_stage: dict[str, dict] = {}
+  costs: dict[str, HardwareResult] = {}
+  for stage in stages:
+    model_cfg = stage_model_config(config, stage)
+    model = nn_lib.create_model(model_cfg, info.num_classes)
+    like = jax.eval_shape(lambda k, m=model: m.init({"params": k}, sample, train=False), key)
+    like = {k: v for k, v in like.items() if k in ("params", "batch_stats", "quant_state")}
+    variables = ckpt.load_variables(workdir / stage / "final_variables", like)
+    loader = data_lib.make_loader(config.data, "test", batch_size=batch, seed=0, shuffle=False,
+                                  num_epochs=1, drop_remainder=False)
+    fr = collect_firing(model, variables, loader, timesteps, max_batches)
+    w_bits, u_bits = hardware_bits(model_cfg)
+    hwr = hardware_for(model, variables, sample, weight_bits=w_bits, membrane_bits=u_bits,
+                       timesteps=hw_timesteps, spike_rates=fr.rates)
+    stage_summary = summary.get("stages", {}).get(stage)
+    if stage_summary is None and (workdir / stage / "summary.json").is_file():
+      stage_summary = _read_json(workdir / stage / "summary.json")
+    rates_by_stage[stage] = fr.rates
+    costs[stage] = hwr
+    results[stage] = dict(
+        accuracy_trained=(stage_summary or {}).get("test_accuracy"),
+        accuracy_measured=fr.accuracy, examples=fr.examples,
+        weight_bits=w_bits, membrane_bits=u_bits,
+        firing=firing.layer_summary(fr.rates),
+        mean_rate=float(np.concatenate([r.ravel() for r in fr.rates.values()]).mean()),
+        hardware=dict(dense=cost_summary(hwr.dense),
+                      event=cost_summary(hwr.event) if hwr.event is not None else None),
+        layers=[dict(c_in=l.c_in, c_out=l.c_out, h_in=l.h_in, h_out=l.h_out, kernel=l.kernel,
+                     macs=l.mac_count) for l in hwr.layers],
+        input_rates=hwr.input_rates, input_rate_sources=hwr.sources)
+
+  emd, ratios = {}, {}
+  if "fp" in stages:
+    for stage in stages:
+      if stage == "fp":
+        continue
+      emd[stage] = dict(per_layer=firing.layer_emd(rates_by_stage["fp"], rates_by_stage[stage]),
+                        pooled=firing.pooled_emd(rates_by_stage["fp"], rates_by_stage[stage]))
+      ratios[stage] = {"dense": hw.compare_costs(costs["fp"].dense, costs[stage].dense)}
+      if costs["fp"].event is not None and costs[stage].event is not None:
+        ratios[stage]["event"] = hw.compare_costs(costs["fp"].event, costs[stage].event)
+
+  plots = [PLOT_FILES[0]] + ([PLOT_FILES[1]] if emd else []) + [PLOT_FILES[2]]
+  report = dict(
+      workdir=str(workdir), dataset=info.name, model=str(config.model.name), timesteps=hw_timesteps,
+      max_batches=max_batches, stages=results, emd=emd, ratios=ratios,
+      bits_note=BITS_NOTE,
+      files=dict(json="report.json", markdown="report.md", plots=plots))
+  report = _to_jsonable(report)
+
+  plot_firing_histograms(rates_by_stage, out_dir / PLOT_FILES[0])
+  if emd:
+    plot_emd(emd, out_dir / PLOT_FILES[1])
+  plot_energy_breakdown({s: v["hardware"] for s, v in report["stages"].items()},
+                        out_dir / PLOT_FILES[2])
+  write_text_atomic(out_dir / "report.md", render_markdown(report))
+  ckpt.write_json_atomic(out_dir / "report.json", report)
+  return report

@@ -1,0 +1,398 @@
+"""Tests of the beyond-accuracy report (mdsnn_jax/report.py, launch/report.py)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from mdsnn_jax import firing
+from mdsnn_jax import hardware as hw
+from mdsnn_jax import report as rep
+from mdsnn_jax.neuron import lif_scan
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T = 3
+
+
+# ----------------------------------------------------------------------------------------
+# A tiny model following the library's conventions (batch-major input, time-major inside,
+# LIF layers sow 'spikes'/'s' and 'membranes'/'h', logits [T, B, K]).
+
+
+class _LIF(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    s, h, _ = lif_scan(x, decay=0.5, threshold=0.5)
+    self.sow("membranes", "h", h)
+    self.sow("spikes", "s", s)
+    return s
+
+
+class _Toy(nn.Module):
+  timesteps: int = T
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, timesteps: int | None = None):
+    t, b = timesteps or self.timesteps, x.shape[0]
+    y = nn.Conv(4, (3, 3), name="conv1")(x)  # direct encoding: computed once, repeated over T
+    s = _LIF(name="lif1")(jnp.broadcast_to(y, (t,) + y.shape))
+    y = nn.avg_pool(nn.Conv(6, (3, 3), name="conv2")(s.reshape((t * b,) + s.shape[2:])), (2, 2), (2, 2))
+    s = _LIF(name="lif2")(y.reshape((t, b) + y.shape[1:]))
+    return nn.Dense(10, name="fc")(s.reshape(t, b, -1))
+
+
+@pytest.fixture(scope="module")
+def toy():
+  model = _Toy()
+  x = jnp.zeros((1, 8, 8, 1))
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  # Scale up so both layers fire at intermediate rates on the random data below.
+  params = jax.tree.map(lambda p: 2.5 * p, params)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32),
+              "label": rng.integers(0, 10, n).astype(np.int32)} for n in (5, 5, 3)]
+  return model, {"params": params}, batches
+
+
+def _numpy_rates(model, variables, batches):
+  spikes = {"lif1": [], "lif2": []}
+  correct = n = 0
+  for b in batches:
+    logits, cols = model.apply(variables, b["image"], mutable=["spikes"])
+    for k in spikes:
+      s = np.asarray(cols["spikes"][k]["s"][0])
+      spikes[k].append(s.reshape(s.shape[0], s.shape[1], -1))
+    correct += int(np.sum(np.argmax(np.asarray(logits).mean(0), -1) == b["label"]))
+    n += len(b["label"])
+  # r_j = (1 / (N·T)) Σ_n Σ_t s_j: mean over the time and example axes.
+  return {k: np.concatenate(v, axis=1).mean(axis=(0, 1)) for k, v in spikes.items()}, correct / n
+
+
+def test_collect_firing_matches_numpy(toy):
+  model, variables, batches = toy
+  got = rep.collect_firing(model, variables, batches, T)
+  want, acc = _numpy_rates(model, variables, batches)
+  assert got.examples == 13
+  assert got.accuracy == pytest.approx(acc, abs=1e-12)
+  assert set(got.rates) == {"lif1", "lif2"}
+  for k in want:
+    np.testing.assert_allclose(got.rates[k], want[k], rtol=0, atol=1e-6)
+    assert np.all((got.rates[k] >= 0) & (got.rates[k] <= 1))
+  # The data must exercise the measurement: neither silent nor saturated.
+  means = [float(np.mean(r)) for r in got.rates.values()]
+  assert all(0.02 < m < 0.98 for m in means), means
+
+
+def test_collect_firing_max_batches_and_timesteps(toy):
+  model, variables, batches = toy
+  got = rep.collect_firing(model, variables, batches, T, max_batches=1)
+  want, _ = _numpy_rates(model, variables, batches[:1])
+  assert got.examples == 5
+  np.testing.assert_allclose(got.rates["lif2"], want["lif2"], atol=1e-6)
+  # timesteps is forwarded to the model: T = 1 gives the first timestep's spikes only.
+  one = rep.collect_firing(model, variables, batches[:1], 1)
+  _, cols = model.apply(variables, batches[0]["image"], timesteps=1, mutable=["spikes"])
+  np.testing.assert_allclose(one.rates["lif1"],
+                             np.asarray(cols["spikes"]["lif1"]["s"][0]).reshape(5, -1).mean(0), atol=1e-6)
+
+
+def test_collect_firing_rejects_bad_input(toy):
+  model, variables, batches = toy
+  with pytest.raises(ValueError, match="max_batches.*0"):
+    rep.collect_firing(model, variables, batches, T, max_batches=0)
+  with pytest.raises(ValueError, match="no batch"):
+    rep.collect_firing(model, variables, [], T)
+
+
+def test_same_variables_twice_gives_zero_emd_and_other_weights_do_not(toy):
+  model, variables, batches = toy
+  a = rep.collect_firing(model, variables, batches, T).rates
+  b = rep.collect_firing(model, variables, batches, T).rates
+  assert all(v == 0.0 for v in firing.layer_emd(a, b).values())
+  assert firing.pooled_emd(a, b) == 0.0
+  other = {"params": jax.tree.map(lambda p: 0.6 * p, variables["params"])}
+  c = rep.collect_firing(model, other, batches, T).rates
+  emd = firing.layer_emd(a, c)
+  for k in a:
+    assert emd[k] == pytest.approx(scipy.stats.wasserstein_distance(a[k], c[k]), abs=1e-12)
+  assert max(emd.values()) > 0
+
+
+def test_layer_input_sources_follow_call_order(toy):
+  model, variables, batches = toy
+  assert rep.layer_input_sources(model, variables, batches[0]["image"], train=False,
+                                 timesteps=T) == [None, "lif1", "lif2"]
+
+
+class _Branch(nn.Module):
+  """'skip' reads lif 'a' after lif 'b' has run; 'fc' reads a sum (no LIF output as such)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, timesteps: int | None = None):
+    y = nn.Dense(8, name="inp")(x)
+    sa = _LIF(name="a")(jnp.broadcast_to(y, (timesteps or T,) + y.shape))
+    sb = _LIF(name="b")(nn.Dense(8, name="mid")(sa))
+    return nn.Dense(10, name="fc")(sb + nn.Dense(8, name="skip")(sa))
+
+
+def test_layer_input_sources_match_the_array_read():
+  model, x = _Branch(), jnp.zeros((2, 5))
+  variables = {"params": jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]}
+  assert rep.layer_input_sources(model, variables, x, timesteps=T) == [None, "a", "a", "b"]
+
+
+def test_hardware_for_dense_and_event(toy):
+  model, variables, batches = toy
+  rates = rep.collect_firing(model, variables, batches, T).rates
+  x = batches[0]["image"][:1]
+  q = rep.hardware_for(model, variables, x, weight_bits=2, membrane_bits=2, timesteps=T,
+                       spike_rates=rates)
+  assert [(l.c_in, l.c_out, l.h_in, l.h_out) for l in q.layers] == [
+      (1, 4, 8, 8), (4, 6, 8, 4), (96, 10, 1, 1)]
+  want_rho = [1.0, float(np.mean(rates["lif1"])), float(np.mean(rates["lif2"]))]
+  np.testing.assert_allclose(q.input_rates, want_rho, rtol=1e-12)
+  assert q.sources == [None, "lif1", "lif2"]
+  cfg = hw.CrossbarConfig(timesteps=T, weight_bits=2, membrane_bits=2)
+  assert q.dense == hw.crossbar_cost(q.layers, cfg)
+  assert q.event == hw.crossbar_cost(q.layers, dataclasses.replace(cfg, mode="event"),
+                                     spike_rates=want_rho)
+  # Event mode charges the crossbar reads at the input rate only.
+  xbar = q.dense.energy_breakdown_j["crossbar"]
+  per_cycle = xbar / sum(q.dense.cycles)
+  assert q.event.energy_breakdown_j["crossbar"] == pytest.approx(
+      per_cycle * float(np.dot(want_rho, q.dense.cycles)), rel=1e-12)
+  fp = rep.hardware_for(model, variables, x, weight_bits=16, membrane_bits=22, timesteps=T,
+                        spike_rates=rates)
+  for mode in ("dense", "event"):
+    fq, qq = getattr(fp, mode), getattr(q, mode)
+    assert qq.energy_j < fq.energy_j and qq.area_mm2 < fq.area_mm2
+    assert all(v > 0 for v in (qq.energy_j, qq.latency_s, qq.area_mm2, qq.tops_per_w, qq.tops_per_mm2))
+  no_rates = rep.hardware_for(model, variables, x, weight_bits=2, membrane_bits=2, timesteps=T)
+  assert no_rates.event is None and no_rates.dense == q.dense
+  with pytest.raises(ValueError, match="lif2"):
+    rep.hardware_for(model, variables, x, weight_bits=2, membrane_bits=2, timesteps=T,
+                     spike_rates={"lif1": rates["lif1"]})
+
+
+@pytest.mark.parametrize("cfg, want", [
+    ({"weight": {"kind": "none"}, "membrane": {"kind": "none"}}, (16, 22)),
+    ({"weight": {"kind": "lsq", "bits": 2}, "membrane": {"kind": "ternary"}}, (2, 2)),
+    ({"weight": {"kind": "ternary"}, "membrane": {"kind": "integer", "lower": -3.0}}, (2, 3)),
+    ({"weight": {"kind": "sawb", "bits": 4}, "membrane": {"kind": "uniform", "bits": 5}}, (4, 5)),
+    ({}, (16, 22)),
+])
+def test_hardware_bits(cfg, want):
+  assert rep.hardware_bits({"quant": cfg}) == want
+
+
+def test_hardware_bits_rejects_unknown_kind():
+  with pytest.raises(ValueError, match="bogus"):
+    rep.hardware_bits({"quant": {"membrane": {"kind": "bogus"}}})
+
+
+def test_cost_summary_units():
+  c = hw.crossbar_cost(hw.VGG9_CIFAR10_SPIKESIM)
+  s = rep.cost_summary(c)
+  # SpikeSim's VGG9 reference (SPEC §6): 15.907 µJ, 62.833 ms, 8.4255 mm².
+  assert s["energy_uj"] == pytest.approx(15.907, rel=1e-3)
+  assert s["latency_ms"] == pytest.approx(62.833, rel=1e-3)
+  assert s["area_mm2"] == pytest.approx(8.4255, rel=1e-3)
+  assert s["edap_js_mm2"] == pytest.approx(15.907e-6 * 62.833e-3 * 8.4255, rel=3e-3)
+  assert sum(s["energy_breakdown_uj"].values()) == pytest.approx(s["energy_uj"], rel=1e-12)
+
+
+def test_fmt():
+  assert rep.fmt(0.123456) == "0.1235"
+  assert rep.fmt(12) == "12"
+  assert rep.fmt(None) == "–"
+  assert rep.fmt(1.5e-7) == "1.5e-07"
+
+
+def test_atomic_writers_leave_no_temporaries(tmp_path):
+  rep.write_text_atomic(tmp_path / "a.md", "hello")
+  assert (tmp_path / "a.md").read_text() == "hello"
+  plt = rep._pyplot()
+  fig, ax = plt.subplots()
+  ax.plot([0, 1])
+  rep.save_figure_atomic(fig, tmp_path / "p.png")
+  assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "p.png"]
+
+
+# ----------------------------------------------------------------------------------------
+# End to end on a real (tiny) training run of the lead's loop.
+
+
+def _have_pipeline() -> str | None:
+  try:
+    from mdsnn_jax import nn as nn_lib
+    from mdsnn_jax.train import loop  # noqa: F401
+  except ImportError as e:
+    return f"training pipeline not importable: {e}"
+  if not hasattr(nn_lib, "create_model"):
+    return "mdsnn_jax.nn.create_model is not there yet"
+  return None
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  why = _have_pipeline()
+  if why:
+    pytest.skip(why)
+  from mdsnn_jax.train.config import base_config
+  from mdsnn_jax.train.loop import train_and_evaluate
+
+  c = base_config()
+  c.stages = "fp,qat"
+  c.data.name = "digits"
+  c.model.name = "digits_cnn"
+  c.model.timesteps = 2
+  c.model.quant.weight = {"kind": "lsq", "bits": 2}
+  c.model.quant.membrane = {"kind": "ternary"}
+  c.train.global_batch = 32
+  c.train.eval_batch = 400  # the whole digits test split (359) in one batch: one compilation
+  c.train.steps = 20
+  c.train.log_every = 10
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 10
+  workdir = tmp_path_factory.mktemp("report_workdir")
+  train_and_evaluate(c, str(workdir))
+  out = workdir / "report"
+  report = rep.build_report(workdir, out)
+  return workdir, out, report
+
+
+def _row(md: str, section: str, first_cells: list[str]) -> list[str]:
+  """Cells of the first table row under the heading `section` whose leading cells match."""
+  start = md.index(section)
+  for line in md[start:].splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if line.startswith("|") and cells[:len(first_cells)] == first_cells:
+      return cells
+  raise AssertionError(f"no table row starting with {first_cells}")
+
+
+def test_report_files_and_contents(trained):
+  workdir, out, report = trained
+  assert json.loads((out / "report.json").read_text()) == report
+  md = (out / "report.md").read_text()
+  for header in ("## Accuracy", "## Firing behaviour", "## Firing-rate EMD vs the FP teacher",
+                 "## Hardware", "## Gains over the FP teacher", "| stage | weight bits |",
+                 "| layer | neurons | mean rate | dead fraction |", "| layer | EMD fp vs qat |",
+                 "energy (µJ)", "EDAP (J·s·mm²)", "TOPS/W", "TOPS/mm²"):
+    assert header in md, header
+  assert set(report["stages"]) == {"fp", "qat"}
+  summaries = json.loads((workdir / "summary.json").read_text())["stages"]
+  for stage, s in report["stages"].items():
+    # Same test split and forward as the training loop's evaluation.
+    assert s["accuracy_trained"] == summaries[stage]["test_accuracy"]
+    assert s["accuracy_measured"] == pytest.approx(s["accuracy_trained"], abs=2.5 / s["examples"])
+    assert _row(md, "## Accuracy", [stage])[1:] == [rep.fmt(v) for v in (
+        s["weight_bits"], s["membrane_bits"], s["accuracy_trained"], s["accuracy_measured"],
+        s["examples"])]
+    for mode in ("dense", "event"):
+      h = s["hardware"][mode]
+      assert _row(md, "## Hardware", [stage, mode])[2:] == [rep.fmt(h[k]) for k in rep.HARDWARE_FIELDS]
+      assert all(h[k] > 0 for k in rep.HARDWARE_FIELDS)
+    for layer, f in s["firing"].items():
+      assert 0.0 <= f["mean_rate"] <= 1.0 and 0.0 <= f["dead_fraction"] <= 1.0
+      assert f["n_neurons"] > 0
+    assert all(0.0 <= r <= 1.0 for r in s["input_rates"])
+    assert s["input_rates"][0] == 1.0 and s["input_rate_sources"][0] is None
+  assert report["stages"]["fp"]["firing"].keys() == report["stages"]["qat"]["firing"].keys()
+  assert (report["stages"]["fp"]["weight_bits"], report["stages"]["fp"]["membrane_bits"]) == (16, 22)
+  assert (report["stages"]["qat"]["weight_bits"], report["stages"]["qat"]["membrane_bits"]) == (2, 2)
+  for mode in ("dense", "event"):
+    assert (report["stages"]["qat"]["hardware"][mode]["energy_uj"]
+            < report["stages"]["fp"]["hardware"][mode]["energy_uj"])
+    ratio = report["ratios"]["qat"][mode]
+    assert ratio["energy_reduction"] == pytest.approx(
+        report["stages"]["fp"]["hardware"][mode]["energy_uj"]
+        / report["stages"]["qat"]["hardware"][mode]["energy_uj"], rel=1e-9)
+    assert _row(md, "## Gains over the FP teacher", ["qat", mode])[2:] == [rep.fmt(ratio[k]) for k in rep.RATIO_FIELDS]
+  emd = report["emd"]["qat"]
+  assert set(emd["per_layer"]) == set(report["stages"]["fp"]["firing"])
+  assert all(v >= 0 for v in emd["per_layer"].values()) and emd["pooled"] >= 0
+  assert _row(md, "## Firing-rate EMD", ["**pooled**"])[1] == rep.fmt(emd["pooled"])
+
+
+def test_report_plots_are_pngs(trained):
+  _, out, report = trained
+  assert report["files"]["plots"] == list(rep.PLOT_FILES)
+  for name in rep.PLOT_FILES:
+    data = (out / name).read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000, name
+  assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_report_of_fp_vs_itself_has_zero_emd(trained):
+  """The FP stage's variables evaluated twice through the library give EMD 0."""
+  workdir, _, _ = trained
+  from mdsnn_jax import data as data_lib
+  from mdsnn_jax import nn as nn_lib
+  from mdsnn_jax.train import checkpoint as ckpt
+  from mdsnn_jax.train.loop import stage_model_config
+  import ml_collections
+
+  config = ml_collections.ConfigDict(json.loads((workdir / "summary.json").read_text())["config"])
+  info = data_lib.dataset_info(config.data)
+  model = nn_lib.create_model(stage_model_config(config, "fp"), info.num_classes)
+  sample = np.zeros((1,) + tuple(info.image_shape), np.float32)
+  like = jax.eval_shape(lambda k: model.init({"params": k}, sample, train=False), jax.random.PRNGKey(0))
+  like = {k: v for k, v in like.items() if k in ("params", "batch_stats", "quant_state")}
+  variables = ckpt.load_variables(workdir / "fp" / "final_variables", like)
+
+  def rates():
+    loader = data_lib.make_loader(config.data, "test", batch_size=128, seed=0, shuffle=False,
+                                  num_epochs=1, drop_remainder=False)
+    return rep.collect_firing(model, variables, loader, int(config.model.timesteps), max_batches=2).rates
+
+  a, b = rates(), rates()
+  assert firing.pooled_emd(a, b) == 0.0
+  assert all(v == 0.0 for v in firing.layer_emd(a, b).values())
+
+
+def _fp_only_copy(workdir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+  shutil.copytree(workdir / "fp" / "final_variables", dest / "fp" / "final_variables")
+  shutil.copy(workdir / "summary.json", dest / "summary.json")
+  return dest
+
+
+def test_report_without_quantized_stage_and_without_workdir(trained, tmp_path):
+  workdir, _, _ = trained
+  only_fp = _fp_only_copy(workdir, tmp_path / "only_fp")
+  report = rep.build_report(only_fp, max_batches=1, eval_batch=100)
+  assert list(report["stages"]) == ["fp"] and report["emd"] == {} and report["ratios"] == {}
+  assert report["stages"]["fp"]["examples"] == 100
+  assert sorted(os.listdir(only_fp / "report")) == sorted(
+      ["report.json", "report.md", "firing_rates.png", "energy_breakdown.png"])
+  assert "## Gains over the FP teacher" not in (only_fp / "report" / "report.md").read_text()
+  with pytest.raises(FileNotFoundError, match="summary"):
+    rep.build_report(tmp_path / "nothing_here")
+
+
+def test_launcher_prints_report_path(trained, tmp_path):
+  workdir, _, _ = trained
+  only_fp = _fp_only_copy(workdir, tmp_path / "only_fp")  # one stage: a quicker subprocess
+  out = tmp_path / "cli_report"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "launch" / "report.py"), f"--workdir={only_fp}", f"--out={out}",
+       "--max_batches=1"], capture_output=True, text=True, cwd=REPO, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == str(out / "report.md")
+  report = json.loads((out / "report.json").read_text())
+  assert report["max_batches"] == 1 and list(report["stages"]) == ["fp"]
