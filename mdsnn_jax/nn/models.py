@@ -1,0 +1,446 @@
+"""Spiking models in Flax linen: VGG-9/16, MS-ResNet-18/19, SEW-ResNet-18, digits MLP/CNN.
+
+Call convention (the trainer and the distillation code rely on it):
+
+    variables = init_variables(model, rng, x)        # params, batch_stats, quant_state
+    logits, mutated = model.apply(variables, x, train=True, timesteps=None,
+                                  mutable=['batch_stats', 'quant_state', 'membranes', 'spikes'])
+
+x is batch-major from the data pipeline: static images [B, H, W, C] (direct encoding: the
+first conv + BN is computed once on [B, H, W, C] and broadcast over T, since it is identical
+at every step; its BN statistics over the T·B copies equal those over B) or event frames
+[B, T, H, W, 2] (ndim 5; the first conv runs on the merged T·B axis). Internally
+time-major [T, B, ...]; returns per-timestep logits [T, B, num_classes]. `timesteps`
+overrides the default T for static input; the same parameters run at any T. The input size
+is free (flax infers the classifier's fan-in at init); for VGG, H and W should be divisible
+by the total pooling factor (8 for VGG-9, 32 for VGG-16).
+
+Module names are fixed by the architecture and never depend on the quantization config, so
+the FP and quantized variants of a model have identical membrane / spike tap names (e.g.
+'layer1/block0/lif1') and the quantized parameter tree is a superset of the FP one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import traverse_util
+from flax.core import unfreeze
+
+from mdsnn_jax.nn.layers import LIF, NeuronConfig, QConvBN, QDense, QuantConfig
+
+Array = jax.Array
+
+# Conv configurations; 'P' = 2×2 average pooling of the spikes.
+VGG9_LAYERS = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P")  # SpikeSim VGG9 (SPEC §6)
+VGG16_LAYERS = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P",
+                512, 512, 512, "P", 512, 512, 512, "P")
+# Stages as (channels, blocks, first stride).
+RESNET18_STAGES = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))
+RESNET19_STAGES = ((128, 3, 1), (256, 3, 2), (512, 2, 2))
+
+# A training forward updates these (pass them as `mutable`, like BN statistics) ...
+TRAIN_MUTABLE = ("batch_stats", "quant_state")
+# ... and sows the taps into these when they are mutable.
+TAP_COLLECTIONS = ("membranes", "spikes")
+
+BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantConfig.weight)
+
+
+@dataclasses.dataclass(frozen=True)
+class Builder:
+  """Makes a model's layers from its neuron / quant / conv settings (a hashable record that
+  blocks receive instead of their parent module)."""
+  neuron: NeuronConfig = NeuronConfig()
+  quant: QuantConfig = QuantConfig()
+  conv_impl: str = "xla"
+
+  def conv_bn(self, features: int, *, name: str, strides: int = 1, kernel_size: int = 3,
+              weight_quant: Any = BODY, scale_init: float = 1.0) -> QConvBN:
+    """conv + tdBN; weight_quant BODY = the body's quantizer (quant.weight)."""
+    wq = self.quant.weight if weight_quant is BODY else weight_quant
+    return QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
+                   bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,
+                   scale_init=scale_init, name=name)
+
+  def lif(self, name: str) -> LIF:
+    return LIF(self.neuron, self.quant.membrane, name=name)
+
+  def dense(self, features: int, *, name: str, weight_quant: Any = BODY) -> QDense:
+    wq = self.quant.weight if weight_quant is BODY else weight_quant
+    return QDense(features, weight_quant=wq, name=name)
+
+
+class SpikingNet(nn.Module):
+  """Fields shared by every model. width multiplies every channel count (min 1)."""
+  num_classes: int = 10
+  width: float = 1.0
+  timesteps: int = 4
+  neuron: NeuronConfig = NeuronConfig()
+  quant: QuantConfig = QuantConfig()
+  conv_impl: str = "xla"
+
+  @property
+  def build(self) -> Builder:
+    return Builder(self.neuron, self.quant, self.conv_impl)
+
+  def ch(self, c: int) -> int:
+    return max(1, int(round(c * self.width)))
+
+  def time_major(self, x: Array, timesteps: int | None, static_ndim: Sequence[int] = (4,)
+                 ) -> tuple[Array, int, bool]:
+    """(x time-major, T, static). Static input becomes [1, B, ...] (broadcast after the stem)."""
+    if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+      raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
+    if not self.width > 0:
+      raise ValueError(f"width must be positive, got {self.width!r}")
+    if x.ndim == 5:
+      t = x.shape[1]
+      if timesteps is not None and timesteps != t:
+        raise ValueError(f"event input has T={t} frames but timesteps={timesteps} was requested")
+      return jnp.swapaxes(x, 0, 1), t, False
+    if x.ndim in static_ndim:
+      t = self.timesteps if timesteps is None else timesteps
+      if not (isinstance(t, int) and t >= 1):
+        raise ValueError(f"timesteps must be a positive int, got {t!r}")
+      return x[None], t, True
+    raise ValueError(
+        f"{type(self).__name__} input must be static ({' or '.join(f'{n}-d' for n in static_ndim)}) "
+        f"or events [B, T, H, W, C] (5-d); got shape {x.shape}")
+
+  def classifier(self, x: Array, train: bool) -> Array:
+    return self.build.dense(self.num_classes, weight_quant=self.quant.last, name="fc")(x, train)
+
+
+def _broadcast_time(x: Array, t: int) -> Array:
+  return jnp.broadcast_to(x, (t,) + x.shape[1:])
+
+
+def _avg_pool(x: Array, window: int = 2) -> Array:
+  """2-D average pooling of time-major [T, B, H, W, C] on the merged T·B axis."""
+  y = nn.avg_pool(x.reshape((-1,) + x.shape[2:]), (window, window), (window, window))
+  return y.reshape(x.shape[:2] + y.shape[1:])
+
+
+class SpikingVGG(SpikingNet):
+  """VGG of conv3×3 → tdBN → LIF units ('conv{i}', 'lif{i}'), 2×2 average pooling of the
+  spikes at 'P', then a dense classifier 'fc' on the flattened spikes.
+
+  VGG9_LAYERS is SpikeSim's VGG9 for CIFAR (SPEC §6): C_in = [3,64,64,128,128,256,256],
+  C_out = [64,64,128,128,256,256,256], pooling after convs 2, 4 and 7 (32→16→8→4).
+  """
+  layers: tuple = VGG9_LAYERS
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
+    h, t, static = self.time_major(x, timesteps)
+    i = 0
+    for spec in self.layers:
+      if spec == "P":
+        h = _avg_pool(h)
+        continue
+      h = self.build.conv_bn(self.ch(spec), name=f"conv{i}",
+                             weight_quant=self.quant.first if i == 0 else BODY)(h, train)
+      if i == 0 and static:
+        h = _broadcast_time(h, t)
+      h = self.build.lif(f"lif{i}")(h)
+      i += 1
+    return self.classifier(h.reshape(h.shape[:2] + (-1,)), train)
+
+
+class MSBlock(nn.Module):
+  """Membrane-shortcut block (MS-ResNet): y = BN(conv(LIF(BN(conv(LIF(x)))))) + shortcut,
+  where x is the un-spiked (membrane-valued) residual stream. shortcut = x, or
+  BN(conv1×1(LIF1(x))) ('downsample') when the shape changes: spike-driven downsampling that
+  reuses lif1's spikes, so every conv sees binary input (our choice; MS-ResNet code variants
+  differ here; the parameter count is the same either way). BN scales start at θ and the
+  branch's last at 0.2·θ, as in the MS-ResNet reference code's tdBN init.
+  """
+  build: Builder
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    th = self.build.neuron.threshold
+    s = self.build.lif("lif1")(x)
+    y = self.build.conv_bn(self.features, strides=self.strides, scale_init=th, name="conv1")(s, train)
+    y = self.build.lif("lif2")(y)
+    y = self.build.conv_bn(self.features, scale_init=0.2 * th, name="conv2")(y, train)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = self.build.conv_bn(self.features, strides=self.strides, kernel_size=1, scale_init=th,
+                             name="downsample")(s, train)
+    return y + x
+
+
+class SEWBlock(nn.Module):
+  """Spike-element-wise block (SEW-ResNet, ADD): out = SN(BN(conv(SN(BN(conv(s)))))) + identity,
+  identity = s or SN(BN(conv1×1(s))) ('downsample', 'downsample_lif') when the shape changes.
+  Inputs and outputs are spike counts (the ADD makes them 0, 1, 2, ...).
+  """
+  build: Builder
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, s: Array, train: bool = False) -> Array:
+    y = self.build.conv_bn(self.features, strides=self.strides, name="conv1")(s, train)
+    y = self.build.lif("lif1")(y)
+    y = self.build.conv_bn(self.features, name="conv2")(y, train)
+    y = self.build.lif("lif2")(y)
+    if self.strides != 1 or s.shape[-1] != self.features:
+      s = self.build.conv_bn(self.features, strides=self.strides, kernel_size=1,
+                             name="downsample")(s, train)
+      s = self.build.lif("downsample_lif")(s)
+    return y + s
+
+
+class Stage(nn.Module):
+  """`blocks` residual blocks 'block0'... of one kind; the first has stride `strides`."""
+  build: Builder
+  block: Any
+  features: int
+  blocks: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    for j in range(self.blocks):
+      x = self.block(self.build, self.features, self.strides if j == 0 else 1, name=f"block{j}")(x, train)
+    return x
+
+
+class MSResNet(SpikingNet):
+  """MS-ResNet (membrane shortcut): stem conv3×3 + BN ('stem', no LIF: the stream stays
+  membrane-valued), stages 'layer1'... of `MSBlock`s, 'head_lif', global average pooling of
+  the spikes, optional hidden dense 'fc1' + 'fc1_lif' (ResNet-19: 256), classifier 'fc'.
+  Defaults of the family (SPEC §1): λ = 0.25, θ = 0.5.
+  """
+  stem_channels: int = 64
+  stages: tuple = RESNET18_STAGES
+  hidden: int | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
+    h, t, static = self.time_major(x, timesteps)
+    h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
+                           scale_init=self.neuron.threshold, name="stem")(h, train)
+    if static:
+      h = _broadcast_time(h, t)
+    for i, (c, n, s) in enumerate(self.stages):
+      h = Stage(self.build, MSBlock, self.ch(c), n, s, name=f"layer{i + 1}")(h, train)
+    h = self.build.lif("head_lif")(h).mean(axis=(2, 3))
+    if self.hidden is not None:
+      h = self.build.dense(self.ch(self.hidden), name="fc1")(h, train)
+      h = self.build.lif("fc1_lif")(h)
+    return self.classifier(h, train)
+
+
+class SEWResNet(SpikingNet):
+  """SEW-ResNet (ADD): stem conv3×3-BN-SN ('stem', 'stem_lif'), stages of `SEWBlock`s,
+  global average pooling of the spike counts, classifier 'fc'."""
+  stem_channels: int = 64
+  stages: tuple = RESNET18_STAGES
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
+    h, t, static = self.time_major(x, timesteps)
+    h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
+                           name="stem")(h, train)
+    if static:
+      h = _broadcast_time(h, t)
+    h = self.build.lif("stem_lif")(h)
+    for i, (c, n, s) in enumerate(self.stages):
+      h = Stage(self.build, SEWBlock, self.ch(c), n, s, name=f"layer{i + 1}")(h, train)
+    return self.classifier(h.mean(axis=(2, 3)), train)
+
+
+class DigitsMLP(SpikingNet):
+  """Flatten → dense 'fc1' (hidden·width units, bias) → 'lif1' → classifier 'fc'.
+  Static input [B, F] or [B, H, W, C]; events [B, T, H, W, C]."""
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
+    h, t, static = self.time_major(x, timesteps, static_ndim=(2, 4))
+    h = h.reshape(h.shape[:2] + (-1,))
+    h = self.build.dense(self.ch(self.hidden), weight_quant=self.quant.first, name="fc1")(h, train)
+    if static:
+      h = _broadcast_time(h, t)
+    h = self.build.lif("lif1")(h)
+    return self.classifier(h, train)
+
+
+class DigitsCNN(SpikingVGG):
+  """Small VGG for 8×8 digits: conv 16 → LIF → pool → conv 32 → LIF → pool → fc (×width)."""
+  layers: tuple = (16, "P", 32, "P")
+
+
+# ----------------------------------------------------------------------------------------
+# Registry and configuration.
+
+
+def _vgg9(**kw):
+  return SpikingVGG(layers=VGG9_LAYERS, **kw)
+
+
+def _vgg16(**kw):
+  return SpikingVGG(layers=VGG16_LAYERS, **kw)
+
+
+def _msresnet18(**kw):
+  return MSResNet(stem_channels=64, stages=RESNET18_STAGES, **kw)
+
+
+def _msresnet19(**kw):
+  return MSResNet(stem_channels=128, stages=RESNET19_STAGES, hidden=256, **kw)
+
+
+def _sewresnet18(**kw):
+  return SEWResNet(stem_channels=64, stages=RESNET18_STAGES, **kw)
+
+
+MODELS: dict[str, Callable[..., SpikingNet]] = {
+    "vgg9": _vgg9,
+    "vgg16": _vgg16,
+    "msresnet18": _msresnet18,
+    "msresnet19": _msresnet19,
+    "sewresnet18": _sewresnet18,
+    "digits_mlp": DigitsMLP,
+    "digits_cnn": DigitsCNN,
+}
+
+# Family defaults used when the config leaves neuron.decay / neuron.threshold unset (None).
+NEURON_DEFAULTS: dict[str, dict[str, float]] = {
+    "msresnet18": {"decay": 0.25, "threshold": 0.5},
+    "msresnet19": {"decay": 0.25, "threshold": 0.5},
+}
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """Every field of `create_model`'s config with its default.
+
+  neuron.decay / threshold / alpha None: the family default (λ = 0.5, θ = 1.0, or
+  λ = 0.25, θ = 0.5 for MS-ResNets) and the surrogate's default slope.
+  quant.* configs are {'kind': ..., **kwargs} for `mdsnn_jax.quant.registry`; first_layer /
+  last_layer {'kind': 'same'} reuse quant.weight, {'kind': 'none'} keeps them full precision.
+  """
+  ph = ml_collections.config_dict.placeholder
+  cfg = ml_collections.ConfigDict()
+  cfg.name = "digits_mlp"
+  cfg.width = 1.0
+  cfg.timesteps = 4
+  cfg.conv_impl = "xla"
+  cfg.neuron = ml_collections.ConfigDict(dict(
+      decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
+      detach_reset=False, learn_threshold=False))
+  cfg.quant = ml_collections.ConfigDict(dict(
+      weight={"kind": "none"}, membrane={"kind": "none"}, first_layer={"kind": "none"},
+      last_layer={"kind": "none"}, bn_fold=False, bias_bits=16))
+  return cfg
+
+
+def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
+  """A linen model from a config like `default_model_config()` (a ConfigDict or dict).
+
+  Fields: name, width, timesteps, neuron (dict), quant (dict: weight, membrane, first_layer,
+  last_layer, bn_fold, bias_bits), conv_impl. Missing fields take their defaults; unknown
+  names raise ValueError.
+  """
+  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+  known = set(default_model_config().keys())
+  unknown = sorted(set(cfg) - known)
+  if unknown:
+    raise ValueError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
+  name = cfg.get("name", "digits_mlp")
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+  neuron_cfg = {k: v for k, v in dict(cfg.get("neuron") or {}).items() if v is not None}
+  neuron = NeuronConfig.from_dict({**NEURON_DEFAULTS.get(name, {}), **neuron_cfg})
+  return MODELS[name](
+      num_classes=num_classes, width=float(cfg.get("width", 1.0)),
+      timesteps=int(cfg.get("timesteps", 4)), neuron=neuron,
+      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "xla"))
+
+
+def init_variables(model: nn.Module, rng: Array, x: Array, *, timesteps: int | None = None
+                   ) -> dict:
+  """Jitted model.init(...) in eval mode, without the tap collections ('membranes', 'spikes').
+
+  Compiled once per (model, input shape, timesteps): models are hashable, equal configs share it.
+  """
+  return _jit_init(model, rng, x, timesteps)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jit_init(model: nn.Module, rng: Array, x: Array, timesteps: int | None) -> dict:
+  variables = model.init(rng, x, train=False, timesteps=timesteps)
+  return {k: v for k, v in unfreeze(variables).items() if k not in TAP_COLLECTIONS}
+
+
+def init_student_from_teacher(
+    student_vars: Mapping[str, Any],
+    teacher_vars: Mapping[str, Any],
+    *,
+    student_model: nn.Module | None = None,
+    sample_input: Array | None = None,
+    rng: Array | None = None,
+) -> dict:
+  """Copies every teacher leaf of 'params' and 'batch_stats' into the student's variables.
+
+  The student's tree must be a superset of the teacher's (same paths, same shapes; extra
+  student leaves are quantizer parameters 'wq' / 'mq', learnable thresholds 'theta_raw' and
+  'quant_state'), else ValueError naming the path. With `student_model` and `sample_input`
+  the weight quantizers are re-calibrated from the copied weights: the student's 'wq' params
+  and its 'quant_state' are dropped and re-created by re-running quantizer.init_params /
+  init_state inside an eval-mode forward on `sample_input` (for bn_fold students on the
+  kernel folded with the copied running statistics). Other student-only leaves keep their
+  values. Returns a new dict; the inputs are not modified.
+  """
+  out = {k: unfreeze(v) for k, v in student_vars.items()}
+  for col in ("params", "batch_stats"):
+    teacher = traverse_util.flatten_dict(unfreeze(teacher_vars.get(col, {})), sep="/")
+    student = traverse_util.flatten_dict(out.get(col, {}), sep="/")
+    for path, value in teacher.items():
+      if path not in student:
+        raise ValueError(
+            f"teacher {col} leaf {path!r} has no counterpart in the student; the student tree "
+            f"must be a superset of the teacher's (same architecture and width)")
+      if jnp.shape(student[path]) != jnp.shape(value):
+        raise ValueError(f"{col} leaf {path!r}: teacher shape {jnp.shape(value)} != student "
+                         f"shape {jnp.shape(student[path])}")
+      student[path] = jnp.asarray(value, jnp.result_type(student[path]))
+    if student:
+      out[col] = traverse_util.unflatten_dict(student, sep="/")
+  if (student_model is None) != (sample_input is None):
+    raise ValueError("re-calibration needs both student_model and sample_input (or neither)")
+  if student_model is None:
+    return out
+  params = traverse_util.flatten_dict(out.get("params", {}), sep="/")
+  params = {k: v for k, v in params.items() if "/wq/" not in f"/{k}/"}
+  variables = {**{k: v for k, v in out.items() if k != "quant_state"},
+               "params": traverse_util.unflatten_dict(params, sep="/")}
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  _, fresh = _jit_recalibrate(student_model, variables, sample_input, rng)
+  out["params"] = unfreeze(fresh["params"])
+  if "quant_state" in fresh:
+    out["quant_state"] = unfreeze(fresh["quant_state"])
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_recalibrate(model: nn.Module, variables: dict, x: Array, rng: Array):
+  """Eval forward that (re-)creates the missing quantizer params / state from the weights."""
+  return model.apply(variables, x, train=False, rngs={"params": rng},
+                     mutable=["params", "quant_state"])
+
+
+def param_count(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s."""
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
