@@ -63,6 +63,8 @@ def main(argv):
         cfg.distill.alpha = alpha
         cfg.distill.beta = beta
         cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
+        # Every student starts from the same quantized teacher: measure that PTQ point once.
+        cfg.train.eval_ptq = seed == seeds[0] and method == methods[0]
       runs[method].append(_read_or_run(cfg, root / f"{method}_seed{seed}", stage))
 
   fp = teacher["test_accuracy"]

@@ -137,7 +137,10 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
       like = {k: v for k, v in like.items() if k in ("params", "batch_stats", "quant_state")}
       teacher_variables = ckpt.load_variables(tdir, like)
       if config.init_from_teacher:
-        variables = nn_lib.init_student_from_teacher(variables, teacher_variables)
+        # Re-calibrates the student's quantizers (e.g. LSQ steps) on the copied weights.
+        variables = nn_lib.init_student_from_teacher(
+            variables, teacher_variables, student_model=model, sample_input=sample,
+            rng=jax.random.fold_in(key, 1))
     if stage == "md":
       distill_cfg = config.distill
       if float(distill_cfg.gamma) > 0:
@@ -170,7 +173,8 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
   eval_fn = steps_lib.make_eval_step(mesh, model=model, timesteps=timesteps)
 
   ptq_accuracy = None
-  if stage != "fp" and config.init_from_teacher and resumed is None:
+  if (stage != "fp" and config.init_from_teacher and resumed is None
+      and config.train.get("eval_ptq", True)):
     # The starting point of QAT: the teacher's weights quantized, before any training (PTQ).
     ptq_accuracy = evaluate(eval_fn, state.variables, config, mesh)
     writer.write({"step": 0, "stage": stage, "ptq_accuracy": ptq_accuracy})
@@ -237,4 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     ckpt.write_json_atomic(workdir / "summary.json", {
         "stages": results, "config": config.to_dict()})
+    if config.get("report", True):
+      from mdsnn_jax.report import build_report  # matplotlib only when a report is asked for
+      build_report(workdir, workdir / "report")
+      print(f"report: {workdir / 'report' / 'report.md'}", flush=True)
   return results
