@@ -1,0 +1,42 @@
+"""Issue-5 evidence: does membrane distillation recover what quantization loses?
+
+CIFAR-10 subset of ../shared/data (10,000 train / 10,000 test), VGG-9 narrowed to a quarter
+width (16–64 channels) to fit a 2-core CPU, T = 2, direct encoding. Teacher: full precision.
+Student: 2-bit LSQ weights with batch norm folded into the weights and quantized (folded bias
+at 16 bits), ternary integer membranes {−1, 0, 1}, first and last layer 8-bit, initialised
+from the teacher. The same student is trained with the same steps and seeds three ways
+(`launch/md_table.py`): no KD, logit KD only, MD (membrane + logit KD).
+
+    python launch/md_table.py --config=launch/configs/md_cifar10.py --workdir=runs/md_cifar10
+"""
+from mdsnn_jax.train.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.report = False  # per-run reports are not needed for the table
+  c.data.name = "cifar10"
+  c.data.root = "../shared/data"
+  c.data.augment = True
+  c.model.name = "vgg9"
+  c.model.width = 0.25
+  c.model.timesteps = 2
+  c.model.conv_impl = "auto"
+  c.model.quant.weight = {"kind": "lsq", "bits": 2}
+  c.model.quant.membrane = {"kind": "ternary"}
+  c.model.quant.first_layer = {"kind": "uniform", "bits": 8}
+  c.model.quant.last_layer = {"kind": "uniform", "bits": 8}
+  c.model.quant.bn_fold = True
+  c.model.quant.bias_bits = 16
+  c.teacher_steps = 2400  # ≈ 15 epochs of 10,000 images at batch 64
+  c.train.steps = 250  # student steps (≈ 1.6 epochs)
+  c.train.global_batch = 64
+  c.train.eval_batch = 500
+  c.train.log_every = 50
+  c.train.eval_every = 800
+  c.train.checkpoint_every = 200
+  c.optim.lr = 1e-3
+  c.distill.alpha = 1.0
+  c.distill.beta = 1.0
+  c.distill.temperature = 4.0
+  return c
