@@ -25,7 +25,8 @@ config_flags.DEFINE_config_file("config", None, "Table configuration (a training
 flags.mark_flags_as_required(["config", "workdir"])
 
 # method -> (stage, distill.alpha, distill.beta)
-METHODS = {"none": ("qat", 0.0, 0.0), "logit": ("md", 0.0, 1.0), "md": ("md", 1.0, 1.0)}
+METHODS = {"none": ("qat", 0.0, 0.0), "logit": ("md", 0.0, 1.0), "md": ("md", 1.0, 1.0),
+           "mdonly": ("md", 1.0, 0.0)}
 
 
 def _read_or_run(config, workdir: pathlib.Path, stage: str) -> dict:
@@ -78,7 +79,8 @@ def main(argv):
   table = {"fp_teacher": fp * 100, "ptq": None if ptq is None else ptq * 100, "rows": rows,
            "config": base.to_dict()}
   write_json_atomic(root / "table.json", table)
-  names = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membrane + logit KD)"}
+  names = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membrane + logit KD)",
+           "mdonly": "QAT + membrane KD only"}
   lines = ["| model | test accuracy (%) | gap to FP (pp) |", "|---|---|---|",
            f"| FP teacher | {fp*100:.2f} | 0 |"]
   if ptq is not None:

@@ -336,7 +336,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.name = "digits_mlp"
   cfg.width = 1.0
   cfg.timesteps = 4
-  cfg.conv_impl = "xla"
+  cfg.conv_impl = "auto"  # fast custom-VJP conv on CPU, plain XLA on GPU/TPU
   cfg.neuron = ml_collections.ConfigDict(dict(
       decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
       detach_reset=False, learn_threshold=False))
@@ -366,7 +366,7 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
   return MODELS[name](
       num_classes=num_classes, width=float(cfg.get("width", 1.0)),
       timesteps=int(cfg.get("timesteps", 4)), neuron=neuron,
-      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "xla"))
+      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "auto"))
 
 
 def init_variables(model: nn.Module, rng: Array, x: Array, *, timesteps: int | None = None
