@@ -87,6 +87,21 @@ def lif_step(
   return u, s, h
 
 
+def prepare_lif(currents, *, decay, threshold, reset, surrogate, alpha, u0):
+  """Validates `lif_scan`'s arguments (ValueError naming a bad value) and returns
+  (spike_fn, decay, threshold, u0) with the numbers cast to the dtype of `currents`.
+
+  Shared by every scan over `lif_step` (e.g. `mdsnn_jax.prune.gated_lif_scan`).
+  """
+  _validate(currents, decay, threshold, reset)
+  spike_fn = resolve_spike_fn(surrogate, alpha)
+  dtype = currents.dtype
+  threshold = jnp.asarray(threshold).astype(dtype)
+  decay = jnp.asarray(decay).astype(dtype)
+  u = jnp.zeros(currents.shape[1:], dtype) if u0 is None else jnp.asarray(u0, dtype)
+  return spike_fn, decay, threshold, u
+
+
 def lif_scan(
     currents: jax.Array,
     *,
@@ -119,12 +134,9 @@ def lif_scan(
     (spikes [T, ...], membranes h [T, ...] (pre-reset), final state u_T [...]), all in the
     dtype of `currents`.
   """
-  _validate(currents, decay, threshold, reset)
-  spike_fn = resolve_spike_fn(surrogate, alpha)
-  dtype = currents.dtype
-  threshold = jnp.asarray(threshold).astype(dtype)
-  decay = jnp.asarray(decay).astype(dtype)
-  u = jnp.zeros(currents.shape[1:], dtype) if u0 is None else jnp.asarray(u0, dtype)
+  spike_fn, decay, threshold, u = prepare_lif(
+      currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate, alpha=alpha,
+      u0=u0)
 
   def body(u_prev, x):
     u_new, s, h = lif_step(

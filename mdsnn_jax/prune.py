@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mdsnn_jax.neuron import lif_scan, lif_step
-from mdsnn_jax.surrogate import SpikeFn, resolve_spike_fn
+from mdsnn_jax.neuron import lif_step, prepare_lif
+from mdsnn_jax.surrogate import SpikeFn
 
 LIF_OPS_PER_NEURON = 3
 
@@ -104,17 +104,11 @@ def gated_lif_scan(
   _check_prior(prior)
   if jnp.ndim(currents) < 3:
     raise ValueError(f"currents must be [T, B, ..., C] (ndim >= 3), got shape {jnp.shape(currents)}")
-  lif_kwargs = dict(decay=decay, threshold=threshold, reset=reset, surrogate=surrogate, alpha=alpha,
-                    detach_reset=detach_reset, membrane_quantizer=membrane_quantizer, u0=u0)
-  # Tracing lif_scan abstractly runs exactly its argument checks, at no compute cost.
-  jax.eval_shape(functools.partial(lif_scan, **lif_kwargs), currents)
-
-  spike_fn = resolve_spike_fn(surrogate, alpha)
+  spike_fn, decay, threshold, u = prepare_lif(
+      currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate, alpha=alpha,
+      u0=u0)
   dtype = currents.dtype
-  threshold = jnp.asarray(threshold).astype(dtype)
-  decay = jnp.asarray(decay).astype(dtype)
   step_shape = currents.shape[1:]
-  u = jnp.zeros(step_shape, dtype) if u0 is None else jnp.asarray(u0, dtype)
   mask_shape = (step_shape[0],) + (1,) * (len(step_shape) - 2) + (step_shape[-1],)
   step = functools.partial(lif_step, decay=decay, threshold=threshold, spike_fn=spike_fn, reset=reset,
                            detach_reset=detach_reset, membrane_quantizer=membrane_quantizer)

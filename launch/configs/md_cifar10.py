@@ -9,7 +9,7 @@ from the teacher. The same student is trained with the same steps and seeds thre
 
     python launch/md_table.py --config=launch/configs/md_cifar10.py --workdir=runs/md_cifar10
 """
-from mdsnn_jax.train.config import base_config
+from mdsnn_jax.train.config import base_config, low_bit_student
 
 
 def get_config():
@@ -22,11 +22,7 @@ def get_config():
   c.model.width = 0.25
   c.model.timesteps = 2
   c.model.conv_impl = "auto"
-  c.model.quant.weight = {"kind": "lsq", "bits": 2}
-  c.model.quant.membrane = {"kind": "ternary"}
-  c.model.quant.first_layer = {"kind": "uniform", "bits": 8}
-  c.model.quant.last_layer = {"kind": "uniform", "bits": 8}
-  c.model.quant.bn_fold = True
+  low_bit_student(c)
   c.model.quant.bias_bits = 16
   c.teacher_steps = 2400  # ≈ 15 epochs of 10,000 images at batch 64
   c.train.steps = 250  # student steps (≈ 1.6 epochs)

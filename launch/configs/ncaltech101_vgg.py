@@ -5,7 +5,7 @@ Reference (SPEC §7): 81.73 %.
     python launch/train.py --config=launch/configs/ncaltech101_vgg.py:fp,md \
         --config.data.root=/data/N-Caltech101 --workdir=/tmp/ncal
 """
-from mdsnn_jax.train.config import base_config
+from mdsnn_jax.train.config import base_config, low_bit_student
 
 
 def get_config(stages: str = "fp,md"):
@@ -17,9 +17,7 @@ def get_config(stages: str = "fp,md"):
   c.data.image_size = 48
   c.model.name = "vgg9"
   c.model.timesteps = 10
-  c.model.quant.weight = {"kind": "lsq", "bits": 2}
-  c.model.quant.membrane = {"kind": "ternary"}
-  c.model.quant.bn_fold = True
+  low_bit_student(c)
   c.train.global_batch = 16
   c.train.eval_batch = 16
   c.train.steps = 200 * 436  # 200 epochs of ~6,980 training recordings

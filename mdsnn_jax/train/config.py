@@ -35,3 +35,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address=None, num_processes=None, process_id=None))
   return c
+
+
+def low_bit_student(c: ml_collections.ConfigDict, weight_bits: int = 2) -> None:
+  """MD-SNN's low-bit student, in place: LSQ weights, batch norm folded and quantized,
+  ternary integer membranes, 8-bit first and last layers."""
+  c.model.quant.weight = {"kind": "lsq", "bits": weight_bits}
+  c.model.quant.membrane = {"kind": "ternary"}
+  c.model.quant.first_layer = {"kind": "uniform", "bits": 8}
+  c.model.quant.last_layer = {"kind": "uniform", "bits": 8}
+  c.model.quant.bn_fold = True
+
+
+def msresnet18_paper_config(stages: str, dataset: str, root: str, *, epochs: int,
+                            steps_per_epoch: int) -> ml_collections.ConfigDict:
+  """The MD-SNN paper rows on static images: MS-ResNet-18, T = 4 (λ = 0.25, θ = 0.5),
+  low-bit student, SGD 0.1 with weight decay 5e-4 and a cosine schedule, batch 128."""
+  c = base_config()
+  c.stages = stages
+  c.data.name = dataset
+  c.data.root = root
+  c.data.augment = True
+  c.model.name = "msresnet18"
+  c.model.timesteps = 4
+  c.model.neuron.decay = 0.25
+  c.model.neuron.threshold = 0.5
+  low_bit_student(c)
+  c.train.global_batch = 128
+  c.train.eval_batch = 500
+  c.train.steps = epochs * steps_per_epoch
+  c.train.log_every = 100
+  c.train.eval_every = 10 * steps_per_epoch
+  c.train.checkpoint_every = 1000
+  c.optim.name = "sgd"
+  c.optim.lr = 0.1
+  c.optim.weight_decay = 5e-4
+  return c
