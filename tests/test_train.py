@@ -138,7 +138,7 @@ def test_four_device_step_equals_one_device_step():
     ("--config.data.name=imagenet9000", "imagenet9000"),
     ("--config.model.name=resnet1000", "resnet1000"),
     ("--config.stages=fp,distill", "distill"),
-    ("--config.train.global_batch=0", "0"),
+    ("--config.train.global_batch=0", "batch size must be a positive int, got 0"),
     ("--config.loss.kind=hinge", "hinge"),
 ])
 def test_bad_config_fails_before_training(tmp_path, override, message):

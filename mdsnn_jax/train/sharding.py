@@ -30,6 +30,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
   n = mesh.shape["data"]
+  if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+    raise ValueError(f"batch size must be a positive int, got {global_batch!r}")
   if global_batch % n:
     raise ValueError(
         f"global batch size {global_batch} is not divisible by the {n} devices of the data axis; "
