@@ -335,3 +335,21 @@ def test_conv_impls_agree_in_value_and_gradient():
   grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply({"params": p}, x) ** 2))(variables["params"])["kernel"]
            for m in (fast, xla)]
   np.testing.assert_allclose(np.asarray(grads[0]), np.asarray(grads[1]), rtol=1e-4, atol=1e-4)
+
+
+def test_lif_layer_membrane_prior_pruning():
+  """prune_prior=-inf equals the plain layer; a high prior gates channels and sows masks."""
+  from mdsnn_jax.nn.layers import LIF, NeuronConfig
+  from mdsnn_jax.prune import gated_lif_scan
+  x = jax.random.normal(jax.random.PRNGKey(3), (4, 2, 5, 5, 6)) + 0.3
+  plain = LIF(NeuronConfig())
+  s0 = plain.apply({}, x)
+  s_inf = LIF(NeuronConfig(prune_prior=float("-inf"))).apply({}, x)
+  np.testing.assert_array_equal(np.asarray(s0), np.asarray(s_inf))
+  gated = LIF(NeuronConfig(prune_prior=0.2))
+  s, cols = gated.apply({}, x, mutable=["prune_masks"])
+  (masks,) = cols["prune_masks"]["m"]
+  ref_s, _, _, ref_masks = gated_lif_scan(x, prior=0.2)
+  np.testing.assert_array_equal(np.asarray(s), np.asarray(ref_s))
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(ref_masks))
+  assert 0 < float(masks[1:].mean()) < 1, "some but not all channels gated at this prior"

@@ -33,6 +33,7 @@ from flax.core import FrozenDict
 from mdsnn_jax.neuron import RESETS, lif_scan
 from mdsnn_jax.nn.conv import IMPLS as CONV_IMPLS
 from mdsnn_jax.nn.conv import conv2d
+from mdsnn_jax.prune import gated_lif_scan
 from mdsnn_jax.quant.base import MembraneQuantizer, WeightQuantizer
 from mdsnn_jax.quant.batchnorm import fold_batchnorm, quantize_folded
 from mdsnn_jax.quant.registry import make_membrane_quantizer, make_weight_quantizer
@@ -81,6 +82,9 @@ class NeuronConfig:
   'hard' | 'soft' | 'none', surrogate name and slope alpha (None: the surrogate's default),
   detach_reset, and learn_threshold: a learnable per-channel θ, kept positive by the
   parametrisation θ = softplus(theta_raw) with theta_raw initialised so that θ = threshold.
+  prune_prior: None (off) or p, SpQuant's membrane-prior channel gating (SPEC §4,
+  `mdsnn_jax.prune.gated_lif_scan`): at t ≥ 1 a channel whose spatial-mean membrane at t−1 is
+  below p gets zero input current.
   """
   decay: float = 0.5
   threshold: float = 1.0
@@ -89,6 +93,7 @@ class NeuronConfig:
   alpha: float | None = None
   detach_reset: bool = False
   learn_threshold: bool = False
+  prune_prior: float | None = None
 
   def __post_init__(self):
     if not (isinstance(self.decay, (int, float)) and 0.0 <= self.decay <= 1.0):
@@ -219,9 +224,15 @@ class LIF(nn.Module):
     if mq is not None:
       mq_params = self.param("mq", lambda _: mq.init_params()) if _has_leaves(mq.init_params) else {}
       mq_fn = functools.partial(mq.apply, mq_params)
-    s, h, _ = lif_scan(
-        x, decay=cfg.decay, threshold=threshold, reset=cfg.reset, surrogate=cfg.surrogate,
-        alpha=cfg.alpha, detach_reset=cfg.detach_reset, membrane_quantizer=mq_fn)
+    lif_kwargs = dict(decay=cfg.decay, threshold=threshold, reset=cfg.reset,
+                      surrogate=cfg.surrogate, alpha=cfg.alpha, detach_reset=cfg.detach_reset,
+                      membrane_quantizer=mq_fn)
+    if cfg.prune_prior is None:
+      s, h, _ = lif_scan(x, **lif_kwargs)
+    else:
+      s, h, _, masks = gated_lif_scan(x, prior=cfg.prune_prior, **lif_kwargs)
+      # Active-channel masks [T, B, C], for FLOPs accounting (prune.conv_lif_flops).
+      self.sow("prune_masks", "m", masks, init_fn=tuple, reduce_fn=_latest)
     # Keep only the latest call's tap (a 1-tuple, flax's sow format), so variables returned by
     # `init` (where every collection is mutable) never make later applies accumulate.
     self.sow("membranes", "h", h, init_fn=tuple, reduce_fn=_latest)

@@ -339,7 +339,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.conv_impl = "auto"  # fast custom-VJP conv on CPU, plain XLA on GPU/TPU
   cfg.neuron = ml_collections.ConfigDict(dict(
       decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
-      detach_reset=False, learn_threshold=False))
+      detach_reset=False, learn_threshold=False, prune_prior=ph(float)))
   cfg.quant = ml_collections.ConfigDict(dict(
       weight={"kind": "none"}, membrane={"kind": "none"}, first_layer={"kind": "none"},
       last_layer={"kind": "none"}, bn_fold=False, bias_bits=16))
