@@ -156,17 +156,6 @@ def test_md_without_teacher_fails_with_where_to_find_it(tmp_path):
   assert "teacher" in out and str(tmp_path / "fp" / "final_variables") in out, out
 
 
-def test_validate_config_rejects_indivisible_batch(tmp_path):
-  from mdsnn_jax.train.config import base_config
-  from mdsnn_jax.train.loop import validate_config
-  c = base_config()
-  c.train.global_batch = 3
-  if len(jax.devices()) == 1:
-    pytest.skip("one device: every batch size divides")
-  with pytest.raises(ValueError, match="3"):
-    validate_config(c, tmp_path)
-
-
 def _count_convs(jaxpr) -> int:
   n = 0
   for eqn in jaxpr.eqns:
