@@ -55,8 +55,8 @@ def main() -> None:
   print(f"machine: {machine()}, {os.cpu_count()} cpus")
   print(f"shape: Linear({n}->{n}) + LIF, batch {b}, T {t}, surrogate {a.surrogate}; peak = one "
         f"[{t*b}x{n}]x[{n}x{n}] matmul measured in this run: {peak:.1f} GFLOP/s")
-  print(f"| pass | ms | GFLOP/s | floor (matmuls at peak) ms | time / floor |")
-  print(f"|---|---|---|---|---|")
+  print("| pass | ms | GFLOP/s | floor (matmuls at peak) ms | time / floor |")
+  print("|---|---|---|---|---|")
   for name, sec, nmm in (("forward", t_fwd, 1), ("forward+backward", t_fb, 2)):
     print(f"| {name} | {sec*1e3:.1f} | {nmm*flops_mm/sec/1e9:.1f} | {nmm*t_mm*1e3:.1f} | "
           f"{sec/(nmm*t_mm):.2f} |")

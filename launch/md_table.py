@@ -9,6 +9,7 @@ checkpoints, so the command can be interrupted and restarted.
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 
 import numpy as np
@@ -32,7 +33,6 @@ METHODS = {"none": ("qat", 0.0, 0.0), "logit": ("md", 0.0, 1.0), "md": ("md", 1.
 def _read_or_run(config, workdir: pathlib.Path, stage: str) -> dict:
   summary = workdir / stage / "summary.json"
   if summary.exists():
-    import json
     return json.loads(summary.read_text())
   return train_and_evaluate(config, str(workdir))[stage]
 

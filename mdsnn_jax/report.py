@@ -516,7 +516,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   from mdsnn_jax import data as data_lib
   from mdsnn_jax import nn as nn_lib
   from mdsnn_jax.train import checkpoint as ckpt
-  from mdsnn_jax.train.loop import stage_model_config
+  from mdsnn_jax.train.loop import load_trained_variables, sample_input, stage_model_config
 
   workdir = pathlib.Path(workdir)
   out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
@@ -534,9 +534,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   timesteps = int(config.model.timesteps)
   hw_timesteps = int(info.timesteps or timesteps) if info.is_event else timesteps
   batch = int(eval_batch or config.train.eval_batch)
-  sample = (np.zeros((1, hw_timesteps) + tuple(info.image_shape), np.float32) if info.is_event
-            else np.zeros((1,) + tuple(info.image_shape), np.float32))
-  key = jax.random.PRNGKey(int(config.seed))
+  sample = sample_input(info, timesteps)
 
   results: dict[str, dict] = {}
   rates_by_stage: dict[str, dict] = {}
@@ -544,9 +542,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   for stage in stages:
     model_cfg = stage_model_config(config, stage)
     model = nn_lib.create_model(model_cfg, info.num_classes)
-    like = jax.eval_shape(lambda k, m=model: m.init({"params": k}, sample, train=False), key)
-    like = {k: v for k, v in like.items() if k in ("params", "batch_stats", "quant_state")}
-    variables = ckpt.load_variables(workdir / stage / "final_variables", like)
+    variables = load_trained_variables(model, sample, workdir / stage / "final_variables")
     loader = data_lib.make_loader(config.data, "test", batch_size=batch, seed=0, shuffle=False,
                                   num_epochs=1, drop_remainder=False)
     fr = collect_firing(model, variables, loader, timesteps, max_batches)

@@ -48,7 +48,7 @@ RESNET19_STAGES = ((128, 3, 1), (256, 3, 2), (512, 2, 2))
 # A training forward updates these (pass them as `mutable`, like BN statistics) ...
 TRAIN_MUTABLE = ("batch_stats", "quant_state")
 # ... and sows the taps into these when they are mutable.
-TAP_COLLECTIONS = ("membranes", "spikes")
+TAP_COLLECTIONS = ("membranes", "spikes", "prune_masks")
 
 BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantConfig.weight)
 

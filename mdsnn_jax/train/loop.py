@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -82,10 +81,18 @@ def validate_config(config, workdir: str | pathlib.Path) -> list[str]:
   return stages
 
 
-def _sample_input(info, timesteps: int) -> np.ndarray:
+def sample_input(info, timesteps: int) -> np.ndarray:
+  """A zero batch of one input of the dataset's shape (events: [1, T, H, W, 2])."""
   if info.is_event:
     return np.zeros((1, info.timesteps or timesteps) + tuple(info.image_shape), np.float32)
   return np.zeros((1,) + tuple(info.image_shape), np.float32)
+
+
+def load_trained_variables(model, sample: np.ndarray, directory: pathlib.Path) -> dict:
+  """The variables `save_variables` exported for `model` (tree shapes from an abstract init)."""
+  like = jax.eval_shape(lambda k: model.init({"params": k}, sample, train=False),
+                        jax.random.PRNGKey(0))
+  return ckpt.load_variables(directory, like)
 
 
 def _local_batch(batch: dict) -> dict:
@@ -123,19 +130,16 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
   timesteps = int(config.model.timesteps)
 
   model = nn_lib.create_model(stage_model_config(config, stage), info.num_classes)
-  sample = _sample_input(info, timesteps)
+  sample = sample_input(info, timesteps)
   key = jax.random.PRNGKey(int(config.seed))
-  variables = jax.jit(lambda k: model.init({"params": k}, sample, train=False))(key)
-  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats", "quant_state")}
+  variables = nn_lib.init_variables(model, key, sample)
 
   teacher_model = teacher_variables = distill_cfg = None
   if stage != "fp":
     tdir = teacher_dir(config, workdir) / "final_variables"
     if stage == "md" or config.init_from_teacher:
       teacher_model = nn_lib.create_model(stage_model_config(config, "fp"), info.num_classes)
-      like = jax.eval_shape(lambda k: teacher_model.init({"params": k}, sample, train=False), key)
-      like = {k: v for k, v in like.items() if k in ("params", "batch_stats", "quant_state")}
-      teacher_variables = ckpt.load_variables(tdir, like)
+      teacher_variables = load_trained_variables(teacher_model, sample, tdir)
       if config.init_from_teacher:
         # Re-calibrates the student's quantizers (e.g. LSQ steps) on the copied weights.
         variables = nn_lib.init_student_from_teacher(

@@ -7,7 +7,6 @@ import os
 import pathlib
 from typing import Any
 
-from mdsnn_jax.train.checkpoint import write_json_atomic  # noqa: F401  (re-exported)
 
 
 class MetricsWriter:

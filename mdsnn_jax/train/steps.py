@@ -49,12 +49,6 @@ def _apply(model, variables, images, *, train: bool, timesteps: int | None, taps
   return model.apply(variables, images, train=train, timesteps=timesteps, mutable=mutable)
 
 
-def _student_variables(state: TrainState, params) -> dict:
-  model_params = {k: v for k, v in params.items() if k != "projector"}
-  return {"params": model_params, "batch_stats": state.batch_stats,
-          "quant_state": state.quant_state}
-
-
 def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *, model,
                loss_cfg, distill_cfg=None, teacher_model=None,
                timesteps: int | None = None) -> tuple[TrainState, dict]:
@@ -71,7 +65,9 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
     teacher_taps = jax.lax.stop_gradient(distill.flatten_taps(t_cols["membranes"]))
 
   def loss_fn(params):
-    logits_t, cols = _apply(model, _student_variables(state, params), images, train=True,
+    variables = {"params": params, "batch_stats": state.batch_stats,
+                 "quant_state": state.quant_state}
+    logits_t, cols = _apply(model, variables, images, train=True,
                             timesteps=timesteps, taps=distill_cfg is not None)
     metrics = {}
     if distill_cfg is None:
@@ -83,7 +79,6 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
           logits_t.mean(0), labels, teacher_logits, distill.flatten_taps(cols["membranes"]),
           teacher_taps, alpha=distill_cfg.alpha, beta=distill_cfg.beta,
           temperature=distill_cfg.temperature, gamma=distill_cfg.gamma,
-          projector_params=params.get("projector"),
           layers=_layers(distill_cfg.layers), decorrelate=distill_cfg.decorrelate,
           temporal_weight=distill_cfg.temporal_weight, align=distill_cfg.align)
       if kind != "ce":  # swap the CE task term for the configured one
