@@ -8,16 +8,15 @@ checkpoints, so the command can be interrupted and restarted.
 """
 from __future__ import annotations
 
-import copy
-import json
 import pathlib
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdsnn_jax.report import write_text_atomic
 from mdsnn_jax.train.checkpoint import write_json_atomic
-from mdsnn_jax.train.loop import train_and_evaluate
+from mdsnn_jax.train.experiments import NAMES, parse_methods, run_student, run_teacher
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the whole table.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated student seeds.")
@@ -25,48 +24,20 @@ _METHODS = flags.DEFINE_string("methods", "none,logit,md", "Which students to tr
 config_flags.DEFINE_config_file("config", None, "Table configuration (a training config).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# method -> (stage, distill.alpha, distill.beta)
-METHODS = {"none": ("qat", 0.0, 0.0), "logit": ("md", 0.0, 1.0), "md": ("md", 1.0, 1.0),
-           "mdonly": ("md", 1.0, 0.0)}
-
-
-def _read_or_run(config, workdir: pathlib.Path, stage: str) -> dict:
-  summary = workdir / stage / "summary.json"
-  if summary.exists():
-    return json.loads(summary.read_text())
-  return train_and_evaluate(config, str(workdir))[stage]
-
-
 def main(argv):
   del argv
   base = flags.FLAGS.config
   root = pathlib.Path(_WORKDIR.value)
   seeds = [int(s) for s in _SEEDS.value.split(",")]
-  methods = [m for m in _METHODS.value.split(",") if m]
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown:
-    raise app.UsageError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
-
-  teacher_cfg = copy.deepcopy(base)
-  with teacher_cfg.unlocked():
-    teacher_cfg.stages = "fp"
-    teacher_cfg.train.steps = int(base.get("teacher_steps", base.train.steps))
-  teacher = _read_or_run(teacher_cfg, root / "teacher", "fp")
+  methods = parse_methods(_METHODS.value)
+  teacher = run_teacher(base, root)
 
   runs: dict[str, list[dict]] = {m: [] for m in methods}
   for seed in seeds:
     for method in methods:
-      stage, alpha, beta = METHODS[method]
-      cfg = copy.deepcopy(base)
-      with cfg.unlocked():
-        cfg.stages = stage
-        cfg.seed = seed
-        cfg.distill.alpha = alpha
-        cfg.distill.beta = beta
-        cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
-        # Every student starts from the same quantized teacher: measure that PTQ point once.
-        cfg.train.eval_ptq = seed == seeds[0] and method == methods[0]
-      runs[method].append(_read_or_run(cfg, root / f"{method}_seed{seed}", stage))
+      # Every student starts from the same quantized teacher: measure that PTQ point once.
+      runs[method].append(run_student(base, root, method, seed,
+                                      eval_ptq=seed == seeds[0] and method == methods[0]))
 
   fp = teacher["test_accuracy"]
   ptq = next((r["ptq_accuracy"] for rs in runs.values() for r in rs if r.get("ptq_accuracy") is not None), None)
@@ -79,19 +50,15 @@ def main(argv):
   table = {"fp_teacher": fp * 100, "ptq": None if ptq is None else ptq * 100, "rows": rows,
            "config": base.to_dict()}
   write_json_atomic(root / "table.json", table)
-  names = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membrane + logit KD)",
-           "mdonly": "QAT + membrane KD only"}
   lines = ["| model | test accuracy (%) | gap to FP (pp) |", "|---|---|---|",
            f"| FP teacher | {fp*100:.2f} | 0 |"]
   if ptq is not None:
     lines.append(f"| PTQ (teacher quantized, no training) | {ptq*100:.2f} | {(fp-ptq)*100:.2f} |")
   for r in rows:
-    lines.append(f"| {names[r['method']]} | {r['mean']:.2f} ± {r['std']:.2f} (seeds {r['seeds']}) "
+    lines.append(f"| {NAMES[r['method']]} | {r['mean']:.2f} ± {r['std']:.2f} (seeds {r['seeds']}) "
                  f"| {r['gap_to_fp']:.2f} |")
   md = "\n".join(lines) + "\n"
-  tmp = root / ".table.md.tmp"
-  tmp.write_text(md)
-  tmp.replace(root / "table.md")
+  write_text_atomic(root / "table.md", md)
   print(md)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "logit_kd_loss",
     "time_mean",
     "init_projector",
+    "init_projectors",
     "apply_projector",
     "feature_kd_loss",
     "distillation_loss",
@@ -384,6 +385,22 @@ def apply_projector(params: Mapping[str, Array], f: Array) -> Array:
   return apply()
 
 
+def init_projectors(key: Array, student_taps: Taps, teacher_taps: Taps,
+                    layers: LayerSpec = "all", dtype: Any = jnp.float32) -> dict[str, dict]:
+  """One projector per selected tap, {name: init_projector(...)}, sized from the taps'
+  channel (last) axes; the teacher needs a tap of the same name. Taps may be arrays or
+  `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`), so no forward pass is needed."""
+  student = select_taps(student_taps, layers)
+  teacher = flatten_taps(teacher_taps)
+  missing = [n for n in student if n not in teacher]
+  if missing:
+    raise TapNotFoundError(f"feature tap(s) {missing} not in the teacher taps; "
+                           f"available: {list(teacher)}")
+  keys = jax.random.split(key, max(len(student), 1))
+  return {n: init_projector(k, int(student[n].shape[-1]), int(teacher[n].shape[-1]), dtype)
+          for k, n in zip(keys, student)}
+
+
 def feature_kd_loss(params: Mapping[str, Array], f_student: Array, f_teacher: Array) -> Array:
   """mean (P(F_s) − F_t)² over all elements (MSE form of ‖P(F_s) − F_t‖²); teacher frozen."""
   projected = apply_projector(params, f_student)
@@ -442,6 +459,8 @@ def distillation_loss(
     gamma: Any = 0.0,
     projector_params: Mapping[str, Mapping[str, Array]] | None = None,
     feature_pairs: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    student_feature_taps: Taps | None = None,
+    teacher_feature_taps: Taps | None = None,
     **md_kwargs: Any,
 ) -> tuple[Array, dict[str, Array]]:
   """Total student loss L = CE(z_s, y) + α·L_MD + β·τ²·KL + γ·L_feat (SPEC §3).
@@ -450,7 +469,9 @@ def distillation_loss(
   (soft) one-hot [B, classes]. L_MD is `membrane_kd_loss(student_taps, teacher_taps,
   **md_kwargs)`. L_feat is the mean over `feature_pairs` ({student_tap: teacher_tap}, or
   (student, teacher) pairs; default: each key of `projector_params` with the same teacher
-  name) of `feature_kd_loss(projector_params[s], time_mean(s_tap), time_mean(t_tap))`.
+  name) of `feature_kd_loss(projector_params[s], time_mean(s_tap), time_mean(t_tap))`, on
+  `student_feature_taps` / `teacher_feature_taps` when given (e.g. spikes), else on the
+  membrane taps.
   A Python-number weight of 0 skips its term (its inputs may then be None).
 
   Returns (L, metrics) with metrics 'ce', 'md' (L_MD), 'md_spatial' and 'md_temporal' (the
@@ -496,9 +517,11 @@ def distillation_loss(
     kd = logit_kd_loss(student_logits, teacher_logits, temperature)
     total = total + beta * kd
   if not _is_static_zero(gamma):
-    if student_taps is None or teacher_taps is None:
-      raise ValueError("gamma != 0 needs student_taps and teacher_taps, got None")
-    feat = _feature_term(student_taps, teacher_taps, projector_params, feature_pairs)
+    f_student = student_taps if student_feature_taps is None else student_feature_taps
+    f_teacher = teacher_taps if teacher_feature_taps is None else teacher_feature_taps
+    if f_student is None or f_teacher is None:
+      raise ValueError("gamma != 0 needs student and teacher (feature) taps, got None")
+    feat = _feature_term(f_student, f_teacher, projector_params, feature_pairs)
     total = total + gamma * feat
   metrics = {"ce": ce, "md": md, "md_spatial": md_sp, "md_temporal": md_tm, "kd": kd,
              "feature": feat, "total": total}

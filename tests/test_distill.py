@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from mdsnn_jax import distill
 from mdsnn_jax.distill import (TapNotFoundError, apply_projector, distillation_loss,
-                               feature_kd_loss, flatten_taps, init_projector, logit_kd_loss,
-                               membrane_kd_loss, select_taps, time_mean)
+                               feature_kd_loss, flatten_taps, init_projector, init_projectors,
+                               logit_kd_loss, membrane_kd_loss, select_taps, time_mean)
 
 EPS = 1e-5
 
@@ -444,6 +444,39 @@ def test_affine_projector_learns_an_affine_map(c_s, c_t):
   (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=600)
   assert float(losses[0]) > 0.1
   assert float(feature_kd_loss(params, f_s, f_t)) < 1e-4
+
+
+def test_init_projectors_sizes_each_tap_from_abstract_shapes():
+  student = {n: jax.ShapeDtypeStruct(s, jnp.float32) for n, s in SHAPES.items()}
+  teacher = {"conv1/lif": jax.ShapeDtypeStruct((4, 3, 2, 2, 6), jnp.float32),
+             "fc/lif": jax.ShapeDtypeStruct((4, 3, 5), jnp.float32)}
+  proj = init_projectors(jax.random.PRNGKey(0), student, teacher)
+  assert list(proj) == ["conv1/lif", "fc/lif"]
+  assert proj["conv1/lif"]["kernel"].shape == (3, 6)  # channels differ: a 1×1 conv
+  assert set(proj["fc/lif"]) == {"gamma", "beta"} and proj["fc/lif"]["gamma"].shape == (5,)
+  only = init_projectors(jax.random.PRNGKey(0), student, teacher, layers="re:^fc")
+  assert list(only) == ["fc/lif"]
+  with pytest.raises(TapNotFoundError, match=r"'fc/lif'.*available: \['conv1/lif'\]"):
+    init_projectors(jax.random.PRNGKey(0), student, {"conv1/lif": teacher["conv1/lif"]})
+  with pytest.raises(TapNotFoundError, match="available taps"):
+    init_projectors(jax.random.PRNGKey(0), student, teacher, layers=["nope"])
+
+
+def test_feature_term_reads_the_feature_taps_when_given():
+  """Feature KD on spikes while membrane KD stays on membranes."""
+  rng = np.random.default_rng(31)
+  z = rng.normal(size=(3, 4)).astype(np.float32)
+  y = np.array([0, 1, 2])
+  mem_s, mem_t = make_taps(32, SHAPES), make_taps(33, SHAPES)
+  spk_s = {n: jnp.asarray(rng.random(s) < 0.3, jnp.float32) for n, s in SHAPES.items()}
+  spk_t = {n: jnp.asarray(rng.random(s) < 0.3, jnp.float32) for n, s in SHAPES.items()}
+  proj = {"fc/lif": init_projector(jax.random.PRNGKey(0), 5, 5)}
+  _, m = distillation_loss(z, y, z, mem_s, mem_t, alpha=1.0, beta=0.0, gamma=1.0,
+                           projector_params=proj, student_feature_taps=spk_s,
+                           teacher_feature_taps=spk_t)
+  ref = np.mean((np.asarray(spk_s["fc/lif"]).mean(0) - np.asarray(spk_t["fc/lif"]).mean(0))**2)
+  np.testing.assert_allclose(m["feature"], ref, rtol=1e-5)
+  np.testing.assert_allclose(m["md"], membrane_kd_loss(mem_s, mem_t)[0], rtol=1e-6)
 
 
 # ---------------------------------------------------------------------- total loss

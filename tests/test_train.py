@@ -46,7 +46,7 @@ def _final_params(stage_dir):
 
 def test_end_to_end_digits_fp_then_md(tmp_path):
   out = _run(tmp_path, "--config.train.steps=60", "--config.train.checkpoint_every=30",
-             config="launch/configs/default.py:fp,md")
+             "--config.distill.gamma=0.5", config="launch/configs/default.py:fp,md")
   summary = json.loads((tmp_path / "summary.json").read_text())
   for stage in ("fp", "md"):
     acc = summary["stages"][stage]["test_accuracy"]
@@ -58,7 +58,7 @@ def test_end_to_end_digits_fp_then_md(tmp_path):
   md = [json.loads(l) for l in (tmp_path / "md" / "metrics.jsonl").read_text().splitlines()]
   assert md[0].get("ptq_accuracy", 0) > 0.1, md[0]  # the quantized start, evaluated at step 0
   train_records = [r for r in md if "loss" in r]
-  assert all(k in train_records[0] for k in ("md", "kd", "ce")), train_records[0]
+  assert all(train_records[0][k] > 0 for k in ("md", "kd", "ce", "feature")), train_records[0]
   assert "ETA" in out and "steps/s" in out
 
 
@@ -205,3 +205,66 @@ def test_distill_step_computes_no_teacher_backward():
   n_distill = _count_convs(jax.make_jaxpr(distill)(state, tv).jaxpr)
   assert n_teacher > 0 and n_student > n_teacher
   assert n_distill == n_student + n_teacher, (n_distill, n_student, n_teacher)
+
+
+def _feature_kd_setup(source: str, feature_layers: str):
+  from mdsnn_jax import nn
+  from mdsnn_jax.train.config import base_config
+  from mdsnn_jax.train.loop import init_feature_projectors, stage_model_config
+  from mdsnn_jax.train.state import TrainState, make_optimizer
+  c = base_config()
+  c.stages = "md"
+  c.model.name = "digits_cnn"
+  c.model.timesteps = 2
+  c.model.quant.weight = {"kind": "lsq", "bits": 2}
+  c.distill.alpha, c.distill.beta, c.distill.gamma = 0.0, 0.0, 1.0
+  c.distill.feature_source, c.distill.feature_layers = source, feature_layers
+  teacher = nn.create_model(stage_model_config(c, "fp"), 10)
+  student = nn.create_model(stage_model_config(c, "md"), 10)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((8, 8, 8, 1)), jnp.float32)
+  batch = {"image": x, "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
+  tv = nn.init_variables(teacher, jax.random.PRNGKey(0), x[:1])
+  sv = nn.init_variables(student, jax.random.PRNGKey(1), x[:1])
+  projectors = init_feature_projectors(c, jax.random.PRNGKey(2), student, sv, teacher, tv,
+                                       np.asarray(x[:1]))
+  state = TrainState.create(variables=dict(sv), tx=make_optimizer(c.optim, 10),
+                            distill_params=projectors)
+  return c, teacher, student, tv, state, batch
+
+
+@pytest.mark.parametrize("source", ["membranes", "spikes"])
+def test_feature_kd_trains_projectors_with_the_student(source):
+  from mdsnn_jax.train import steps
+  c, teacher, student, tv, state, batch = _feature_kd_setup(source, "all")
+  assert set(state.distill_params) == {"lif0", "lif1"}, list(state.distill_params)
+  assert all(set(p) == {"gamma", "beta"} for p in state.distill_params.values())
+  before = jax.tree.map(np.asarray, state.distill_params)
+  step = jax.jit(lambda s, b, t: steps.train_step(
+      s, b, t, model=student, loss_cfg=c.loss, distill_cfg=c.distill, teacher_model=teacher,
+      timesteps=2))
+  losses = []
+  for _ in range(5):
+    state, m = step(state, batch, tv)
+    losses.append(float(m["feature"]))
+  assert all(np.isfinite(losses)) and losses[0] > 0, losses
+  assert float(m["md"]) == 0.0 and float(m["kd"]) == 0.0  # switched off: not computed
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                       state.distill_params, before)
+  assert all(v > 0 for v in jax.tree.leaves(moved)), moved  # every projector is trained
+  assert "distill_params" not in state.variables and set(state.variables) == {
+      "params", "batch_stats", "quant_state"}  # dropped at export
+
+
+def test_feature_kd_unknown_tap_lists_the_available_ones():
+  from mdsnn_jax.distill import TapNotFoundError
+  with pytest.raises(TapNotFoundError, match=r"lif9.*available taps: \[.lif0., .lif1.\]"):
+    _feature_kd_setup("membranes", "lif0,lif9")
+
+
+def test_unknown_feature_source_fails_before_training(tmp_path):
+  proc = _launch(tmp_path, "--config.distill.feature_source=currents",
+                 config="launch/configs/default.py:fp,md")
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode != 0 and "currents" in out and "membranes" in out, out
+  assert not (tmp_path / "fp" / "checkpoints").exists(), "training started despite a bad config"

@@ -30,7 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05))
   c.distill = ml_collections.ConfigDict(dict(
       alpha=1.0, beta=1.0, temperature=4.0, gamma=0.0, layers="all", decorrelate=True,
-      temporal_weight=1.0, align="prefix", teacher_timesteps=0, teacher_workdir=""))
+      temporal_weight=1.0, align="prefix", teacher_timesteps=0, teacher_workdir="",
+      # Feature KD (γ > 0): time-mean of these taps ('all', 're:<pattern>' or a comma list)
+      # of 'membranes' or 'spikes', through a per-tap affine projector trained with the
+      # student (a 1×1 conv when the teacher's channels differ).
+      feature_layers="all", feature_source="membranes"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address=None, num_processes=None, process_id=None))

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from mdsnn_jax import data as data_lib
+from mdsnn_jax import distill
 from mdsnn_jax import nn as nn_lib
 from mdsnn_jax.train import checkpoint as ckpt
 from mdsnn_jax.train import sharding as shd
@@ -65,6 +66,10 @@ def validate_config(config, workdir: str | pathlib.Path) -> list[str]:
     nn_lib.create_model(stage_model_config(config, stage), info.num_classes)
   steps_lib.task_loss(jnp.zeros((1, 1, 2)), jnp.zeros((1,), jnp.int32), config.loss.kind)
   make_optimizer(config.optim, int(config.train.steps))
+  source = config.distill.get("feature_source", "membranes")
+  if "md" in stages and source not in steps_lib.FEATURE_SOURCES:
+    raise ValueError(f"unknown distill.feature_source {source!r}; allowed: "
+                     f"{list(steps_lib.FEATURE_SOURCES)}")
   mesh = shd.make_mesh(config.mesh.get("data", -1))
   shd.check_batch_divisible(int(config.train.global_batch), mesh)
   shd.check_batch_divisible(int(config.train.eval_batch), mesh)
@@ -93,6 +98,23 @@ def load_trained_variables(model, sample: np.ndarray, directory: pathlib.Path) -
   like = jax.eval_shape(lambda k: model.init({"params": k}, sample, train=False),
                         jax.random.PRNGKey(0))
   return ckpt.load_variables(directory, like)
+
+
+def init_feature_projectors(config, key, model, variables, teacher_model, teacher_variables,
+                            sample: np.ndarray) -> dict:
+  """{tap: projector} for feature KD, sized from abstract forward passes (no compute)."""
+  source = config.distill.get("feature_source", "membranes")
+  timesteps = int(config.model.timesteps)
+
+  def taps(m, v, t):
+    _, cols = jax.eval_shape(
+        lambda v: m.apply(v, sample, train=False, timesteps=t, mutable=[source]), v)
+    return distill.flatten_taps(cols[source])
+
+  return distill.init_projectors(
+      key, taps(model, variables, timesteps),
+      taps(teacher_model, teacher_variables, int(config.distill.teacher_timesteps) or timesteps),
+      layers=steps_lib.layer_spec(config.distill.get("feature_layers", "all")))
 
 
 def _local_batch(batch: dict) -> dict:
@@ -134,7 +156,7 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
   key = jax.random.PRNGKey(int(config.seed))
   variables = nn_lib.init_variables(model, key, sample)
 
-  teacher_model = teacher_variables = distill_cfg = None
+  teacher_model = teacher_variables = distill_cfg = distill_params = None
   if stage != "fp":
     tdir = teacher_dir(config, workdir) / "final_variables"
     if stage == "md" or config.init_from_teacher:
@@ -148,12 +170,12 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
     if stage == "md":
       distill_cfg = config.distill
       if float(distill_cfg.gamma) > 0:
-        raise NotImplementedError(
-            "feature KD (distill.gamma > 0) is available as distill.feature_kd_loss but is not "
-            "wired into the launcher yet; set distill.gamma=0")
+        distill_params = init_feature_projectors(
+            config, jax.random.fold_in(key, 2), model, variables, teacher_model,
+            teacher_variables, sample)
 
   tx = make_optimizer(config.optim, total_steps)
-  state = TrainState.create(variables=variables, tx=tx)
+  state = TrainState.create(variables=variables, tx=tx, distill_params=distill_params)
   state = jax.device_put(state, shd.replicated(mesh))
   if teacher_variables is not None:
     teacher_variables = jax.device_put(teacher_variables, shd.replicated(mesh))

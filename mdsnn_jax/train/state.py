@@ -13,27 +13,39 @@ PyTree = Any
 class TrainState(flax.struct.PyTreeNode):
   """Everything that changes during training (and so is checkpointed).
 
-  params: trained by gradient. batch_stats: tdBN running statistics. quant_state:
-  quantizer state updated outside the gradient (e.g. LQ-Net bases).
+  params: the model's parameters, trained by gradient. distill_params: parameters trained
+  with them that are not part of the model (feature-KD projectors; {} when unused), so
+  they are checkpointed but never exported. batch_stats: tdBN running statistics.
+  quant_state: quantizer state updated outside the gradient (e.g. LQ-Net bases). The
+  optimizer state is over the pair (params, distill_params).
   """
   step: jax.Array
   params: PyTree
+  distill_params: PyTree
   batch_stats: PyTree
   quant_state: PyTree
   opt_state: optax.OptState
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @classmethod
-  def create(cls, *, variables: dict, tx: optax.GradientTransformation) -> "TrainState":
+  def create(cls, *, variables: dict, tx: optax.GradientTransformation,
+             distill_params: PyTree = None) -> "TrainState":
     params = variables["params"]
+    distill_params = {} if distill_params is None else distill_params
     return cls(
         step=jax.numpy.zeros((), jax.numpy.int32),
         params=params,
+        distill_params=distill_params,
         batch_stats=variables.get("batch_stats", {}),
         quant_state=variables.get("quant_state", {}),
-        opt_state=tx.init(params),
+        opt_state=tx.init((params, distill_params)),
         tx=tx,
     )
+
+  @property
+  def trainable(self) -> tuple[PyTree, PyTree]:
+    """What the gradient is taken of: (params, distill_params)."""
+    return self.params, self.distill_params
 
   @property
   def variables(self) -> dict:
@@ -42,8 +54,10 @@ class TrainState(flax.struct.PyTreeNode):
             "quant_state": self.quant_state}
 
   def apply_gradients(self, grads, *, batch_stats, quant_state) -> "TrainState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+    """grads: gradients of (params, distill_params), the structure of `trainable`."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.trainable)
+    params, distill_params = optax.apply_updates(self.trainable, updates)
+    return self.replace(step=self.step + 1, params=params, distill_params=distill_params,
                         batch_stats=batch_stats, quant_state=quant_state, opt_state=opt_state)
 
 

@@ -41,9 +41,13 @@ def task_loss(logits_t: jax.Array, labels: jax.Array, kind: str = "ce",
   raise ValueError(f"unknown loss.kind {kind!r}; allowed: {list(LOSS_KINDS)}")
 
 
-def _apply(model, variables, images, *, train: bool, timesteps: int | None, taps: bool):
-  """Runs the model; returns (logits [T,B,K], updated collections incl. taps when asked)."""
-  mutable = (["batch_stats", "quant_state"] if train else []) + (["membranes"] if taps else [])
+FEATURE_SOURCES = ("membranes", "spikes")
+
+
+def _apply(model, variables, images, *, train: bool, timesteps: int | None, taps=()):
+  """Runs the model; returns (logits [T,B,K], updated collections incl. the tap
+  collections named in `taps`)."""
+  mutable = (["batch_stats", "quant_state"] if train else []) + list(taps)
   if not mutable:
     return model.apply(variables, images, train=train, timesteps=timesteps), {}
   return model.apply(variables, images, train=train, timesteps=timesteps, mutable=mutable)
@@ -52,23 +56,37 @@ def _apply(model, variables, images, *, train: bool, timesteps: int | None, taps
 def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *, model,
                loss_cfg, distill_cfg=None, teacher_model=None,
                timesteps: int | None = None) -> tuple[TrainState, dict]:
-  """One optimizer step. With `distill_cfg` (stage 'md'): L = task + α·MD + β·τ²KL + γ·feat."""
+  """One optimizer step. With `distill_cfg` (stage 'md'): L = task + α·MD + β·τ²KL + γ·feat.
+
+  The feature term (γ > 0) reads the taps of `distill_cfg.feature_source` ('membranes' or
+  'spikes') through the projectors in `state.distill_params` ({tap: projector}), which
+  are trained with the student."""
   images, labels = batch["image"], batch["label"]
   kind = loss_cfg.get("kind", "ce")
   tet_lambda = float(loss_cfg.get("tet_lambda", 0.05))
 
-  teacher_logits = teacher_taps = None
+  taps = ()
+  feature_source = None
+  if distill_cfg is not None:
+    taps = ("membranes",)
+    if float(distill_cfg.get("gamma", 0.0)) > 0:
+      feature_source = distill_cfg.get("feature_source", "membranes")
+      taps = tuple(dict.fromkeys(taps + (feature_source,)))
+  teacher_logits = teacher_taps = teacher_features = None
   if distill_cfg is not None:
     t_out, t_cols = _apply(teacher_model, teacher_variables, images, train=False,
-                           timesteps=distill_cfg.get("teacher_timesteps") or timesteps, taps=True)
+                           timesteps=distill_cfg.get("teacher_timesteps") or timesteps, taps=taps)
+    t_cols = jax.lax.stop_gradient(t_cols)
     teacher_logits = jax.lax.stop_gradient(t_out.mean(0))
-    teacher_taps = jax.lax.stop_gradient(distill.flatten_taps(t_cols["membranes"]))
+    teacher_taps = distill.flatten_taps(t_cols["membranes"])
+    if feature_source is not None:
+      teacher_features = distill.flatten_taps(t_cols[feature_source])
 
-  def loss_fn(params):
+  def loss_fn(trainable):
+    params, distill_params = trainable
     variables = {"params": params, "batch_stats": state.batch_stats,
                  "quant_state": state.quant_state}
-    logits_t, cols = _apply(model, variables, images, train=True,
-                            timesteps=timesteps, taps=distill_cfg is not None)
+    logits_t, cols = _apply(model, variables, images, train=True, timesteps=timesteps, taps=taps)
     metrics = {}
     if distill_cfg is None:
       loss = task_loss(logits_t, labels, kind, tet_lambda)
@@ -79,22 +97,26 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
           logits_t.mean(0), labels, teacher_logits, distill.flatten_taps(cols["membranes"]),
           teacher_taps, alpha=distill_cfg.alpha, beta=distill_cfg.beta,
           temperature=distill_cfg.temperature, gamma=distill_cfg.gamma,
-          layers=_layers(distill_cfg.layers), decorrelate=distill_cfg.decorrelate,
-          temporal_weight=distill_cfg.temporal_weight, align=distill_cfg.align)
+          layers=layer_spec(distill_cfg.layers), decorrelate=distill_cfg.decorrelate,
+          temporal_weight=distill_cfg.temporal_weight, align=distill_cfg.align,
+          projector_params=distill_params if feature_source else None,
+          student_feature_taps=(distill.flatten_taps(cols[feature_source])
+                                if feature_source else None),
+          teacher_feature_taps=teacher_features)
       if kind != "ce":  # swap the CE task term for the configured one
         loss = loss - metrics["ce"] + task_loss(logits_t, labels, kind, tet_lambda)
     metrics["loss"] = loss
     metrics["accuracy"] = jnp.mean(jnp.argmax(logits_t.mean(0), -1) == labels)
     return loss, (metrics, cols)
 
-  (_, (metrics, cols)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (metrics, cols)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
   new_state = state.apply_gradients(
       grads, batch_stats=cols.get("batch_stats", state.batch_stats),
       quant_state=cols.get("quant_state", state.quant_state))
   return new_state, metrics
 
 
-def _layers(spec):
+def layer_spec(spec):
   """Config form of `distill.select_taps`'s layers: 'all', 're:<pattern>' or a comma list."""
   if isinstance(spec, str) and spec != "all" and not spec.startswith("re:"):
     return [s.strip() for s in spec.split(",") if s.strip()]

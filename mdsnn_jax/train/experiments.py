@@ -1,0 +1,64 @@
+"""The MD evidence experiments (`launch/md_table.py`, `launch/md_ablation.py`) as functions.
+
+One FP teacher per table folder (root/teacher), and quantized students that differ only in
+which distillation terms are switched on, all started from that teacher and reading it as
+their distillation target. Every run is resumable and is skipped when its summary exists.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+
+from mdsnn_jax.train.loop import train_and_evaluate
+
+# method -> (stage, which of membrane KD (α), logit KD (β), feature KD (γ) it switches on);
+# the weights themselves come from the config (γ defaults to 1 for 'feature').
+METHODS = {"none": ("qat", ()), "logit": ("md", ("beta",)), "md": ("md", ("alpha", "beta")),
+           "mdonly": ("md", ("alpha",)), "feature": ("md", ("gamma",))}
+NAMES = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membrane + logit KD)",
+         "mdonly": "QAT + membrane KD only", "feature": "QAT + affine-projector feature KD only"}
+
+
+def read_or_run(config, workdir: pathlib.Path, stage: str) -> dict:
+  summary = workdir / stage / "summary.json"
+  if summary.exists():
+    return json.loads(summary.read_text())
+  return train_and_evaluate(config, str(workdir))[stage]
+
+
+def parse_methods(text: str) -> list[str]:
+  """'none,logit,md' -> ['none', 'logit', 'md'], rejecting unknown methods."""
+  methods = [m for m in text.split(",") if m]
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
+  return methods
+
+
+def run_teacher(base, root: pathlib.Path) -> dict:
+  """The FP teacher of the table, trained once in root/teacher (`teacher_steps` steps)."""
+  teacher_cfg = copy.deepcopy(base)
+  with teacher_cfg.unlocked():
+    teacher_cfg.stages = "fp"
+    teacher_cfg.train.steps = int(base.get("teacher_steps", base.train.steps))
+  return read_or_run(teacher_cfg, root / "teacher", "fp")
+
+
+def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str | None = None,
+                eval_ptq: bool = False) -> dict:
+  """One quantized student in root/<name or method>_seed<seed>, distilled from root/teacher.
+
+  The method switches the membrane (α), logit (β) and feature (γ) terms on or off; their
+  weights, temperature, layers etc. are the config's."""
+  stage, terms = METHODS[method]
+  cfg = copy.deepcopy(base)
+  with cfg.unlocked():
+    cfg.stages = stage
+    cfg.seed = seed
+    for term in ("alpha", "beta", "gamma"):
+      weight = float(base.distill[term]) or (1.0 if term == "gamma" else 0.0)
+      cfg.distill[term] = weight if term in terms else 0.0
+    cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
+    cfg.train.eval_ptq = eval_ptq
+  return read_or_run(cfg, root / f"{name or method}_seed{seed}", stage)
