@@ -4,7 +4,7 @@ SpikeSim-compatible: X×X RRAM crossbars (X = 64), k² crossbars and X/8 ADC/MUX
 processing element (PE), P = 8 PEs per tile, T timesteps, 250 MHz, 65 nm constants. Per
 layer i with C_in, C_out, H_in, H_out (H_out after pooling):
 
-    n_PE,i  = ⌈C_in/X⌉ · ⌈C_out·c_w/X⌉            tiles = ⌈Σ_i n_PE,i / P⌉
+    n_PE,i  = ⌈C_in/X⌉ · ⌈C_out·c_w,i/X⌉          tiles = ⌈Σ_i n_PE,i / P⌉
     E_PE    = k²·E_xbar + (X/8)(E_ADC + E_MUX)                                   [pJ]
     E_cyc   = E_Htree + E_memfetch + E_neuron + (X/8)·E_PE + (X/8)·16·E_Sub
               + (X/8)·E_TempBuf + E_TileBuf                                      [pJ]
@@ -19,7 +19,10 @@ layer i with C_in, C_out, H_in, H_out (H_out after pooling):
 Reference mode (the defaults: 4-bit weights in 4-bit cells, b_u = 22, dense) reproduces
 SpikeSim's VGG9/CIFAR-10 figures. Extensions (ours):
 
-- weight bits: c_w = ⌈b_w / b_cell⌉ crossbar columns per weight.
+- weight bits: c_w,i = ⌈b_w,i / b_cell⌉ crossbar columns per weight, with b_w,i the layer's
+  own bits (`LayerShape.weight_bits`, e.g. an 8-bit first / last layer) or else the
+  config's b_w. Only the column PEs depend on it; with no per-layer bits every layer uses
+  the config's c_w, which is the reference.
 - membrane bits: the neuron SRAM stores b_u bits per value (both SRAM area terms) and
   E_neuron scales by b_u / 22.
 - event mode: a crossbar read is charged only for the active input rows. With ρ_i the
@@ -73,7 +76,8 @@ class LayerShape:
   c_in, c_out: channels (features for dense layers, with h_in = h_out = 1, kernel = 1).
   h_in: input height (= width); h_out: output height after pooling (SpikeSim's H_out).
   kernel: square kernel size k_i. macs: multiply-accumulates per sample per timestep;
-  None means k_i²·C_in·C_out·H_in² (stride-1 'same' conv).
+  None means k_i²·C_in·C_out·H_in² (stride-1 'same' conv). weight_bits: stored bits b_w,i
+  of this layer's weights; None means the `CrossbarConfig`'s weight_bits.
   """
   c_in: int
   c_out: int
@@ -81,12 +85,14 @@ class LayerShape:
   h_out: int
   kernel: int = 3
   macs: int | None = None
+  weight_bits: int | None = None
 
   def __post_init__(self):
     for f in ("c_in", "c_out", "h_in", "h_out", "kernel"):
       _check_positive_int(f, getattr(self, f))
-    if self.macs is not None:
-      _check_positive_int("macs", self.macs)
+    for f in ("macs", "weight_bits"):
+      if getattr(self, f) is not None:
+        _check_positive_int(f, getattr(self, f))
 
   @property
   def mac_count(self) -> int:
@@ -140,7 +146,8 @@ class CrossbarConfig:
   """Hardware and run parameters; the defaults are SpikeSim's reference mode.
 
   xbar: crossbar size X (a multiple of 8: one ADC serves 8 columns). kernel: k, the PE
-  holds k² crossbars. weight_bits / bits_per_cell: c_w = ⌈b_w/b_cell⌉ columns per weight.
+  holds k² crossbars. weight_bits / bits_per_cell: c_w = ⌈b_w/b_cell⌉ columns per weight
+  (every layer's, unless its `LayerShape.weight_bits` says otherwise).
   membrane_bits: b_u bits per stored neuron value. mode: 'dense' or 'event'.
   """
   xbar: int = 64
@@ -169,6 +176,12 @@ class CrossbarConfig:
   @property
   def columns_per_weight(self) -> int:
     return -(-self.weight_bits // self.bits_per_cell)
+
+  def layer_columns_per_weight(self, layer: LayerShape) -> int:
+    """c_w,i = ⌈b_w,i / b_cell⌉ with the layer's own bits, else the config's c_w."""
+    if layer.weight_bits is None:
+      return self.columns_per_weight
+    return -(-layer.weight_bits // self.bits_per_cell)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +240,7 @@ def crossbar_cost(layers: Sequence[LayerShape], config: CrossbarConfig = Crossba
   rho = _spike_rates(spike_rates, len(layers), cfg.mode)
 
   row_pes = [-(-(l.kernel**2 * l.c_in) // (k**2 * x)) for l in layers]
-  col_pes = [-(-(l.c_out * cfg.columns_per_weight) // x) for l in layers]
+  col_pes = [-(-(l.c_out * cfg.layer_columns_per_weight(l)) // x) for l in layers]
   n_pe = tuple(r * q for r, q in zip(row_pes, col_pes))
   total_pes = sum(n_pe)
   tiles = -(-total_pes // cfg.pes_per_tile)

@@ -21,8 +21,14 @@ Bits charged to the crossbar model (SPEC §6 extensions):
 - Quantized student: `model.quant.weight.bits` (ternary weights: 2 bits, log2 3 = 1.58
   rounded up to whole stored bits) and the membrane grid's stored bits
   ⌈log2(#levels)⌉ (ternary {−1, 0, 1}: ⌈1.58⌉ = 2; uniform b-bit: b; integer {−3..1}: 3).
-  The whole network is charged at these widths; first / last layer precision overrides
-  (`model.quant.first_layer` / `last_layer`) are not modelled.
+- First / last layer (`layer_weight_bits`): the first conv / dense layer in call order (VGG
+  'conv0', ResNet 'stem', MLP 'fc1') is stored at `model.quant.first_layer`'s bits and the
+  classifier 'fc' (last in call order) at `model.quant.last_layer`'s: {'kind': 'same'} → the
+  network's bits, {'kind': 'none'} → 16, else the quantizer's bits (e.g. 8). Every model
+  applies these overrides to exactly those two layers. Only their crossbar columns change
+  (c_w,i = ⌈b_w,i / b_cell⌉ with 4-bit cells); membranes are charged network-wide. The
+  per-layer bits are in each stage's `layers[i]['weight_bits']`; the stage's `weight_bits`
+  is the network's.
 
 Event-mode input rates: a conv / dense layer's input rate is the mean rate of the LIF
 layer whose output it reads (matched by identity of the traced array), else of the LIF
@@ -45,7 +51,7 @@ import math
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -62,7 +68,9 @@ STAGE_ORDER = ("fp", "qat", "md")
 BITS_NOTE = (f"Bits: FP teacher {FP_WEIGHT_BITS}-bit weights and {FP_MEMBRANE_BITS}-bit "
              "membranes (SpikeSim's neuron memory); quantized stages their weight bits (ternary: "
              "2) and ceil(log2 #membrane levels) stored membrane bits (ternary: 2), charged to "
-             "every layer (first / last layer precision overrides are not modelled).")
+             "every layer, except that the first and last (classifier) layers' weights are "
+             "charged at their own precision (model.quant.first_layer / last_layer: 'same' = the "
+             f"network's bits, 'none' = {FP_WEIGHT_BITS}).")
 PLOT_FILES = ("firing_rates.png", "emd_per_layer.png", "energy_breakdown.png")
 HARDWARE_FIELDS = ("energy_uj", "latency_ms", "area_mm2", "edp_js", "edap_js_mm2", "tops_per_w",
                    "tops_per_mm2")
@@ -85,10 +93,10 @@ class FiringResult(NamedTuple):
 class HardwareResult(NamedTuple):
   """What `hardware_for` computed.
 
-  layers: the conv / dense `LayerShape`s in call order. input_rates: ρ_i charged in event
-  mode (1.0 for a layer with no LIF before it). sources: the LIF layer each ρ_i came from
-  (None for dense-charged layers). dense / event: `CrossbarCost`s (event is None when no
-  spike rates were given).
+  layers: the conv / dense `LayerShape`s in call order (`weight_bits` set when `layer_bits`
+  was given). input_rates: ρ_i charged in event mode (1.0 for a layer with no LIF before
+  it). sources: the LIF layer each ρ_i came from (None for dense-charged layers). dense /
+  event: `CrossbarCost`s (event is None when no spike rates were given).
   """
   layers: list[hw.LayerShape]
   input_rates: list[float]
@@ -189,6 +197,35 @@ def hardware_bits(model_cfg: Mapping[str, Any]) -> tuple[int, int]:
           membrane_bits_of(quant.get("membrane", None) or {"kind": "none"}))
 
 
+def layer_weight_bits(model_cfg: Mapping[str, Any], n_layers: int) -> list[int]:
+  """Stored weight bits b_w,i of a model's `n_layers` conv / dense layers, in call order.
+
+  Layer 0 (the first conv / dense called: VGG 'conv0', ResNet 'stem', MLP 'fc1') takes
+  `quant.first_layer`, layer n−1 (the classifier 'fc', called last) `quant.last_layer`, as
+  every model in `mdsnn_jax.nn.models` applies them: {'kind': 'same'} → the network's bits,
+  'none' or unset → 16 (full precision, as `QuantConfig` treats None), else
+  `weight_bits_of(cfg)`. All other layers: the network's bits (`hardware_bits`). A single
+  layer is both first and last and is charged the wider of the two.
+  """
+  from mdsnn_jax.nn.layers import SAME  # local: only this needs the layer definitions
+
+  if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
+    raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+  quant = model_cfg.get("quant", None) or {}
+  net_bits = hardware_bits(model_cfg)[0]
+
+  def override(key: str) -> int:
+    cfg = quant.get(key, None) or {"kind": "none"}
+    return net_bits if cfg.get("kind", "none") == SAME else weight_bits_of(cfg)
+
+  bits = [net_bits] * int(n_layers)
+  first, last = override("first_layer"), override("last_layer")
+  if n_layers == 1:
+    return [max(first, last)]
+  bits[0], bits[-1] = first, last
+  return bits
+
+
 def _has_kernel(mod) -> bool:
   kernel = mod.variables.get("params", {}).get("kernel")
   return kernel is not None and not isinstance(kernel, Mapping) and np.ndim(kernel) in (2, 4)
@@ -239,17 +276,28 @@ def layer_input_sources(model, variables, sample_x, **apply_kwargs) -> list[str 
 
 def hardware_for(model, variables, sample_x, *, weight_bits: int, membrane_bits: int,
                  timesteps: int, spike_rates: Mapping[str, Any] | None = None,
-                 crossbar: hw.CrossbarConfig = hw.CrossbarConfig()) -> HardwareResult:
+                 crossbar: hw.CrossbarConfig = hw.CrossbarConfig(),
+                 layer_bits: Sequence[int] | Callable[[int], Sequence[int]] | None = None
+                 ) -> HardwareResult:
   """Crossbar cost of `model`'s conv / dense layers in dense and (with rates) event mode.
 
   spike_rates: {LIF layer: per-neuron rates or a mean rate} (e.g. `collect_firing(...).rates`).
   Layer i's event-mode input rate ρ_i is the mean rate of the LIF layer it reads
   (`layer_input_sources`); with no LIF before it (the first layer, fed analog pixels or
-  event frames) ρ_i = 1.0, i.e. charged dense. `crossbar`
-  supplies the other hardware parameters; timesteps, bits and mode are set here.
+  event frames) ρ_i = 1.0, i.e. charged dense. weight_bits: every layer's stored weight
+  bits, unless layer_bits gives them per layer (in call order), as a sequence or as a
+  function of the layer count (e.g. `functools.partial(layer_weight_bits, model_cfg)`);
+  they are set as `LayerShape.weight_bits` of the returned layers. `crossbar` supplies the
+  other hardware parameters; timesteps, bits and mode are set here.
   """
   apply_kwargs = dict(train=False, timesteps=timesteps, mutable=["spikes"])
   layers = hw.layer_shapes_from_model(model, variables, sample_x, **apply_kwargs)
+  if layer_bits is not None:
+    bits = list(layer_bits(len(layers)) if callable(layer_bits) else layer_bits)
+    if len(bits) != len(layers):
+      raise ValueError(f"layer_bits has {len(bits)} entries but the model has {len(layers)} "
+                       "crossbar layers; allowed: one per conv / dense layer in call order")
+    layers = [dataclasses.replace(l, weight_bits=b) for l, b in zip(layers, bits)]
   sources = layer_input_sources(model, variables, sample_x, train=False, timesteps=timesteps)
   if len(sources) != len(layers):
     raise ValueError(f"found {len(sources)} layer inputs but {len(layers)} crossbar layers")
@@ -548,7 +596,8 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     fr = collect_firing(model, variables, loader, timesteps, max_batches)
     w_bits, u_bits = hardware_bits(model_cfg)
     hwr = hardware_for(model, variables, sample, weight_bits=w_bits, membrane_bits=u_bits,
-                       timesteps=hw_timesteps, spike_rates=fr.rates)
+                       timesteps=hw_timesteps, spike_rates=fr.rates,
+                       layer_bits=functools.partial(layer_weight_bits, model_cfg))
     stage_summary = summary.get("stages", {}).get(stage)
     if stage_summary is None and (workdir / stage / "summary.json").is_file():
       stage_summary = _read_json(workdir / stage / "summary.json")
@@ -563,7 +612,9 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
         hardware=dict(dense=cost_summary(hwr.dense),
                       event=cost_summary(hwr.event) if hwr.event is not None else None),
         layers=[dict(c_in=l.c_in, c_out=l.c_out, h_in=l.h_in, h_out=l.h_out, kernel=l.kernel,
-                     macs=l.mac_count) for l in hwr.layers],
+                     macs=l.mac_count,
+                     weight_bits=w_bits if l.weight_bits is None else l.weight_bits)
+                for l in hwr.layers],
         input_rates=hwr.input_rates, input_rate_sources=hwr.sources)
 
   emd, ratios = {}, {}

@@ -73,6 +73,42 @@ def test_weight_bits_add_columns():
   assert c1.total_pes == sum(math.ceil(l.c_in / 64) * math.ceil(4 * l.c_out / 64) for l in VGG9)
 
 
+def _with_bits(layers, bits):
+  return [dataclasses.replace(l, weight_bits=b) for l, b in zip(layers, bits)]
+
+
+def test_per_layer_weight_bits_equal_to_config_give_identical_cost():
+  ref = hw.crossbar_cost(VGG9, REF)
+  assert hw.crossbar_cost(_with_bits(VGG9, [4] * 7), REF) == ref
+  # Bits sharing the config's c_w = ⌈b/4⌉ are the same columns too.
+  assert hw.crossbar_cost(_with_bits(VGG9, [2, 4, 3, 1, 4, 4, 2]), REF) == ref
+  c8 = dataclasses.replace(REF, weight_bits=8)
+  assert hw.crossbar_cost(_with_bits(VGG9, [8] * 7), c8) == hw.crossbar_cost(VGG9, c8)
+
+
+def test_per_layer_weight_bits_add_columns_of_that_layer_only():
+  ref = hw.crossbar_cost(VGG9, REF)
+  sram = ref.area_breakdown_mm2["neuron_memory"]
+  tile_mm2 = (ref.area_mm2 - sram) / ref.tiles  # everything but the SRAM is per tile
+  # 8-bit first layer (3 → 64): c_w = 2, ⌈3/64⌉·⌈2·64/64⌉ = 1·2 PEs instead of 1.
+  first = hw.crossbar_cost(_with_bits(VGG9, [8, None, None, None, None, None, None]), REF)
+  assert first.n_pe == (2, 1, 2, 4, 8, 16, 16) and first.total_pes == 49 and first.tiles == 7
+  # Layer 0 runs twice the cycles (2·32² instead of 32²); E_cyc is unchanged.
+  assert first.cycles == (2048,) + ref.cycles[1:]
+  assert first.energy_j == pytest.approx(ref.energy_j * (3840 + 1024) / 3840, rel=1e-12)
+  assert first.area_mm2 == pytest.approx(ref.area_mm2 + tile_mm2, rel=1e-12)
+  assert first.latency_s == ref.latency_s and first.ops == ref.ops
+  # 16-bit last layer (256 → 256): c_w = 4, ⌈256/64⌉·⌈4·256/64⌉ = 4·16 = 64 PEs instead of 16.
+  last = hw.crossbar_cost(_with_bits(VGG9, [None] * 6 + [16]), REF)
+  assert last.n_pe == ref.n_pe[:6] + (64,) and last.total_pes == 96 and last.tiles == 12
+  assert last.energy_j == pytest.approx(ref.energy_j * (3840 + 48 * 16) / 3840, rel=1e-12)
+  assert last.area_mm2 == pytest.approx(ref.area_mm2 + 6 * tile_mm2, rel=1e-12)
+  # A layer's own bits win over the config's in both directions: 2 bits under an 8-bit config.
+  c8 = dataclasses.replace(REF, weight_bits=8)
+  low = hw.crossbar_cost(_with_bits(VGG9, [2] + [None] * 6), c8)
+  assert low.n_pe == (1, 2, 4, 8, 16, 32, 32)
+
+
 def test_membrane_bits_scale_neuron_energy_and_memory():
   ref = hw.crossbar_cost(VGG9, REF)
   c = hw.crossbar_cost(VGG9, dataclasses.replace(REF, membrane_bits=2))
@@ -119,7 +155,9 @@ def test_unrolled_row_mapping_of_small_kernels():
 
 
 @pytest.mark.parametrize("field,value", [("c_in", 0), ("c_out", -3), ("h_in", 0), ("kernel", 0),
-                                         ("h_out", 2.5), ("macs", 0)])
+                                         ("h_out", 2.5), ("macs", 0), ("weight_bits", 0),
+                                         ("weight_bits", -8), ("weight_bits", 2.5),
+                                         ("weight_bits", True), ("weight_bits", "8")])
 def test_invalid_layer_shapes(field, value):
   kwargs = dict(c_in=3, c_out=4, h_in=8, h_out=8)
   kwargs[field] = value

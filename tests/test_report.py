@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -203,6 +204,122 @@ def test_hardware_bits_rejects_unknown_kind():
     rep.hardware_bits({"quant": {"membrane": {"kind": "bogus"}}})
 
 
+LSQ2 = {"kind": "lsq", "bits": 2}
+U8 = {"kind": "uniform", "bits": 8}
+SAME = {"kind": "same"}
+NONE = {"kind": "none"}
+
+
+@pytest.mark.parametrize("first, last, want", [
+    (SAME, SAME, [2, 2, 2, 2]),
+    (NONE, NONE, [16, 2, 2, 16]),
+    (U8, U8, [8, 2, 2, 8]),
+    (U8, SAME, [8, 2, 2, 2]),
+    (SAME, {"kind": "sawb", "bits": 4}, [2, 2, 2, 4]),
+    (None, None, [16, 2, 2, 16]),  # unset: full precision, as QuantConfig treats None
+])
+def test_layer_weight_bits(first, last, want):
+  quant = {"weight": LSQ2, "membrane": {"kind": "ternary"}}
+  if first is not None:
+    quant.update(first_layer=first, last_layer=last)
+  assert rep.layer_weight_bits({"quant": quant}, 4) == want
+  # The body's bits are the stage's weight bits in the report.
+  assert rep.hardware_bits({"quant": quant})[0] == 2
+
+
+def test_layer_weight_bits_fp_teacher_single_layer_and_bad_count():
+  import ml_collections
+
+  fp = ml_collections.ConfigDict({"quant": {"weight": NONE, "first_layer": NONE, "last_layer": SAME}})
+  assert rep.layer_weight_bits(fp, 3) == [16, 16, 16]
+  # One layer is both first and last: charged the wider of the two.
+  assert rep.layer_weight_bits({"quant": {"weight": LSQ2, "first_layer": U8, "last_layer": SAME}}, 1) == [8]
+  for bad in (0, -1, 2.0, True):
+    with pytest.raises(ValueError, match=f"n_layers.*{bad}"):
+      rep.layer_weight_bits({"quant": {"weight": LSQ2}}, bad)
+
+
+def _student_cfg(name: str, first, last, bn_fold: bool = False):
+  from mdsnn_jax.nn import default_model_config
+
+  cfg = default_model_config()
+  cfg.name, cfg.timesteps, cfg.conv_impl = name, 1, "xla"
+  cfg.quant.weight, cfg.quant.first_layer, cfg.quant.last_layer = LSQ2, first, last
+  cfg.quant.bn_fold = bn_fold
+  return cfg
+
+
+def _abstract_model(cfg, x):
+  from mdsnn_jax import nn as nn_lib
+
+  model = nn_lib.create_model(cfg, 10)
+  return model, jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.PRNGKey(0))
+
+
+MODEL_INPUTS = {"digits_mlp": (1, 8, 8, 1), "digits_cnn": (1, 8, 8, 1), "vgg9": (1, 8, 8, 3),
+                "vgg16": (1, 32, 32, 3), "msresnet18": (1, 16, 16, 3),
+                "msresnet19": (1, 16, 16, 3), "sewresnet18": (1, 16, 16, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_INPUTS))
+def test_layer_weight_bits_match_the_quantizer_each_crossbar_layer_holds(name):
+  """The positional first / last mapping agrees with the model: the k-th crossbar layer of
+  `layer_shapes_from_model` holds a weight quantizer of `layer_weight_bits(...)[k]` bits."""
+  cfg = _student_cfg(name, U8, NONE, bn_fold=True)  # distinct first / body / last bits
+  x = jnp.zeros(MODEL_INPUTS[name])
+  model, variables = _abstract_model(cfg, x)
+  held: dict[tuple, int] = {}  # module path -> bits, in call order
+
+  def interceptor(next_fun, args, kwargs, context):
+    mod = context.module
+    if (context.method_name == "__call__" and mod.scope is not None
+        and "kernel" in mod.variables.get("params", {})):
+      held.setdefault(tuple(mod.scope.path), rep.weight_bits_of(mod.weight_quant))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v: model.apply(v, x, train=False, mutable=["spikes"]), variables)
+  shapes = hw.layer_shapes_from_model(model, variables, x, train=False, mutable=["spikes"])
+  assert len(held) == len(shapes) >= 2
+  assert list(held.values()) == rep.layer_weight_bits(cfg, len(shapes))
+  assert list(held.values())[0] == 8 and list(held.values())[-1] == 16
+  assert set(list(held.values())[1:-1]) <= {2}
+
+
+def test_hardware_for_charges_first_and_last_layer_bits():
+  # digits_mlp: dense fc1 64 → 128 and classifier fc 128 → 10, one row-PE each
+  # (⌈64/(9·64)⌉ = ⌈128/(9·64)⌉ = 1); column PEs ⌈128·c_w/64⌉ and ⌈10·c_w/64⌉ with
+  # c_w = ⌈b/4⌉: 2 bits → 2 + 1 PEs, 8 bits → 4 + 1, 16 bits → 8 + 1.
+  x = jnp.zeros((1, 8, 8, 1))
+  res = {}
+  for label, fl in (("same", SAME), ("u8", U8), ("none", NONE)):
+    cfg = _student_cfg("digits_mlp", fl, fl)
+    model, variables = _abstract_model(cfg, x)
+    w, u = rep.hardware_bits(cfg)
+    res[label] = rep.hardware_for(model, variables, x, weight_bits=w, membrane_bits=u, timesteps=T,
+                                  layer_bits=functools.partial(rep.layer_weight_bits, cfg))
+  assert [l.weight_bits for l in res["same"].layers] == [2, 2]
+  assert [l.weight_bits for l in res["u8"].layers] == [8, 8]
+  assert res["same"].dense.n_pe == (2, 1) and res["same"].dense.total_pes == 3
+  assert res["u8"].dense.n_pe == (4, 1) and res["u8"].dense.total_pes == 5
+  assert res["none"].dense.n_pe == (8, 1) and res["none"].dense.total_pes == 9
+  # Dense layers run one cycle per PE at the same E_cyc: energy ∝ Σ n_PE.
+  assert res["u8"].dense.energy_j == pytest.approx(res["same"].dense.energy_j * 5 / 3, rel=1e-12)
+  # 'same' everywhere is the network's bits: identical to charging weight_bits to every layer.
+  cfg = _student_cfg("digits_mlp", SAME, SAME)
+  model, variables = _abstract_model(cfg, x)
+  plain = rep.hardware_for(model, variables, x, weight_bits=2, membrane_bits=22, timesteps=T)
+  assert [l.weight_bits for l in plain.layers] == [None, None]
+  assert plain.dense == res["same"].dense
+  # A sequence works too; its length must match the crossbar layers.
+  seq = rep.hardware_for(model, variables, x, weight_bits=2, membrane_bits=22, timesteps=T,
+                         layer_bits=[8, 8])
+  assert seq.dense == res["u8"].dense
+  with pytest.raises(ValueError, match="layer_bits has 3 entries.*2"):
+    rep.hardware_for(model, variables, x, weight_bits=2, membrane_bits=22, timesteps=T,
+                     layer_bits=[8, 2, 8])
+
+
 def test_cost_summary_units():
   c = hw.crossbar_cost(hw.VGG9_CIFAR10_SPIKESIM)
   s = rep.cost_summary(c)
@@ -315,6 +432,9 @@ def test_report_files_and_contents(trained):
   assert report["stages"]["fp"]["firing"].keys() == report["stages"]["qat"]["firing"].keys()
   assert (report["stages"]["fp"]["weight_bits"], report["stages"]["fp"]["membrane_bits"]) == (16, 22)
   assert (report["stages"]["qat"]["weight_bits"], report["stages"]["qat"]["membrane_bits"]) == (2, 2)
+  # digits_cnn conv0, conv1, fc; base_config keeps the first / last layer full precision.
+  assert [l["weight_bits"] for l in report["stages"]["fp"]["layers"]] == [16, 16, 16]
+  assert [l["weight_bits"] for l in report["stages"]["qat"]["layers"]] == [16, 2, 16]
   for mode in ("dense", "event"):
     assert (report["stages"]["qat"]["hardware"][mode]["energy_uj"]
             < report["stages"]["fp"]["hardware"][mode]["energy_uj"])
