@@ -10,7 +10,8 @@ seed's data order cancels out of Δ.
     python launch/md_ablation.py --config=launch/configs/md_cifar10.py --workdir=runs/md_cifar10
 
 Uses (and, if missing, trains) the teacher and the no-KD students of the table in --workdir.
-Writes `ablation.md` and `ablation.json` there (atomically); every run resumes.
+Writes `<out>.md` and `<out>.json` there (atomically; --out, default 'ablation'); every
+run resumes and a finished run is read back, not repeated.
 """
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ from mdsnn_jax.train.checkpoint import write_json_atomic
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the MD table (teacher + students).")
 _SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated student seeds.")
 _VARIANTS = flags.DEFINE_string("variants", "", "Comma-separated variant names (default: all).")
+_OUT = flags.DEFINE_string("out", "ablation", "Basename of the .md / .json written in --workdir.")
 config_flags.DEFINE_config_file("config", None, "The MD table's configuration.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # name -> (method, dotted config overrides, what it asks, the no-KD run it is paired with).
 T1 = {"model.timesteps": 1, "distill.teacher_timesteps": 2}
+T2OF4 = {"model.timesteps": 2, "distill.teacher_timesteps": 4}
 ALL2 = {"model.quant.first_layer.kind": "same", "model.quant.last_layer.kind": "same"}
 VARIANTS: dict[str, tuple[str, dict, str, str]] = {
     "none": ("none", {}, "baseline: QAT, no KD", "none"),
@@ -59,6 +62,13 @@ VARIANTS: dict[str, tuple[str, dict, str, str]] = {
     "feature": ("feature", {"distill.feature_layers": "lif4,lif5,lif6"},
                 "affine-projector feature KD only (γ = 1, time-mean membranes of lif4–6)",
                 "none"),
+    # With a T = 4 teacher (--config.model.timesteps=4): one teacher serves a T = 2 student.
+    "T2of4_none": ("none", {"model.timesteps": 2}, "student T = 2 from a T = 4 teacher, no KD",
+                   "T2of4_none"),
+    "T2of4_mdonly_window": ("mdonly", {**T2OF4, "distill.align": "window_mean"},
+                            "student T = 2, teacher T = 4, align = window_mean", "T2of4_none"),
+    "T2of4_mdonly_prefix": ("mdonly", {**T2OF4, "distill.align": "prefix"},
+                            "student T = 2, teacher T = 4, align = prefix", "T2of4_none"),
     "all2_none": ("none", ALL2, "first/last layer 2-bit too, no KD", "all2_none"),
     "all2_mdonly": ("mdonly", ALL2, "first/last layer 2-bit too, membrane KD only",
                     "all2_none"),
@@ -112,7 +122,7 @@ def main(argv):
                  "seeds": seeds, "accuracy": acc.tolist(), "mean": float(acc.mean()),
                  "baseline": baseline, "delta_vs_baseline": delta})
   fp = 100 * teacher["test_accuracy"]
-  write_json_atomic(root / "ablation.json", {"fp_teacher": fp, "rows": rows,
+  write_json_atomic(root / f"{_OUT.value}.json", {"fp_teacher": fp, "rows": rows,
                                              "config": base.to_dict()})
   lines = [f"FP teacher {fp:.2f} %. Seeds {seeds}; Δ = accuracy − the paired no-KD student "
            "(same seed, same setting).", "",
@@ -122,7 +132,7 @@ def main(argv):
     accs = ", ".join(f"{a:.2f}" for a in r["accuracy"])
     lines.append(f"| {r['variant']} | {r['what']} | {accs} | {d} |")
   text = "\n".join(lines) + "\n"
-  write_text_atomic(root / "ablation.md", text)
+  write_text_atomic(root / f"{_OUT.value}.md", text)
   print(text)
 
 

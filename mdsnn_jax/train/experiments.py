@@ -56,8 +56,12 @@ def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str |
   with cfg.unlocked():
     cfg.stages = stage
     cfg.seed = seed
-    for term in ("alpha", "beta", "gamma"):
-      weight = float(base.distill[term]) or (1.0 if term == "gamma" else 0.0)
+    # γ is 0 (off) in most configs; the 'feature' method then uses γ = 1.
+    weights = {"alpha": float(base.distill.alpha), "beta": float(base.distill.beta),
+               "gamma": float(base.distill.gamma) or 1.0}
+    for term, weight in weights.items():
+      if term in terms and weight <= 0:
+        raise ValueError(f"method {method!r} needs distill.{term} > 0, got {weight}")
       cfg.distill[term] = weight if term in terms else 0.0
     cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
     cfg.train.eval_ptq = eval_ptq
