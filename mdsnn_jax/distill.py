@@ -154,6 +154,18 @@ def select_taps(taps: Taps, layers: LayerSpec = "all") -> dict[str, Array]:
   return {n: taps[n] for n in layers}
 
 
+def _paired_taps(student_taps: Taps, teacher_taps: Taps, layers: LayerSpec,
+                 what: str) -> tuple[dict[str, Array], dict[str, Array]]:
+  """(the selected student taps, all teacher taps); every selected name must be a teacher tap."""
+  student = select_taps(student_taps, layers)
+  teacher = flatten_taps(teacher_taps)
+  missing = [n for n in student if n not in teacher]
+  if missing:
+    raise TapNotFoundError(f"{what} tap(s) {missing} not found in the teacher taps; "
+                           f"available teacher taps: {list(teacher)}")
+  return student, teacher
+
+
 # ------------------------------------------------------------------- membrane KD (MD)
 
 
@@ -224,12 +236,7 @@ def _membrane_kd(student_taps: Taps, teacher_taps: Taps, *, layers: LayerSpec,
   if isinstance(eps, numbers.Real) and not eps > 0:
     raise ValueError(f"eps must be > 0 (it keeps constant channels finite), got {eps!r}")
   _check_nonneg_weight("temporal_weight", temporal_weight)
-  student = select_taps(student_taps, layers)
-  teacher_all = flatten_taps(teacher_taps)
-  missing = [n for n in student if n not in teacher_all]
-  if missing:
-    raise TapNotFoundError(f"student tap(s) {missing} not found in the teacher taps; "
-                           f"available teacher taps: {list(teacher_all)}")
+  student, teacher_all = _paired_taps(student_taps, teacher_taps, layers, "student")
   weights = {n: 1.0 for n in student}
   if layer_weights is not None:
     unknown = [n for n in layer_weights if n not in student]
@@ -390,12 +397,7 @@ def init_projectors(key: Array, student_taps: Taps, teacher_taps: Taps,
   """One projector per selected tap, {name: init_projector(...)}, sized from the taps'
   channel (last) axes; the teacher needs a tap of the same name. Taps may be arrays or
   `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`), so no forward pass is needed."""
-  student = select_taps(student_taps, layers)
-  teacher = flatten_taps(teacher_taps)
-  missing = [n for n in student if n not in teacher]
-  if missing:
-    raise TapNotFoundError(f"feature tap(s) {missing} not in the teacher taps; "
-                           f"available: {list(teacher)}")
+  student, teacher = _paired_taps(student_taps, teacher_taps, layers, "feature")
   keys = jax.random.split(key, max(len(student), 1))
   return {n: init_projector(k, int(student[n].shape[-1]), int(teacher[n].shape[-1]), dtype)
           for k, n in zip(keys, student)}

@@ -456,7 +456,7 @@ def test_init_projectors_sizes_each_tap_from_abstract_shapes():
   assert set(proj["fc/lif"]) == {"gamma", "beta"} and proj["fc/lif"]["gamma"].shape == (5,)
   only = init_projectors(jax.random.PRNGKey(0), student, teacher, layers="re:^fc")
   assert list(only) == ["fc/lif"]
-  with pytest.raises(TapNotFoundError, match=r"'fc/lif'.*available: \['conv1/lif'\]"):
+  with pytest.raises(TapNotFoundError, match=r"'fc/lif'.*available teacher taps: \['conv1/lif'\]"):
     init_projectors(jax.random.PRNGKey(0), student, {"conv1/lif": teacher["conv1/lif"]})
   with pytest.raises(TapNotFoundError, match="available taps"):
     init_projectors(jax.random.PRNGKey(0), student, teacher, layers=["nope"])
