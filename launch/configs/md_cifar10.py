@@ -8,11 +8,20 @@ from the teacher. The same student is trained with the same steps and seeds thre
 (`launch/md_table.py`): no KD, logit KD only, MD (membrane + logit KD).
 
     python launch/md_table.py --config=launch/configs/md_cifar10.py --workdir=runs/md_cifar10
+
+`--config=launch/configs/md_cifar10.py:2` is the harder student whose first and last layers
+are 2-bit LSQ like the rest (the whole network at 2 bits), where QAT alone leaves a larger
+gap to the teacher:
+
+    python launch/md_table.py --config=launch/configs/md_cifar10.py:2 --workdir=runs/md_cifar10_all2
 """
 from mdsnn_jax.train.config import base_config, low_bit_student
 
 
-def get_config():
+def get_config(first_last_bits: str = "8"):
+  """first_last_bits: '8' (uniform 8-bit first and last layer) or '2' (2-bit LSQ, as the body)."""
+  if first_last_bits not in ("8", "2"):
+    raise ValueError(f"md_cifar10 first/last layer bits must be '8' or '2', got {first_last_bits!r}")
   c = base_config()
   c.report = False  # per-run reports are not needed for the table
   c.data.name = "cifar10"
@@ -24,6 +33,9 @@ def get_config():
   c.model.conv_impl = "auto"
   low_bit_student(c)
   c.model.quant.bias_bits = 16
+  if first_last_bits == "2":
+    c.model.quant.first_layer = {"kind": "same"}
+    c.model.quant.last_layer = {"kind": "same"}
   c.teacher_steps = 2400  # ≈ 15 epochs of 10,000 images at batch 64
   c.train.steps = 250  # student steps (≈ 1.6 epochs)
   c.train.global_batch = 64
