@@ -28,7 +28,8 @@ from mdsnn_jax.train.checkpoint import write_json_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the MD table (teacher + students).")
 _SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated student seeds.")
-_VARIANTS = flags.DEFINE_string("variants", "", "Comma-separated variant names (default: all).")
+_VARIANTS = flags.DEFINE_string(
+    "variants", "", "Comma-separated variant names (default: every one that fits the config's T).")
 _OUT = flags.DEFINE_string("out", "ablation", "Basename of the .md / .json written in --workdir.")
 config_flags.DEFINE_config_file("config", None, "The MD table's configuration.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -91,15 +92,26 @@ def _override(config, overrides: dict):
   return cfg
 
 
+def _fits(base, overrides: dict) -> bool:
+  """A versatile-teacher variant fits only a config whose teacher runs at its T_t."""
+  t_teacher = overrides.get("distill.teacher_timesteps")
+  return t_teacher is None or int(t_teacher) == int(base.model.timesteps)
+
+
 def main(argv):
   del argv
   base = flags.FLAGS.config
   root = pathlib.Path(_WORKDIR.value)
   seeds = [int(s) for s in _SEEDS.value.split(",")]
-  names = [v for v in _VARIANTS.value.split(",") if v] or list(VARIANTS)
+  fits = [v for v in VARIANTS if _fits(base, VARIANTS[v][1])]
+  names = [v for v in _VARIANTS.value.split(",") if v] or fits
   unknown = [v for v in names if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+  misfit = [v for v in names if v not in fits]
+  if misfit:
+    raise app.UsageError(f"variants {misfit} need a teacher at another T than this config's "
+                         f"model.timesteps={base.model.timesteps}; variants that fit: {fits}")
   teacher = run_teacher(base, root)
 
   # Each row's no-KD partner runs first (or is read back), so every Δ can be formed.

@@ -67,6 +67,13 @@ def _is_no_kd(ablation, name: str) -> bool:
   return name in ablation.VARIANTS and ablation.VARIANTS[name][0] == "none"
 
 
+def test_versatile_teacher_variants_fit_only_their_teacher_t(ablation):
+  base = _load("launch/configs/md_cifar10.py").get_config()  # T = 2
+  assert ablation._fits(base, ablation.VARIANTS["T1_mdonly_window"][1])
+  assert not ablation._fits(base, ablation.VARIANTS["T2of4_mdonly_window"][1])
+  assert ablation._fits(base, ablation.VARIANTS["md"][1])
+
+
 def test_override_rejects_unknown_fields(ablation):
   base = _load("launch/configs/md_cifar10.py").get_config()
   with pytest.raises(KeyError):
