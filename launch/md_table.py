@@ -3,8 +3,10 @@ trained three ways (no KD, logit KD, MD = membrane + logit KD) over several seed
 
     python launch/md_table.py --config=launch/configs/md_cifar10.py --workdir=runs/md_cifar10
 
-Writes `table.md` and `table.json` in --workdir (atomically). Every run resumes from its
-checkpoints, so the command can be interrupted and restarted.
+Writes `<out>.md` and `<out>.json` in --workdir (atomically; --out, default 'table'). Every
+run resumes from its checkpoints, so the command can be interrupted and restarted, and a
+finished run is read back rather than repeated (so a table over more seeds reuses the
+runs of a smaller one).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from mdsnn_jax.train.experiments import NAMES, parse_methods, run_student, run_t
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the whole table.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated student seeds.")
 _METHODS = flags.DEFINE_string("methods", "none,logit,md", "Which students to train.")
+_OUT = flags.DEFINE_string("out", "table", "Basename of the .md / .json written in --workdir.")
 config_flags.DEFINE_config_file("config", None, "Table configuration (a training config).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -49,7 +52,7 @@ def main(argv):
                  "gap_to_fp": float(fp * 100 - acc.mean())})
   table = {"fp_teacher": fp * 100, "ptq": None if ptq is None else ptq * 100, "rows": rows,
            "config": base.to_dict()}
-  write_json_atomic(root / "table.json", table)
+  write_json_atomic(root / f"{_OUT.value}.json", table)
   lines = ["| model | test accuracy (%) | gap to FP (pp) |", "|---|---|---|",
            f"| FP teacher | {fp*100:.2f} | 0 |"]
   if ptq is not None:
@@ -58,7 +61,7 @@ def main(argv):
     lines.append(f"| {NAMES[r['method']]} | {r['mean']:.2f} ± {r['std']:.2f} (seeds {r['seeds']}) "
                  f"| {r['gap_to_fp']:.2f} |")
   md = "\n".join(lines) + "\n"
-  write_text_atomic(root / "table.md", md)
+  write_text_atomic(root / f"{_OUT.value}.md", md)
   print(md)
 
 
