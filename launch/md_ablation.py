@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mdsnn_jax.train.experiments import run_student, run_teacher
+from mdsnn_jax.train.experiments import paired_delta, run_student, run_teacher
 from mdsnn_jax.report import write_text_atomic
 from mdsnn_jax.train.checkpoint import write_json_atomic
 
@@ -122,7 +122,7 @@ def main(argv):
   for name in names:
     method, overrides, what, baseline = VARIANTS[name]
     acc = np.array(results[name])
-    delta = None if name == baseline else (acc - np.array(results[baseline])).tolist()
+    delta = None if name == baseline else paired_delta(acc, results[baseline])
     rows.append({"variant": name, "method": method, "overrides": overrides, "what": what,
                  "seeds": seeds, "accuracy": acc.tolist(), "mean": float(acc.mean()),
                  "baseline": baseline, "delta_vs_baseline": delta})
@@ -133,7 +133,9 @@ def main(argv):
            "(same seed, same setting).", "",
            "| variant | what | test accuracy (%) | Δ vs no KD (pp) |", "|---|---|---|---|"]
   for r in rows:
-    d = "—" if r["delta_vs_baseline"] is None else f"{np.mean(r['delta_vs_baseline']):+.2f}"
+    d = r["delta_vs_baseline"]
+    d = "—" if d is None else (f"{d['mean']:+.2f}" if d["n"] == 1 else
+                               f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['positive']}/{d['n']} > 0)")
     accs = ", ".join(f"{a:.2f}" for a in r["accuracy"])
     lines.append(f"| {r['variant']} | {r['what']} | {accs} | {d} |")
   text = "\n".join(lines) + "\n"

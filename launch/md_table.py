@@ -18,7 +18,8 @@ from ml_collections import config_flags
 
 from mdsnn_jax.report import write_text_atomic
 from mdsnn_jax.train.checkpoint import write_json_atomic
-from mdsnn_jax.train.experiments import NAMES, parse_methods, run_student, run_teacher
+from mdsnn_jax.train.experiments import (NAMES, paired_delta, parse_methods, run_student,
+                                         run_teacher)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the whole table.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated student seeds.")
@@ -44,22 +45,28 @@ def main(argv):
 
   fp = teacher["test_accuracy"]
   ptq = next((r["ptq_accuracy"] for rs in runs.values() for r in rs if r.get("ptq_accuracy") is not None), None)
+  accs = {m: np.array([r["test_accuracy"] for r in rs]) * 100 for m, rs in runs.items()}
   rows = []
-  for method, rs in runs.items():
-    acc = np.array([r["test_accuracy"] for r in rs]) * 100
+  for method, acc in accs.items():
     rows.append({"method": method, "seeds": seeds, "accuracy": acc.tolist(),
                  "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                 "gap_to_fp": float(fp * 100 - acc.mean())})
+                 "gap_to_fp": float(fp * 100 - acc.mean()),
+                 "vs_no_kd": (paired_delta(acc, accs["none"])
+                              if "none" in accs and method != "none" else None)})
   table = {"fp_teacher": fp * 100, "ptq": None if ptq is None else ptq * 100, "rows": rows,
            "config": base.to_dict()}
   write_json_atomic(root / f"{_OUT.value}.json", table)
-  lines = ["| model | test accuracy (%) | gap to FP (pp) |", "|---|---|---|",
-           f"| FP teacher | {fp*100:.2f} | 0 |"]
+  lines = ["| model | test accuracy (%) | gap to FP (pp) | Δ vs no KD, paired by seed (pp) |",
+           "|---|---|---|---|", f"| FP teacher | {fp*100:.2f} | 0 | |"]
   if ptq is not None:
-    lines.append(f"| PTQ (teacher quantized, no training) | {ptq*100:.2f} | {(fp-ptq)*100:.2f} |")
+    lines.append(f"| PTQ (teacher quantized, no training) | {ptq*100:.2f} | {(fp-ptq)*100:.2f} | |")
   for r in rows:
-    lines.append(f"| {NAMES[r['method']]} | {r['mean']:.2f} ± {r['std']:.2f} (seeds {r['seeds']}) "
-                 f"| {r['gap_to_fp']:.2f} |")
+    d = r["vs_no_kd"]
+    delta = "" if d is None else (f"{d['mean']:+.2f} ± {d['std']:.2f} "
+                                  f"({d['positive']}/{d['n']} seeds > 0)")
+    lines.append(f"| {NAMES[r['method']]} | {r['mean']:.2f} ± {r['std']:.2f} "
+                 f"({', '.join(f'{a:.2f}' for a in r['accuracy'])}; seeds {r['seeds']}) "
+                 f"| {r['gap_to_fp']:.2f} | {delta} |")
   md = "\n".join(lines) + "\n"
   write_text_atomic(root / f"{_OUT.value}.md", md)
   print(md)

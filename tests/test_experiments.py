@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mdsnn_jax import distill, nn
-from mdsnn_jax.train.experiments import METHODS, parse_methods
+from mdsnn_jax.train.experiments import METHODS, paired_delta, parse_methods
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,16 @@ def _load(path: str):
 @pytest.fixture(scope="module")
 def ablation():
   return _load("launch/md_ablation.py")
+
+
+def test_paired_delta_against_hand_numbers():
+  d = paired_delta([52.0, 50.0, 51.0], [50.0, 51.0, 48.0])
+  assert d["delta"] == [2.0, -1.0, 3.0] and d["positive"] == 2 and d["n"] == 3
+  np.testing.assert_allclose(d["mean"], 4.0 / 3)
+  np.testing.assert_allclose(d["std"], np.sqrt(((2 - 4 / 3)**2 + (-1 - 4 / 3)**2 + (3 - 4 / 3)**2) / 2))
+  assert paired_delta([1.0], [0.5])["std"] == 0.0
+  with pytest.raises(ValueError, match="equal-length"):
+    paired_delta([1.0, 2.0], [1.0])
 
 
 def test_parse_methods_rejects_unknown_names():
@@ -102,6 +112,10 @@ def test_md_table_and_ablation_end_to_end_on_digits(tmp_path):
   assert [r["method"] for r in table["rows"]] == ["none", "md"]
   assert 0 < table["fp_teacher"] <= 100 and table["ptq"] is not None
   assert "QAT + MD" in out and (tmp_path / "table.md").exists()
+  md_row = table["rows"][1]
+  np.testing.assert_allclose(md_row["vs_no_kd"]["delta"],
+                             [md_row["accuracy"][0] - table["rows"][0]["accuracy"][0]])
+  assert table["rows"][0]["vs_no_kd"] is None
   # The ablation reuses the table's teacher and pairs Δ with its own no-KD student.
   teacher_mtime = (tmp_path / "teacher" / "fp" / "summary.json").stat().st_mtime
   _run(["launch/md_ablation.py", *TINY, f"--workdir={tmp_path}", "--seeds=0",
@@ -110,7 +124,7 @@ def test_md_table_and_ablation_end_to_end_on_digits(tmp_path):
   rows = {r["variant"]: r for r in json.loads((tmp_path / "ablation.json").read_text())["rows"]}
   assert set(rows) == {"mdonly_a10", "T1_mdonly_window"}
   none = json.loads((tmp_path / "abl_none_seed0" / "qat" / "summary.json").read_text())
-  np.testing.assert_allclose(rows["mdonly_a10"]["delta_vs_baseline"][0],
+  np.testing.assert_allclose(rows["mdonly_a10"]["delta_vs_baseline"]["delta"][0],
                              rows["mdonly_a10"]["accuracy"][0] - 100 * none["test_accuracy"],
                              atol=1e-9)
   assert rows["T1_mdonly_window"]["baseline"] == "T1_none"

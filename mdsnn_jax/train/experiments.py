@@ -10,6 +10,8 @@ import copy
 import json
 import pathlib
 
+import numpy as np
+
 from mdsnn_jax.train.loop import train_and_evaluate
 
 # method -> (stage, which of membrane KD (α), logit KD (β), feature KD (γ) it switches on);
@@ -66,3 +68,16 @@ def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str |
     cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
     cfg.train.eval_ptq = eval_ptq
   return read_or_run(cfg, root / f"{name or method}_seed{seed}", stage)
+
+
+def paired_delta(accuracy, baseline) -> dict:
+  """Per-seed differences accuracy − baseline (same seeds, same order), in the units given:
+  {'delta': [...], 'mean', 'std' (sample std, 0 for one seed), 'positive' (how many > 0), 'n'}.
+  Pairing by seed removes the seed's data order from the comparison."""
+  a, b = np.asarray(accuracy, np.float64), np.asarray(baseline, np.float64)
+  if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+    raise ValueError(f"paired_delta needs two equal-length 1-D lists, got {a.shape} and {b.shape}")
+  d = a - b
+  return {"delta": d.tolist(), "mean": float(d.mean()),
+          "std": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+          "positive": int((d > 0).sum()), "n": int(d.size)}
