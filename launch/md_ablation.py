@@ -71,17 +71,11 @@ VARIANTS: dict[str, tuple[str, dict, str, str]] = {
 
 
 def _override(config, overrides: dict):
-  """A copy of `config` with {'a.b.c': value} fields replaced; unknown fields are an error."""
+  """A copy of `config` with {'a.b.c': value} fields replaced. The copy is locked, so
+  ml_collections rejects an unknown field (KeyError naming it and the fields present)."""
   cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    for dotted, value in overrides.items():
-      *parents, leaf = dotted.split(".")
-      target = cfg
-      for part in parents:
-        target = target[part]
-      if leaf not in target:
-        raise KeyError(f"override {dotted!r}: no field {leaf!r}; available: {sorted(target)}")
-      target[leaf] = value
+  cfg.lock()
+  cfg.update_from_flattened_dict(overrides)
   return cfg
 
 

@@ -612,8 +612,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
         hardware=dict(dense=cost_summary(hwr.dense),
                       event=cost_summary(hwr.event) if hwr.event is not None else None),
         layers=[dict(c_in=l.c_in, c_out=l.c_out, h_in=l.h_in, h_out=l.h_out, kernel=l.kernel,
-                     macs=l.mac_count,
-                     weight_bits=w_bits if l.weight_bits is None else l.weight_bits)
+                     macs=l.mac_count, weight_bits=l.weight_bits)
                 for l in hwr.layers],
         input_rates=hwr.input_rates, input_rate_sources=hwr.sources)
 

@@ -67,13 +67,12 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
 
   taps = ()
   feature_source = None
+  teacher_logits = teacher_taps = teacher_features = None
   if distill_cfg is not None:
     taps = ("membranes",)
     if float(distill_cfg.get("gamma", 0.0)) > 0:
       feature_source = distill_cfg.get("feature_source", "membranes")
       taps = tuple(dict.fromkeys(taps + (feature_source,)))
-  teacher_logits = teacher_taps = teacher_features = None
-  if distill_cfg is not None:
     t_out, t_cols = _apply(teacher_model, teacher_variables, images, train=False,
                            timesteps=distill_cfg.get("teacher_timesteps") or timesteps, taps=taps)
     t_cols = jax.lax.stop_gradient(t_cols)
