@@ -5,19 +5,20 @@ trained three ways (no KD, logit KD, MD = membrane + logit KD) over several seed
 
 Writes `<out>.md` and `<out>.json` in --workdir (atomically; --out, default 'table'). Every
 run resumes from its checkpoints, so the command can be interrupted and restarted, and a
-finished run is read back rather than repeated (so a table over more seeds reuses the
-runs of a smaller one).
+finished run with the same config is read back rather than repeated (so a table over more
+seeds reuses the runs of a smaller one); a run made with another config is refused, naming
+the fields that differ, unless --overwrite.
 """
 from __future__ import annotations
 
 import pathlib
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from mdsnn_jax.report import write_text_atomic
-from mdsnn_jax.train.checkpoint import write_json_atomic
+from mdsnn_jax.provenance import record, write_json_atomic, write_text_atomic
+from mdsnn_jax.train import cli
 from mdsnn_jax.train.experiments import (NAMES, paired_delta, parse_methods, run_student,
                                          run_teacher)
 
@@ -25,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the whole table.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated student seeds.")
 _METHODS = flags.DEFINE_string("methods", "none,logit,md", "Which students to train.")
 _OUT = flags.DEFINE_string("out", "table", "Basename of the .md / .json written in --workdir.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Retrain runs whose stored config differs.")
 config_flags.DEFINE_config_file("config", None, "Table configuration (a training config).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -34,32 +36,33 @@ def main(argv):
   root = pathlib.Path(_WORKDIR.value)
   seeds = [int(s) for s in _SEEDS.value.split(",")]
   methods = parse_methods(_METHODS.value)
-  teacher = run_teacher(base, root)
+  teacher = run_teacher(base, root, overwrite=_OVERWRITE.value)
 
   runs: dict[str, list[dict]] = {m: [] for m in methods}
   for seed in seeds:
     for method in methods:
       # Every student starts from the same quantized teacher: measure that PTQ point once.
       runs[method].append(run_student(base, root, method, seed,
-                                      eval_ptq=seed == seeds[0] and method == methods[0]))
+                                      eval_ptq=seed == seeds[0] and method == methods[0],
+                                      overwrite=_OVERWRITE.value))
 
   fp = teacher["test_accuracy"]
   ptq = next((r["ptq_accuracy"] for rs in runs.values() for r in rs if r.get("ptq_accuracy") is not None), None)
-  accs = {m: np.array([r["test_accuracy"] for r in rs]) * 100 for m, rs in runs.items()}
+  accs = {m: np.array([r["test_accuracy"] for r in rs]) for m, rs in runs.items()}
   rows = []
   for method, acc in accs.items():
     rows.append({"method": method, "seeds": seeds, "accuracy": acc.tolist(),
                  "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                 "gap_to_fp": float(fp * 100 - acc.mean()),
+                 "gap_to_fp": float(fp - acc.mean()),
                  "vs_no_kd": (paired_delta(acc, accs["none"])
                               if "none" in accs and method != "none" else None)})
-  table = {"fp_teacher": fp * 100, "ptq": None if ptq is None else ptq * 100, "rows": rows,
-           "config": base.to_dict()}
+  table = {"fp_teacher": fp, "ptq": ptq, "rows": rows, "unit": "percent",
+           "provenance": record(config=base)}
   write_json_atomic(root / f"{_OUT.value}.json", table)
   lines = ["| model | test accuracy (%) | gap to FP (pp) | Δ vs no KD, paired by seed (pp) |",
-           "|---|---|---|---|", f"| FP teacher | {fp*100:.2f} | 0 | |"]
+           "|---|---|---|---|", f"| FP teacher | {fp:.2f} | 0 | |"]
   if ptq is not None:
-    lines.append(f"| PTQ (teacher quantized, no training) | {ptq*100:.2f} | {(fp-ptq)*100:.2f} | |")
+    lines.append(f"| PTQ (teacher quantized, no training) | {ptq:.2f} | {fp - ptq:.2f} | |")
   for r in rows:
     d = r["vs_no_kd"]
     delta = "" if d is None else (f"{d['mean']:+.2f} ± {d['std']:.2f} "
@@ -73,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

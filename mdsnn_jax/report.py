@@ -5,7 +5,7 @@
 For every trained stage ('fp' teacher, 'qat' / 'md' students) of a workdir written by
 `mdsnn_jax.train.loop.train_and_evaluate`:
 
-- accuracy: the one in the stage's summary.json and the one re-measured here;
+- test accuracy in percent: the one in the stage's summary.json and the one re-measured here;
 - firing (SPEC §5): per-neuron rates r_j = (1/(N·T)) Σ_n Σ_t s_j^(n)[t] over the test split,
   streamed batch by batch (`firing.update_rates`); per layer the mean rate, the dead
   fraction (r_j = 0) and the neuron count;
@@ -482,8 +482,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
   out = [f"# Beyond-accuracy report: {report['model']} on {report['dataset']}", "",
          f"workdir `{report['workdir']}`; T = {report['timesteps']}; test examples evaluated per "
          f"stage: {counts}{limit}.", "", "## Accuracy", ""]
-  out += _table(["stage", "weight bits", "membrane bits", "accuracy (training)",
-                 "accuracy (re-measured)", "examples"],
+  out += _table(["stage", "weight bits", "membrane bits", "test accuracy (%), end of training",
+                 "test accuracy (%), re-measured here", "examples"],
                 [[s, v["weight_bits"], v["membrane_bits"], v["accuracy_trained"],
                   v["accuracy_measured"], v["examples"]] for s, v in stages.items()])
 
@@ -554,7 +554,8 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                  max_batches: int | None = None, eval_batch: int | None = None) -> dict:
   """Evaluates every trained stage of `workdir` and writes report.{json,md} and plots to `out_dir`.
 
-  out_dir defaults to workdir/report. A stage counts as trained when workdir/<stage>/
+  out_dir defaults to workdir/report. In a multi-process run every process calls this (the
+  variable restores are collective) and process 0 writes the files. A stage counts as trained when workdir/<stage>/
   final_variables exists. EMD and hardware ratios are against the 'fp' stage and are left
   out when it is absent. max_batches limits the test batches per stage (None: all);
   eval_batch defaults to config.train.eval_batch. Returns the dict written to report.json.
@@ -564,7 +565,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   from mdsnn_jax import data as data_lib
   from mdsnn_jax import nn as nn_lib
   from mdsnn_jax.train import checkpoint as ckpt
-  from mdsnn_jax.train.loop import load_trained_variables, sample_input, stage_model_config
+  from mdsnn_jax.train.stages import load_trained_variables, sample_input, stage_model_config
 
   workdir = pathlib.Path(workdir)
   out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
@@ -604,8 +605,8 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     rates_by_stage[stage] = fr.rates
     costs[stage] = hwr
     results[stage] = dict(
-        accuracy_trained=(stage_summary or {}).get("test_accuracy"),
-        accuracy_measured=fr.accuracy, examples=fr.examples,
+        accuracy_trained=(stage_summary or {}).get("test_accuracy"),  # percent
+        accuracy_measured=100.0 * fr.accuracy, examples=fr.examples,
         weight_bits=w_bits, membrane_bits=u_bits,
         firing=firing.layer_summary(fr.rates),
         mean_rate=float(np.concatenate([r.ravel() for r in fr.rates.values()]).mean()),
@@ -635,6 +636,10 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
       files=dict(json="report.json", markdown="report.md", plots=plots))
   report = _to_jsonable(report)
 
+  if jax.process_index() != 0:
+    # Multi-process: every process evaluates (the orbax restores above are collective);
+    # process 0 alone writes the files.
+    return report
   plot_firing_histograms(rates_by_stage, out_dir / PLOT_FILES[0])
   if emd:
     plot_emd(emd, out_dir / PLOT_FILES[1])

@@ -5,7 +5,7 @@ cores; nothing is downloaded.
     python launch/train.py --config=launch/configs/default.py --workdir=/tmp/mdsnn_digits
     python launch/train.py --config=launch/configs/default.py:fp,qat,md --workdir=...
 """
-from mdsnn_jax.train.config import base_config
+from mdsnn_jax.train.config import base_config, set_quant
 
 
 def get_config(stages: str = "fp,md"):
@@ -14,8 +14,8 @@ def get_config(stages: str = "fp,md"):
   c.data.name = "digits"
   c.model.name = "digits_cnn"
   c.model.timesteps = 4
-  c.model.quant.weight = {"kind": "lsq", "bits": 2}
-  c.model.quant.membrane = {"kind": "ternary"}
+  set_quant(c, "weight", "lsq", bits=2)
+  set_quant(c, "membrane", "ternary")
   c.train.global_batch = 64
   c.train.eval_batch = 128
   c.train.steps = 400

@@ -15,7 +15,7 @@ gap to the teacher:
 
     python launch/md_table.py --config=launch/configs/md_cifar10.py:2 --workdir=runs/md_cifar10_all2
 """
-from mdsnn_jax.train.config import base_config, low_bit_student
+from mdsnn_jax.train.config import base_config, low_bit_student, set_quant
 
 
 def get_config(first_last_bits: str = "8"):
@@ -34,8 +34,8 @@ def get_config(first_last_bits: str = "8"):
   low_bit_student(c)
   c.model.quant.bias_bits = 16
   if first_last_bits == "2":
-    c.model.quant.first_layer = {"kind": "same"}
-    c.model.quant.last_layer = {"kind": "same"}
+    set_quant(c, "first_layer", "same")
+    set_quant(c, "last_layer", "same")
   c.teacher_steps = 2400  # ≈ 15 epochs of 10,000 images at batch 64
   c.train.steps = 250  # student steps (≈ 1.6 epochs)
   c.train.global_batch = 64

@@ -3,7 +3,7 @@
     python launch/train.py --config=launch/configs/mnist.py:fp,md \
         --config.data.root=../shared/data/mnist --workdir=/tmp/mnist
 """
-from mdsnn_jax.train.config import base_config
+from mdsnn_jax.train.config import base_config, set_quant
 
 
 def get_config(stages: str = "fp,md"):
@@ -14,8 +14,8 @@ def get_config(stages: str = "fp,md"):
   c.model.name = "digits_cnn"
   c.model.width = 2.0
   c.model.timesteps = 4
-  c.model.quant.weight = {"kind": "lsq", "bits": 2}
-  c.model.quant.membrane = {"kind": "ternary"}
+  set_quant(c, "weight", "lsq", bits=2)
+  set_quant(c, "membrane", "ternary")
   c.train.global_batch = 128
   c.train.eval_batch = 500
   c.train.steps = 2000

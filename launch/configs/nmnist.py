@@ -3,7 +3,7 @@
     python launch/train.py --config=launch/configs/nmnist.py \
         --config.data.root=../shared/data/nmnist_small --workdir=/tmp/nmnist
 """
-from mdsnn_jax.train.config import base_config
+from mdsnn_jax.train.config import base_config, set_quant
 
 
 def get_config(stages: str = "fp,md"):
@@ -15,8 +15,8 @@ def get_config(stages: str = "fp,md"):
   c.data.image_size = 16
   c.model.name = "digits_cnn"
   c.model.timesteps = 8
-  c.model.quant.weight = {"kind": "lsq", "bits": 2}
-  c.model.quant.membrane = {"kind": "ternary"}
+  set_quant(c, "weight", "lsq", bits=2)
+  set_quant(c, "membrane", "ternary")
   c.train.global_batch = 32
   c.train.eval_batch = 50
   c.train.steps = 600

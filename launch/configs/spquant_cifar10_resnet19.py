@@ -4,7 +4,7 @@ TET loss. Reference (SPEC §7): FP 94.56, Q 94.11.
 
     python launch/train.py --config=launch/configs/spquant_cifar10_resnet19.py:fp,qat --workdir=/tmp/sq
 """
-from mdsnn_jax.train.config import base_config
+from mdsnn_jax.train.config import base_config, set_quant
 
 
 def get_config(stages: str = "fp,qat"):
@@ -18,8 +18,8 @@ def get_config(stages: str = "fp,qat"):
   c.model.neuron.decay = 0.25
   c.model.neuron.threshold = 0.5
   c.model.neuron.learn_threshold = True
-  c.model.quant.weight = {"kind": "sawb", "bits": 4}
-  c.model.quant.membrane = {"kind": "ternary"}
+  set_quant(c, "weight", "sawb", bits=4)
+  set_quant(c, "membrane", "ternary")
   c.train.global_batch = 128
   c.train.eval_batch = 500
   c.train.steps = 300 * 390

@@ -1,9 +1,104 @@
-"""The base configuration every launcher config starts from (big_vision / flax-examples style)."""
+"""The base configuration every launcher config starts from (big_vision / flax-examples style).
+
+Every leaf has a type, so every field can be set from the command line
+(`--config.a.b=value`): optional fields are typed placeholders
+(`ml_collections.config_dict.placeholder`), never a bare None. Quantizer configs carry every
+argument any quantizer kind takes (unset ones are placeholders), so
+`--config.model.quant.first_layer.bits=8` works whatever the file set; `quant_args` keeps the
+arguments the chosen kind takes when a model is built.
+"""
 from __future__ import annotations
 
+import inspect
+from typing import Any, Callable, Mapping
+
 import ml_collections
+from ml_collections import config_dict
 
 from mdsnn_jax.nn import default_model_config
+from mdsnn_jax.quant import registry
+
+ph = config_dict.placeholder
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+# first_layer / last_layer take 'same' (the body's quantizer) besides the registry's kinds.
+_EXTRA_KINDS = {"same": lambda: None}
+QUANT_TABLES: dict[str, Mapping[str, Callable]] = {
+    "weight": {**registry.WEIGHT_QUANTIZERS, **_EXTRA_KINDS},
+    "membrane": registry.MEMBRANE_QUANTIZERS,
+}
+QUANT_FIELDS = {"weight": "weight", "first_layer": "weight", "last_layer": "weight",
+                "membrane": "membrane"}
+
+
+def _arg_types(table: Mapping[str, Callable]) -> dict[str, type]:
+  """{argument: type} over every kind of a quantizer table (from the factories' signatures)."""
+  types: dict[str, type] = {}
+  for factory in table.values():
+    for name, p in inspect.signature(factory).parameters.items():
+      t = _TYPES.get(p.annotation if isinstance(p.annotation, str) else
+                     getattr(p.annotation, "__name__", ""), None)
+      if t is None and p.default is not p.empty and p.default is not None:
+        t = type(p.default)
+      if t is None:
+        raise TypeError(f"quantizer argument {name!r} has no usable type annotation")
+      types.setdefault(name, t)
+  return types
+
+
+def quant_spec(what: str = "weight", kind: str = "none", **kwargs) -> ml_collections.ConfigDict:
+  """A quantizer config with every argument of every kind of `what` ('weight' or
+  'membrane'): the given ones set, the rest typed placeholders (None = the kind's default)."""
+  if what not in QUANT_TABLES:
+    raise ValueError(f"unknown quantizer family {what!r}; allowed: {sorted(QUANT_TABLES)}")
+  types = _arg_types(QUANT_TABLES[what])
+  unknown = sorted(set(kwargs) - set(types))
+  if unknown:
+    raise ValueError(f"unknown {what} quantizer argument(s) {unknown}; allowed: {sorted(types)}")
+  spec = ml_collections.ConfigDict({"kind": kind})
+  for name, t in sorted(types.items()):
+    spec[name] = ph(t) if kwargs.get(name) is None else kwargs[name]
+    if kwargs.get(name) is not None:
+      spec[name] = t(kwargs[name])
+  return spec
+
+
+def quant_args(field: str, spec: Any, note: Callable[[str], None] | None = None) -> dict:
+  """The {'kind', **args} of `spec` that its kind takes. Unset (None) arguments are left to
+  the kind's default; set arguments that the kind does not take are dropped, and `note`
+  is told so (e.g. bits after `--config.model.quant.weight.kind=ternary`)."""
+  spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+  table = QUANT_TABLES[QUANT_FIELDS.get(field, "weight")]
+  kind = spec.get("kind", "none")
+  if kind not in table:
+    raise ValueError(f"unknown quantizer kind {kind!r} in model.quant.{field}; allowed: "
+                     f"{sorted(table)}")
+  takes = set(inspect.signature(table[kind]).parameters)
+  out, dropped = {"kind": kind}, []
+  for name, value in spec.items():
+    if name == "kind" or value is None:
+      continue
+    if name in takes:
+      out[name] = value
+    else:
+      dropped.append(f"{name}={value!r}")
+  if dropped and note is not None:
+    note(f"model.quant.{field}: kind {kind!r} takes no {', '.join(dropped)}; dropped "
+         f"(it takes {sorted(takes) or 'no arguments'})")
+  return out
+
+
+def with_quant_specs(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`model_cfg` with each quant.<field> a full `quant_spec` (in place; returned)."""
+  for field, what in QUANT_FIELDS.items():
+    current = model_cfg.quant[field]
+    current = current.to_dict() if hasattr(current, "to_dict") else dict(current)
+    model_cfg.quant[field] = quant_spec(what, **current)
+  return model_cfg
+
+
+def set_quant(c: ml_collections.ConfigDict, field: str, kind: str, **kwargs) -> None:
+  """c.model.quant.<field> = a full spec of `kind` with `kwargs` (what config files call)."""
+  c.model.quant[field] = quant_spec(QUANT_FIELDS[field], kind, **kwargs)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -18,13 +113,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.report = True  # write workdir/report (accuracy, firing, EMD, hardware, plots) at the end
 
   c.data = ml_collections.ConfigDict(dict(
-      name="digits", root=None, source="auto", image_size=None, timesteps=None,
-      augment=False, train_subset=None, worker_count=0))
-  c.model = default_model_config()
+      name="digits", root=ph(str), source="auto", image_size=ph(int), timesteps=ph(int),
+      augment=False, train_subset=ph(int), worker_count=0))
+  c.model = with_quant_specs(default_model_config())
 
   c.train = ml_collections.ConfigDict(dict(
       global_batch=64, eval_batch=128, steps=500, log_every=50, eval_every=0,
-      checkpoint_every=100, keep_checkpoints=2, eval_ptq=True))
+      checkpoint_every=100, keep_checkpoints=2, eval_ptq=True,
+      # A non-finite loss or gradient is never applied: 'stop' ends the stage naming the
+      # step; 'skip' drops that update and stops after max_skipped of them.
+      nan_policy="stop", max_skipped=10))
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9))
   c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05))
@@ -36,18 +134,21 @@ def base_config() -> ml_collections.ConfigDict:
       # student (a 1×1 conv when the teacher's channels differ).
       feature_layers="all", feature_source="membranes"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
+  # initialize=True calls jax.distributed.initialize(); the three fields below are passed
+  # when set (on SLURM and TPU pods initialize() finds them itself).
   c.distributed = ml_collections.ConfigDict(dict(
-      initialize=False, coordinator_address=None, num_processes=None, process_id=None))
+      initialize=False, coordinator_address=ph(str), num_processes=ph(int),
+      process_id=ph(int), local_device_ids=ph(str)))
   return c
 
 
 def low_bit_student(c: ml_collections.ConfigDict, weight_bits: int = 2) -> None:
   """MD-SNN's low-bit student, in place: LSQ weights, batch norm folded and quantized,
   ternary integer membranes, 8-bit first and last layers."""
-  c.model.quant.weight = {"kind": "lsq", "bits": weight_bits}
-  c.model.quant.membrane = {"kind": "ternary"}
-  c.model.quant.first_layer = {"kind": "uniform", "bits": 8}
-  c.model.quant.last_layer = {"kind": "uniform", "bits": 8}
+  set_quant(c, "weight", "lsq", bits=weight_bits)
+  set_quant(c, "membrane", "ternary")
+  set_quant(c, "first_layer", "uniform", bits=8)
+  set_quant(c, "last_layer", "uniform", bits=8)
   c.model.quant.bn_fold = True
 
 

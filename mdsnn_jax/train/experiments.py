@@ -2,12 +2,14 @@
 
 One FP teacher per table folder (root/teacher), and quantized students that differ only in
 which distillation terms are switched on, all started from that teacher and reading it as
-their distillation target. Every run is resumable and is skipped when its summary exists.
+their distillation target. Every run goes through `train_and_evaluate`: a finished run
+with the same config is read back untouched, an unfinished one resumes, and a run made with
+a different config is refused (listing the fields) unless `overwrite`. Test accuracies are
+in percent.
 """
 from __future__ import annotations
 
 import copy
-import json
 import pathlib
 
 import numpy as np
@@ -22,11 +24,10 @@ NAMES = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membr
          "mdonly": "QAT + membrane KD only", "feature": "QAT + affine-projector feature KD only"}
 
 
-def read_or_run(config, workdir: pathlib.Path, stage: str) -> dict:
-  summary = workdir / stage / "summary.json"
-  if summary.exists():
-    return json.loads(summary.read_text())
-  return train_and_evaluate(config, str(workdir))[stage]
+def read_or_run(config, workdir: pathlib.Path, stage: str, *, overwrite: bool = False,
+                tag: str = "") -> dict:
+  """The stage's summary: read back when finished with this config, else trained."""
+  return train_and_evaluate(config, str(workdir), overwrite=overwrite, tag=tag)[stage]
 
 
 def parse_methods(text: str) -> list[str]:
@@ -38,17 +39,17 @@ def parse_methods(text: str) -> list[str]:
   return methods
 
 
-def run_teacher(base, root: pathlib.Path) -> dict:
+def run_teacher(base, root: pathlib.Path, *, overwrite: bool = False) -> dict:
   """The FP teacher of the table, trained once in root/teacher (`teacher_steps` steps)."""
   teacher_cfg = copy.deepcopy(base)
   with teacher_cfg.unlocked():
     teacher_cfg.stages = "fp"
     teacher_cfg.train.steps = int(base.get("teacher_steps", base.train.steps))
-  return read_or_run(teacher_cfg, root / "teacher", "fp")
+  return read_or_run(teacher_cfg, root / "teacher", "fp", overwrite=overwrite, tag="teacher")
 
 
 def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str | None = None,
-                eval_ptq: bool = False) -> dict:
+                eval_ptq: bool = False, overwrite: bool = False) -> dict:
   """One quantized student in root/<name or method>_seed<seed>, distilled from root/teacher.
 
   The method switches the membrane (α), logit (β) and feature (γ) terms on or off; their
@@ -67,7 +68,8 @@ def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str |
       cfg.distill[term] = weight if term in terms else 0.0
     cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
     cfg.train.eval_ptq = eval_ptq
-  return read_or_run(cfg, root / f"{name or method}_seed{seed}", stage)
+  run = f"{name or method}_seed{seed}"
+  return read_or_run(cfg, root / run, stage, overwrite=overwrite, tag=run)
 
 
 def paired_delta(accuracy, baseline) -> dict:

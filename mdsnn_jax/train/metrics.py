@@ -1,4 +1,8 @@
-"""Metrics as JSON lines, and the progress line a person watches."""
+"""Metrics as JSON lines, and the progress line a person watches.
+
+Accuracies are in percent everywhere (printed and written); loss terms print with four
+significant digits, so a small nonzero value never shows as 0.
+"""
 from __future__ import annotations
 
 import datetime
@@ -8,18 +12,23 @@ import pathlib
 from typing import Any
 
 
-
 class MetricsWriter:
   """Appends one JSON object per line to `path` (flushed each write).
 
-  On resume from step k the lines of steps > k (written after the checkpoint the run is
-  resumed from, and about to be recomputed) are dropped first, by an atomic rewrite.
+  A fresh start (`resume_step` None) empties the file; a resume from step k keeps the
+  records of steps <= k (the later ones are recomputed) and drops a line cut off by a kill,
+  by an atomic rewrite, so a new record is never glued onto a partial one. `enabled=False`
+  (processes other than 0) writes nothing.
   """
 
-  def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+  def __init__(self, path: str | os.PathLike, resume_step: int | None = None,
+               enabled: bool = True):
     self.path = pathlib.Path(path)
+    self.enabled = enabled
+    if not enabled:
+      return
+    kept = []
     if resume_step is not None and self.path.exists():
-      kept = []
       for line in self.path.read_text().splitlines():
         try:
           record = json.loads(line)
@@ -27,11 +36,13 @@ class MetricsWriter:
           continue  # a line cut off by a kill
         if record.get("step", 0) <= resume_step:
           kept.append(line)
-      tmp = self.path.with_name(self.path.name + ".tmp")
-      tmp.write_text("".join(l + "\n" for l in kept))
-      os.replace(tmp, self.path)
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in kept))
+    os.replace(tmp, self.path)
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
       f.flush()
@@ -48,9 +59,24 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
   return out
 
 
-def format_progress(step: int, total: int, metrics: dict[str, float], steps_per_s: float) -> str:
-  """'step 120/500 | loss 0.41 ce 0.38 md 0.02 kd 0.01 acc 0.91 | 35.2 steps/s | ETA 0:00:11'."""
-  order = ("loss", "ce", "md", "md_spatial", "md_temporal", "kd", "feature", "accuracy")
-  terms = " ".join(f"{k} {metrics[k]:.4f}" for k in order if k in metrics)
-  eta = datetime.timedelta(seconds=int((total - step) / steps_per_s)) if steps_per_s > 0 else "?"
-  return f"step {step}/{total} | {terms} | {steps_per_s:.1f} steps/s | ETA {eta}"
+def sig(x: float, digits: int = 4) -> str:
+  """`digits` significant digits; a nonzero value never rounds to 0 (1.2e-05, not 0.0000)."""
+  return "nan" if x != x else f"{x:.{digits}g}"
+
+
+def pct(x: float | None) -> str:
+  """A percentage for people: '97.21 %' (None: 'n/a')."""
+  return "n/a" if x is None else f"{x:.2f} %"
+
+
+def format_progress(step: int, total: int, metrics: dict[str, float], steps_per_s: float,
+                    overall_steps_per_s: float | None = None) -> str:
+  """'step 120/500 | loss 0.4102 ce 0.3811 md 0.0213 | train acc 91.41 % | 35.2 steps/s |
+  ETA 0:00:11'. Rates exclude the first (compiling) step; the ETA uses the overall rate."""
+  order = ("loss", "ce", "md", "md_spatial", "md_temporal", "kd", "feature")
+  terms = " ".join(f"{k} {sig(metrics[k])}" for k in order if k in metrics)
+  acc = f" | train acc {pct(metrics['accuracy'])}" if "accuracy" in metrics else ""
+  rate = overall_steps_per_s or steps_per_s
+  eta = datetime.timedelta(seconds=int((total - step) / rate)) if rate > 0 else "?"
+  shown = f"{steps_per_s:.3g} steps/s" if steps_per_s > 0 else "compiling"
+  return f"step {step}/{total} | {terms}{acc} | {shown} | ETA {eta}"

@@ -17,9 +17,11 @@ class TrainState(flax.struct.PyTreeNode):
   with them that are not part of the model (feature-KD projectors; {} when unused), so
   they are checkpointed but never exported. batch_stats: tdBN running statistics.
   quant_state: quantizer state updated outside the gradient (e.g. LQ-Net bases). The
-  optimizer state is over the pair (params, distill_params).
+  optimizer state is over the pair (params, distill_params). skipped: how many updates were
+  dropped for a non-finite loss or gradient (train.nan_policy='skip').
   """
   step: jax.Array
+  skipped: jax.Array
   params: PyTree
   distill_params: PyTree
   batch_stats: PyTree
@@ -34,6 +36,7 @@ class TrainState(flax.struct.PyTreeNode):
     distill_params = {} if distill_params is None else distill_params
     return cls(
         step=jax.numpy.zeros((), jax.numpy.int32),
+        skipped=jax.numpy.zeros((), jax.numpy.int32),
         params=params,
         distill_params=distill_params,
         batch_stats=variables.get("batch_stats", {}),
@@ -53,12 +56,20 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": self.params, "batch_stats": self.batch_stats,
             "quant_state": self.quant_state}
 
-  def apply_gradients(self, grads, *, batch_stats, quant_state) -> "TrainState":
-    """grads: gradients of (params, distill_params), the structure of `trainable`."""
+  def apply_gradients(self, grads, *, batch_stats, quant_state,
+                      apply: jax.Array | bool = True) -> "TrainState":
+    """grads: gradients of (params, distill_params), the structure of `trainable`.
+
+    apply=False (a traced bool is fine) keeps every array as it was and counts a skipped
+    update; the step advances either way, so schedules and data stay aligned."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.trainable)
     params, distill_params = optax.apply_updates(self.trainable, updates)
-    return self.replace(step=self.step + 1, params=params, distill_params=distill_params,
-                        batch_stats=batch_stats, quant_state=quant_state, opt_state=opt_state)
+    new = self.replace(params=params, distill_params=distill_params,
+                       batch_stats=batch_stats, quant_state=quant_state, opt_state=opt_state)
+    if apply is not True:
+      new = jax.tree.map(lambda n, o: jax.numpy.where(apply, n, o), new, self)
+    return new.replace(step=self.step + 1,
+                       skipped=self.skipped + (1 - jax.numpy.asarray(apply, jax.numpy.int32)))
 
 
 def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:

@@ -108,10 +108,14 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
     metrics["accuracy"] = jnp.mean(jnp.argmax(logits_t.mean(0), -1) == labels)
     return loss, (metrics, cols)
 
-  (_, (metrics, cols)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+  (loss, (metrics, cols)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+  # A non-finite loss or gradient is never applied (the loop stops or skips: nan_policy).
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [True]))
   new_state = state.apply_gradients(
       grads, batch_stats=cols.get("batch_stats", state.batch_stats),
-      quant_state=cols.get("quant_state", state.quant_state))
+      quant_state=cols.get("quant_state", state.quant_state), apply=finite)
+  metrics["finite"] = finite
   return new_state, metrics
 
 

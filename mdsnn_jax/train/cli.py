@@ -1,0 +1,133 @@
+"""What every launcher shares: quiet logging, and errors a user can act on.
+
+    from mdsnn_jax.train import cli
+    if __name__ == "__main__":
+      cli.run(main)
+
+- absl and orbax INFO lines are silenced (WARNING and above show); `--verbosity=0` (INFO)
+  or higher restores them.
+- A configuration or data error (ValueError, FileNotFoundError, KeyError, a stale or locked
+  workdir, a diverged run) prints one line, `error: <what, the bad value, what is allowed>`,
+  and exits 2 without a traceback. The traceback shows with `--verbosity=1` or with the
+  environment variable MDSNN_TRACEBACK=1.
+- SIGINT / SIGTERM during training (`loop.Interrupted`) print the step reached and the
+  command that resumes, and exit 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
+"""
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import shlex
+import sys
+import traceback
+from typing import Callable
+
+from absl import app, flags, logging
+
+from mdsnn_jax.train.loop import DivergenceError, Interrupted, StaleRunError, WorkdirLockedError
+
+USAGE_EXIT = 2
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, StaleRunError, WorkdirLockedError,
+               DivergenceError)
+TRACEBACK_ENV = "MDSNN_TRACEBACK"
+
+
+def _verbosity_asked() -> int | None:
+  f = flags.FLAGS["verbosity"]
+  return int(f.value) if f.present else None
+
+
+def quiet_logging() -> None:
+  """WARNING and above from absl, orbax and jax unless --verbosity was given."""
+  asked = _verbosity_asked()
+  if asked is None:
+    logging.set_verbosity(logging.WARNING)
+    for name in ("absl", "orbax", "jax", "grain"):
+      py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+def _show_traceback() -> bool:
+  asked = _verbosity_asked()
+  return (asked is not None and asked >= 1) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+
+
+def resume_command() -> str:
+  return shlex.join([sys.executable, *sys.argv])
+
+
+def _error_line(e: BaseException) -> str:
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  if isinstance(e, (AttributeError, KeyError)):
+    # ml_collections wraps "'name'\nDid you mean ..." in a repr: unwrap it.
+    text = text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    if isinstance(e, AttributeError):
+      text = f"unknown config field {text}"
+  text = " ".join(text.split())
+  return f"error: {text}" if text else f"error: {type(e).__name__}"
+
+
+def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """`main` with quiet logging and one-line user errors (see the module docstring)."""
+
+  def wrapped(argv):
+    quiet_logging()
+    try:
+      return main(argv)
+    except Interrupted as e:
+      print(f"{e}. Re-run the same command to resume:\n  {resume_command()}",
+            file=sys.stderr, flush=True)
+      sys.exit(128 + int(e.signum))
+    except USER_ERRORS as e:
+      if _show_traceback():
+        traceback.print_exc()
+      print(_error_line(e), file=sys.stderr, flush=True)
+      sys.exit(USAGE_EXIT)
+    except KeyboardInterrupt:
+      print(f"interrupted. Re-run the same command to resume from the last checkpoint:\n  "
+            f"{resume_command()}", file=sys.stderr, flush=True)
+      sys.exit(130)
+
+  return wrapped
+
+
+_HELP = ("--help", "--helpfull", "--helpshort", "-h", "-?")
+
+
+def config_fields(config, prefix: str = "config.") -> list[str]:
+  """'config.train.steps: int = 500' for every leaf of a ConfigDict."""
+  out = []
+  for key in config.keys():
+    value = config[key]
+    if hasattr(value, "keys"):
+      out += config_fields(value, f"{prefix}{key}.")
+    else:
+      out.append(f"  --{prefix}{key}: {config.get_type(key).__name__} = {value!r}")
+  return out
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config field as one `error:` line (exit 2)
+  and --help / --helpfull listing every config field and exiting 0."""
+  wants_help = any(a in _HELP for a in argv[1:])
+  args = [a for a in argv if a not in _HELP]
+  try:
+    rest = flags.FLAGS(args)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    if not wants_help:
+      print(_error_line(e), file=sys.stderr, flush=True)
+      sys.exit(USAGE_EXIT)
+    rest = None
+  if wants_help:
+    print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS.get_help())
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    if config is not None:
+      print("\nConfig fields (set any with --config.<field>=<value>):")
+      print("\n".join(config_fields(config)))
+    else:
+      print("\nGive --config=<file> with --help to list its fields.")
+    sys.exit(0)
+  return rest
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  app.run(guarded(main), flags_parser=parse_flags)

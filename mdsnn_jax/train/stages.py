@@ -1,0 +1,181 @@
+"""What a training stage is, independent of the loop that trains it.
+
+A workdir holds one folder per stage ('fp' teacher, 'qat' and 'md' students). Each folder
+stores the stage's resolved config (`config.json`: the fields that decide its result, and
+the whole config for reference), which is how a re-run decides to skip (identical and
+finished), resume (identical, unfinished) or refuse (any difference, listed field by
+field, unless the user overwrites). The loop, the report and the table runners all read
+stages through this module, so none of them imports another.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from mdsnn_jax import nn as nn_lib
+from mdsnn_jax.provenance import write_json_atomic
+from mdsnn_jax.train import checkpoint as ckpt
+from mdsnn_jax.train.config import QUANT_FIELDS, quant_args
+
+STAGES = ("fp", "qat", "md")
+QUANT_OFF = {"kind": "none"}
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+class StaleRunError(ValueError):
+  """A stage folder holds a run made with a different config."""
+
+
+def parse_stages(stages: str | tuple | list) -> list[str]:
+  names = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else list(stages)
+  names = [n for n in names if n]
+  bad = [n for n in names if n not in STAGES]
+  if bad or not names:
+    raise ValueError(f"unknown stage(s) {bad or names!r} in config.stages={stages!r}; "
+                     f"allowed stages: {list(STAGES)} (comma-separated, run in order)")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.stages={stages!r} names a stage twice")
+  return names
+
+
+def stage_model_config(config, stage: str,
+                       note: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
+  """The model config a stage builds: the FP teacher has every quantizer off; the others
+  keep, of each quantizer spec, the arguments its kind takes (`config.quant_args`)."""
+  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+  for field in QUANT_FIELDS:
+    if field in model_cfg.quant:
+      model_cfg.quant[field] = (dict(QUANT_OFF) if stage == "fp" else
+                                quant_args(field, model_cfg.quant[field], note))
+  if stage == "fp":
+    model_cfg.quant.bn_fold = False
+  return model_cfg
+
+
+def sample_input(info, timesteps: int) -> np.ndarray:
+  """A zero batch of one input of the dataset's shape (events: [1, T, H, W, 2])."""
+  if info.is_event:
+    return np.zeros((1, info.timesteps or timesteps) + tuple(info.image_shape), np.float32)
+  return np.zeros((1,) + tuple(info.image_shape), np.float32)
+
+
+def abstract_variables(model, sample: np.ndarray) -> dict:
+  """The variable tree `model.init` would make (shapes and dtypes only, no compute)."""
+  return jax.eval_shape(lambda k: model.init({"params": k}, sample, train=False),
+                        jax.random.PRNGKey(0))
+
+
+def load_trained_variables(model, sample: np.ndarray, directory: pathlib.Path,
+                           sharding=None) -> dict:
+  """The variables `save_variables` exported for `model` (tree shapes from an abstract
+  init), placed with `sharding` (default: this process's first device)."""
+  return ckpt.load_variables(directory, abstract_variables(model, sample), sharding)
+
+
+# ----------------------------------------------------------------------------- teacher
+def teacher_stage_dir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """The teacher's stage folder: workdir/fp, or distill.teacher_workdir given as a workdir
+  (holding fp/) or as its fp stage folder itself."""
+  path = str(config.distill.get("teacher_workdir") or "")
+  if not path:
+    return pathlib.Path(workdir) / "fp"
+  path = pathlib.Path(path)
+  if (path / "final_variables").is_dir() or (path / CONFIG_FILE).is_file():
+    return path
+  if (path / "fp").is_dir():
+    return path / "fp"
+  return path
+
+
+def teacher_model_config(config, teacher_dir: pathlib.Path,
+                         warn: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
+  """The model config the teacher was trained with (its stored config.json), so a student
+  whose own config differs (e.g. a learnable threshold) still loads its teacher."""
+  stored = read_stage_config(teacher_dir)
+  if stored is not None:
+    return ml_collections.ConfigDict(stored["result"]["model"])
+  if warn is not None:
+    warn(f"the teacher in {teacher_dir} has no stored {CONFIG_FILE} (made by an older "
+         f"version); building it from this run's config with quantizers off")
+  return stage_model_config(config, "fp")
+
+
+# ------------------------------------------------------------------- the stored config
+def _plain(value: Any) -> Any:
+  """JSON-comparable form (tuples as lists, numpy scalars as Python)."""
+  return json.loads(json.dumps(value, default=float))
+
+
+def result_fields(config, stage: str, teacher: dict | None = None) -> dict:
+  """The config fields that decide a stage's result. Logging, checkpoint cadence, the eval
+  batch, the mesh, the process count and the report do not: a run may resume on another
+  topology or log more often without counting as a different run."""
+  train = config.train
+  out = {
+      "stage": stage,
+      "seed": int(config.seed),
+      "data": {k: v for k, v in config.data.to_dict().items() if k != "worker_count"},
+      "model": stage_model_config(config, stage).to_dict(),
+      "train": {"global_batch": int(train.global_batch), "steps": int(train.steps),
+                "nan_policy": str(train.get("nan_policy", "stop")),
+                "max_skipped": int(train.get("max_skipped", 10))},
+      "optim": config.optim.to_dict(),
+      "loss": config.loss.to_dict(),
+  }
+  if stage != "fp":
+    out["init_from_teacher"] = bool(config.init_from_teacher)
+  if stage == "md":
+    out["distill"] = {k: v for k, v in config.distill.to_dict().items()
+                      if k != "teacher_workdir"}
+  if teacher is not None:
+    out["teacher"] = teacher
+  return _plain(out)
+
+
+def read_stage_config(stage_dir: pathlib.Path) -> dict | None:
+  path = pathlib.Path(stage_dir) / CONFIG_FILE
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise StaleRunError(f"{path} is not valid JSON ({e}); remove the stage folder or re-run "
+                        f"with --overwrite") from e
+
+
+def write_stage_config(stage_dir: pathlib.Path, result: dict, config, provenance: dict) -> None:
+  write_json_atomic(pathlib.Path(stage_dir) / CONFIG_FILE,
+                    {"result": result, "config": config.to_dict(), "provenance": provenance})
+
+
+def diff_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+  """['train.steps: 50 -> 20', ...] for every leaf that differs (added or removed too)."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      name = f"{prefix}.{key}" if prefix else str(key)
+      if key not in old:
+        out.append(f"{name}: (absent) -> {new[key]!r}")
+      elif key not in new:
+        out.append(f"{name}: {old[key]!r} -> (absent)")
+      else:
+        out.extend(diff_fields(old[key], new[key], name))
+    return out
+  return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def stage_status(stage_dir: pathlib.Path) -> str:
+  """'new' (nothing there), 'finished' (summary written, the last act of a stage) or
+  'unfinished'."""
+  stage_dir = pathlib.Path(stage_dir)
+  if (stage_dir / SUMMARY_FILE).is_file() and (stage_dir / "final_variables").is_dir():
+    return "finished"
+  if not stage_dir.is_dir() or not any(stage_dir.iterdir()):
+    return "new"
+  return "unfinished"
