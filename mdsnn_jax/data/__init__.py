@@ -9,14 +9,16 @@
 
 Modules: `sources` (static images in their on-disk formats), `events` (ATIS event files -> frames
 through tonic), `registry` (names, config, DatasetInfo), `pipeline` (grain transforms, loader).
+A truncated or corrupt dataset file raises DataFormatError (a ValueError) naming the file.
 """
 from __future__ import annotations
 
 from mdsnn_jax.data.pipeline import (make_loader, make_train_stream, random_crop_flip, resize_image,
                                      standardize)
 from mdsnn_jax.data.registry import NAMES, DatasetInfo, dataset_info, load_split
+from mdsnn_jax.data.sources import DataFormatError
 
 __all__ = [
-    "NAMES", "DatasetInfo", "dataset_info", "load_split", "make_loader", "make_train_stream",
-    "random_crop_flip", "resize_image", "standardize",
+    "NAMES", "DataFormatError", "DatasetInfo", "dataset_info", "load_split", "make_loader",
+    "make_train_stream", "random_crop_flip", "resize_image", "standardize",
 ]
