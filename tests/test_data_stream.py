@@ -217,3 +217,18 @@ def test_worker_processes_leave_the_stream_unchanged(cifar_cfg):
     assert_same(take(stream, 6), serial)
   finally:
     stream.close()
+
+
+def test_event_frames_stream(tmp_path):
+  from test_data_events import _write_flat_nmnist  # pylint: disable=g-import-not-at-top
+
+  _write_flat_nmnist(tmp_path / "nmnist_small", np.random.default_rng(0), 6, 2)
+  cfg = data_cfg(name="nmnist", root=str(tmp_path), timesteps=3)
+  one = global_batches(cfg, global_batch=4, seed=0, steps=4)  # 16 positions: 2.7 epochs of 6
+  assert one[0]["image"].shape == (4, 3, 34, 34, 2)
+  assert_same(global_batches(cfg, global_batch=4, seed=0, steps=4, process_count=2), one)
+  assert_same(global_batches(cfg, global_batch=4, seed=0, steps=2, process_count=4, start_step=2), one[2:])
+  # Frames are event counts, unnormalised, as the source gives them.
+  source = load_split(cfg, "train")
+  frames = {source[i]["image"].tobytes() for i in range(len(source))}
+  assert all(row.tobytes() in frames for batch in one for row in batch["image"])
