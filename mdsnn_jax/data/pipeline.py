@@ -178,7 +178,8 @@ def make_train_stream(cfg: Any, *, global_batch: int, seed: int, process_index: 
 
   Yields {'image': float32 [L, ...], 'label': int32 [L]} through a grain iterator. worker_count
   = n > 0 builds the batches in n grain worker processes (`mp_prefetch`: worker w makes local
-  batches w, w + n, ... and they are read back round robin), which leaves the stream unchanged.
+  batches w, w + n, ... and they are read back round robin), which leaves the stream unchanged;
+  call the iterator's close() when done to stop the workers.
   """
   process_count = _check_int("process_count", process_count, 1)
   process_index = _check_int("process_index", process_index, 0, process_count)
