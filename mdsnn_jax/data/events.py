@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mdsnn_jax.data.sources import missing_dataset_error
+from mdsnn_jax.data.sources import DataFormatError, missing_dataset_error
 
 PathLike = str | os.PathLike
 
@@ -41,11 +41,39 @@ NCALTECH101_URL = ("https://www.garrickorchard.com/datasets/n-caltech101 "
                    "(https://data.mendeley.com/datasets/cy6cvx3ryv/1)")
 
 
-def read_atis(path: PathLike) -> np.ndarray:
-  """Events of one ATIS .bin/.bs2 file as a structured array with fields x, y, t (µs), p."""
+def read_atis(path: PathLike, sensor_size: tuple[int, int, int] | None = None) -> np.ndarray:
+  """Events of one ATIS .bin/.bs2 file as a structured array with fields x, y, t (µs), p.
+
+  Raises DataFormatError naming the file when it is empty or not whole 5-byte events. With
+  sensor_size = (W, H, 2) the recording must also be plausible for that fixed sensor (N-MNIST):
+  every event inside it and timestamps non-decreasing, which all 1,100 real N-MNIST recordings
+  of the workspace satisfy and random bytes do not. (N-Caltech101's canvas clips a few real
+  events, so its files get only the length check.)
+  """
   import tonic  # pylint: disable=g-import-not-at-top
 
-  return tonic.io.read_mnist_file(str(path), dtype=EVENT_DTYPE)
+  size = os.path.getsize(path)
+  expected = ("ATIS events: 5 bytes each (x, y, polarity | 23-bit µs timestamp)"
+              + ("" if sensor_size is None else f", x < {sensor_size[0]}, y < {sensor_size[1]}, "
+                 "timestamps non-decreasing"))
+  if size == 0 or size % 5:
+    raise DataFormatError(f"{path}: truncated or corrupt event file (expected {expected}): {size} bytes "
+                          f"is {'empty' if size == 0 else f'not a whole number of events ({size % 5} left over)'}")
+  events = tonic.io.read_mnist_file(str(path), dtype=EVENT_DTYPE)
+  if sensor_size is not None and len(events):
+    width, height = sensor_size[:2]
+    outside = int(np.count_nonzero((events["x"] >= width) | (events["y"] >= height)))
+    if outside:
+      raise DataFormatError(
+          f"{path}: corrupt event file (expected {expected}): {outside} of {len(events)} events outside "
+          f"the {width}×{height} sensor (x up to {events['x'].max()}, y up to {events['y'].max()})")
+    back = np.flatnonzero(np.diff(events["t"]) < 0)
+    if back.size:
+      k = int(back[0]) + 1
+      raise DataFormatError(
+          f"{path}: corrupt event file (expected {expected}): the timestamp goes back from "
+          f"{events['t'][k - 1]} to {events['t'][k]} µs at event {k} ({back.size} such steps)")
+  return events
 
 
 def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], timesteps: int,
@@ -81,7 +109,7 @@ class EventFrameSource:
 
   def __init__(self, files: Sequence[PathLike], labels: Sequence[int], *, num_classes: int,
                sensor_size: tuple[int, int, int], timesteps: int, image_size: int | None,
-               description: str):
+               description: str, strict_sensor: bool = False):
     if len(files) != len(labels):
       raise ValueError(f"{len(files)} files but {len(labels)} labels")
     self.files = [str(f) for f in files]
@@ -93,6 +121,7 @@ class EventFrameSource:
     h, w = (sensor_size[1], sensor_size[0]) if image_size is None else (image_size, image_size)
     self.image_shape = (h, w, 2)
     self._description = description
+    self.strict_sensor = strict_sensor  # read_atis checks every event against the fixed sensor
     self._cache: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
@@ -102,8 +131,8 @@ class EventFrameSource:
     index = int(index)
     frames = self._cache.get(index)
     if frames is None:
-      frames = events_to_frames(read_atis(self.files[index]), self.sensor_size, self.timesteps,
-                                self.image_size)
+      raw = read_atis(self.files[index], self.sensor_size if self.strict_sensor else None)
+      frames = events_to_frames(raw, self.sensor_size, self.timesteps, self.image_size)
       self._cache[index] = frames
     return {"image": frames.astype(np.float32), "label": self.labels[index]}
 
@@ -153,7 +182,7 @@ def nmnist_source(root: PathLike | None, split: str, *, timesteps: int,
           labels.append(int(class_dir.name))
       if files:
         return EventFrameSource(files, labels, num_classes=10, sensor_size=NMNIST_SENSOR,
-                                timesteps=timesteps, image_size=image_size,
+                                timesteps=timesteps, image_size=image_size, strict_sensor=True,
                                 description=f"nmnist, root={str(split_dir)!r}")
     label_files = sorted(folder.glob(f"{split}*.txt")) if folder.is_dir() else []
     if label_files:
@@ -168,7 +197,7 @@ def nmnist_source(root: PathLike | None, split: str, *, timesteps: int,
         files.append(path)
         labels.append(label)
       return EventFrameSource(files, labels, num_classes=10, sensor_size=NMNIST_SENSOR,
-                              timesteps=timesteps, image_size=image_size,
+                              timesteps=timesteps, image_size=image_size, strict_sensor=True,
                               description=f"nmnist, labels={str(label_files[0])!r}")
   sub = "Train" if split == "train" else "Test"
   raise missing_dataset_error(

@@ -20,6 +20,9 @@ so a pipeline is reproducible and its iterator state (get_state / set_state) is 
 resume it exactly. Checkpoint that state with orbax through grain's handler:
 `ocp.args.Composite(..., data_iter=grain.checkpoint.CheckpointSave(iterator))` to save and
 `grain.checkpoint.CheckpointRestore(fresh_iterator)` to restore.
+
+Training streams (`make_train_stream`) need no iterator state: they are pure functions of the
+step number, so a run resumes from its step alone, on any number of processes (see there).
 """
 from __future__ import annotations
 
@@ -140,6 +143,73 @@ def make_operations(cfg: Any, split: str, source: Any, *, batch_size: int,
   mean, std = registry.MEAN_STD.get(c.name, (None, None))
   ops.append(Normalize(max_value=max_value, mean=mean, std=std))
   return ops
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None, allowed: str = "") -> int:
+  """value as an int in [low, high) (high=None: no upper bound), else a ValueError naming both."""
+  ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+  if ok and value >= low and (high is None or value < high):
+    return int(value)
+  allowed = allowed or (f"an int >= {low}" if high is None else f"an int in [{low}, {high})")
+  raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def make_train_stream(cfg: Any, *, global_batch: int, seed: int, process_index: int = 0,
+                      process_count: int = 1, start_step: int = 0, worker_count: int = 0) -> Any:
+  """This process's share of the global training batches, from step `start_step` on (endless).
+
+  The global stream is the train split (cfg.train_subset applied) in a fresh permutation per
+  epoch, epochs concatenated: position p holds example π_e(p mod N) of epoch e = ⌊p / N⌋, with
+  π_e grain's index_shuffle under a per-epoch seed derived from (seed, e). Each example then gets
+  exactly `make_operations`' per-example work (Resize when cfg.image_size differs, RandomCropFlip
+  for CIFAR-like data with cfg.augment), the augmentation drawing from a Philox generator keyed
+  by (seed, p) alone; per-batch normalisation is elementwise, so where a batch is cut does not
+  change a value.
+
+      global batch s = positions [s·G, (s+1)·G),  G = global_batch
+      process k      = rows [k·L, (k+1)·L) of it,  L = G / process_count
+
+  Batches straddle epoch boundaries (no example is dropped; when N is not a multiple of G a batch
+  can hold the end of epoch e and the start of e + 1, and so, rarely, one example twice); there
+  are N / G steps per epoch on average. Concatenating the process_count local batches of step s
+  gives bit for bit the 1-process batch of step s, and start_step = s yields what a stream from 0
+  yields from step s on: resuming needs only the step number, on any topology. The stream pins
+  grain's shuffle and seed derivation, so resume with the same grain version.
+
+  Yields {'image': float32 [L, ...], 'label': int32 [L]} through a grain iterator. worker_count
+  = n > 0 builds the batches in n grain worker processes (`mp_prefetch`: worker w makes local
+  batches w, w + n, ... and they are read back round robin), which leaves the stream unchanged;
+  call the iterator's close() when done to stop the workers.
+  """
+  process_count = _check_int("process_count", process_count, 1)
+  process_index = _check_int("process_index", process_index, 0, process_count)
+  global_batch = _check_int("global_batch", global_batch, 1, allowed=(
+      f"a positive multiple of process_count={process_count}"))
+  if global_batch % process_count:
+    raise ValueError(f"global_batch must be a positive multiple of process_count={process_count}, "
+                     f"got {global_batch}")
+  seed = _check_int("seed", seed, 0, 2**32)
+  start_step = _check_int("start_step", start_step, 0)
+  worker_count = _check_int("worker_count", worker_count, 0)
+  source = registry.load_split(cfg, "train")
+  if global_batch > len(source):
+    raise ValueError(f"global_batch must be at most the {len(source)} train examples, got {global_batch}")
+  local_batch = global_batch // process_count
+  # ds.seed gives shuffle and random_map their own seeds (SeedSequence of seed and their depth),
+  # so a run with seed + 1 does not see this run's epoch orders shifted by one epoch.
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  ds = ds.apply(make_operations(cfg, "train", source, batch_size=local_batch, drop_remainder=True))
+  # Local batch j holds positions [j·L, (j+1)·L): process k's step-s batch is j = s·P + k.
+  ds = ds[start_step * process_count + process_index::process_count]
+  read_options = (grain.ReadOptions(num_threads=0, prefetch_buffer_size=2)
+                  if getattr(source, "in_memory", False)
+                  else grain.ReadOptions(num_threads=8, prefetch_buffer_size=16))
+  stream = ds.to_iter_dataset(read_options)
+  if worker_count > 0:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()  # as in make_loader: grain reads its flags in the workers
+    stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(stream)
 
 
 def make_loader(cfg: Any, split: str, *, batch_size: int, seed: int, shuffle: bool,

@@ -11,7 +11,8 @@ worker processes. Each source also exposes `num_classes`, `image_shape` (native 
 stable `repr` because grain checks `repr(data_source)` when it restores an iterator state.
 
 Nothing here downloads: a missing dataset raises FileNotFoundError naming the path looked at,
-where to put the files and where to get them.
+where to put the files and where to get them. A file that is there but truncated or corrupt
+raises DataFormatError (a ValueError) naming the file, what the format expects, and what was found.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import pathlib
 import pickle
 import re
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,6 +45,10 @@ TINYIMAGENET_FOLDER = "tiny-imagenet-200"
 
 # idx type byte -> big-endian NumPy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataFormatError(ValueError):
+  """A dataset file that exists but is truncated or corrupt; the message names the file."""
 
 
 def missing_dataset_error(what: str, looked_at: Sequence[PathLike], put: str, get: str) -> FileNotFoundError:
@@ -131,24 +137,41 @@ def digits_source(split: str) -> ArraySource:
 
 
 def read_idx(path: PathLike) -> np.ndarray:
-  """Parses an idx file (optionally .gz): magic 0x0000 | type byte | ndim, ndim big-endian int32 dims."""
+  """Parses an idx file (optionally .gz): magic 0x0000 | type byte | ndim, ndim big-endian int32 dims.
+
+  Raises DataFormatError naming the file for a bad gzip stream, bad magic number, a header cut
+  short, or a data size other than prod(dims) · itemsize bytes.
+  """
   path = pathlib.Path(path)
   opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (EOFError, OSError, zlib.error) as e:  # gzip: truncated (EOFError) or not gzip (BadGzipFile)
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise DataFormatError(f"{path}: truncated or corrupt gzip stream; expected a gzip-compressed idx "
+                          f"file: {type(e).__name__}: {e}") from e
+  magic = raw[:4].hex()
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-    raise ValueError(
-        f"{path} is not an idx file: magic bytes {raw[:4].hex()}; expected 0000 followed by a type "
-        f"byte in {[hex(k) for k in _IDX_DTYPES]} and the number of dimensions")
+    raise DataFormatError(
+        f"{path} is not an idx file: magic number 0x{magic} ({len(raw)} bytes in the file); expected "
+        f"0000 followed by a type byte in {[hex(k) for k in _IDX_DTYPES]} and the number of dimensions")
   dtype = np.dtype(_IDX_DTYPES[raw[2]])
   ndim = raw[3]
-  shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
   offset = 4 + 4 * ndim
-  expected = int(np.prod(shape)) * dtype.itemsize
+  if len(raw) < offset:
+    raise DataFormatError(f"{path}: idx magic number 0x{magic} announces {ndim} dimensions, i.e. a "
+                          f"{offset}-byte header, but the file has only {len(raw)} bytes (truncated)")
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+  if any(d < 0 for d in shape):
+    raise DataFormatError(f"{path}: idx header (magic number 0x{magic}) has negative dims {shape}")
+  expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   if len(raw) - offset != expected:
-    raise ValueError(
-        f"{path}: header says shape {shape} of {dtype} ({expected} bytes) but the file has "
-        f"{len(raw) - offset} data bytes")
+    raise DataFormatError(
+        f"{path}: idx magic number 0x{magic} and dims {shape} of {dtype.newbyteorder('=')} call for "
+        f"{expected} data bytes after the {offset}-byte header, but the file has {len(raw) - offset} "
+        f"({'truncated' if len(raw) - offset < expected else 'trailing bytes'})")
   return np.frombuffer(raw, dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -168,9 +191,13 @@ def mnist_source(root: PathLike | None, split: str) -> ArraySource:
     image_path, label_path = _find_idx(folder, image_stem), _find_idx(folder, label_stem)
     if image_path is not None and label_path is not None:
       images, labels = read_idx(image_path), read_idx(label_path)
-      if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{image_path} / {label_path}: shapes {images.shape} / {labels.shape} are "
-                         "not [N, 28, 28] / [N]")
+      if images.ndim != 3:
+        raise DataFormatError(f"{image_path}: idx images of shape {images.shape}; expected [N, 28, 28]")
+      if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataFormatError(f"{label_path}: idx labels of shape {labels.shape}; expected [N] with "
+                              f"N = {images.shape[0]}, one per image of {image_path}")
+      if labels.size and not (0 <= labels.min() and labels.max() <= 9):
+        raise DataFormatError(f"{label_path}: labels span {labels.min()}..{labels.max()}; expected 0..9")
       return ArraySource(images[..., None], labels, num_classes=10,
                          description=f"mnist, root={str(folder)!r}, split={split!r}")
   raise missing_dataset_error(
@@ -184,20 +211,46 @@ def mnist_source(root: PathLike | None, split: str) -> ArraySource:
 # CIFAR-10 / CIFAR-100 pickled batches, or tfds
 
 
-def read_cifar_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+CIFAR_EXPECTED = ("a dict with 'data' [N, 3072] uint8 and 'labels' (CIFAR-10) or 'fine_labels' "
+                  "(CIFAR-100) of N ints")
+
+
+def read_cifar_batch(path: PathLike, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """One pickled CIFAR batch -> (images uint8 [N, 32, 32, 3], labels int32 [N]).
 
   Rows of 'data' are 3072 bytes: the 1024 red, then green, then blue values of a 32×32 image.
-  Labels are 'labels' (CIFAR-10) or 'fine_labels' (CIFAR-100).
+  Labels are 'labels' (CIFAR-10) or 'fine_labels' (CIFAR-100), checked to lie in
+  [0, num_classes) when num_classes is given. A file that does not unpickle to that raises
+  DataFormatError naming it. (Unpickling runs code named in the file: read trusted files only.)
   """
+  def bad(cause: str) -> DataFormatError:
+    return DataFormatError(f"{path}: truncated or corrupt CIFAR pickle (expected {CIFAR_EXPECTED}): {cause}")
+
   with open(path, "rb") as f:
-    batch = pickle.load(f, encoding="latin1")
-  data = np.asarray(batch["data"], dtype=np.uint8)
+    try:
+      batch = pickle.load(f, encoding="latin1")
+    except Exception as e:  # a damaged pickle fails in many ways (EOFError, UnpicklingError, ...)
+      raise bad(f"{type(e).__name__}: {e}") from e
+  if not isinstance(batch, dict):
+    raise bad(f"unpickled a {type(batch).__name__}")
+  if "data" not in batch:
+    raise bad(f"no 'data' key; keys are {sorted(map(str, batch))}")
   key = "labels" if "labels" in batch else "fine_labels"
   if key not in batch:
-    raise ValueError(f"{path}: no 'labels' or 'fine_labels' key; keys are {sorted(batch)}")
-  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return np.ascontiguousarray(images), np.asarray(batch[key], dtype=np.int32)
+    raise bad(f"no 'labels' or 'fine_labels' key; keys are {sorted(map(str, batch))}")
+  data = np.asarray(batch["data"])
+  if data.ndim != 2 or data.shape[1] != 3072 or not np.issubdtype(data.dtype, np.integer):
+    raise bad(f"'data' is {data.dtype} {list(data.shape)}")
+  if data.size and data.dtype != np.uint8 and not (0 <= data.min() and data.max() <= 255):
+    raise bad(f"'data' spans {data.min()}..{data.max()}, outside 0..255")
+  labels = np.asarray(batch[key])
+  if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    raise bad(f"'{key}' holds {labels.shape[0] if labels.ndim else 'no'} {labels.dtype} values for the "
+              f"{data.shape[0]} images")
+  if num_classes is not None and labels.size and not (0 <= labels.min() and labels.max() < num_classes):
+    raise bad(f"'{key}' span {labels.min()}..{labels.max()}, outside 0..{num_classes - 1}")
+  images = data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
 def cifar_folder(root: PathLike | None, num_classes: int) -> pathlib.Path | None:
@@ -228,7 +281,7 @@ def cifar_folder_source(root: PathLike | None, split: str, num_classes: int) -> 
       files = [folder / ("train" if split == "train" else "test")]
     files = [f for f in files if f.is_file()]
     if files:
-      parts = [read_cifar_batch(f) for f in files]
+      parts = [read_cifar_batch(f, num_classes) for f in files]
       return ArraySource(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                          num_classes=num_classes,
                          description=f"{name}, files={[str(f) for f in files]!r}")
@@ -292,8 +345,14 @@ def decode_image(path: PathLike) -> np.ndarray:
   """A JPEG/PNG file -> uint8 [H, W, 3] RGB (grayscale files are expanded to 3 channels)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top  # ships with matplotlib
 
-  with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"), dtype=np.uint8)
+  except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, "image file is truncated"
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise DataFormatError(f"{path}: truncated or corrupt image file (expected a JPEG or PNG): "
+                          f"{type(e).__name__}: {e}") from e
 
 
 class ImageFileSource:
