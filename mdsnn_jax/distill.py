@@ -10,6 +10,10 @@ Everything below is a pure JAX function (no Flax needed). Teacher inputs are wra
 
 Python-number weights that are exactly 0 switch their term off: the term is not computed at
 all (0 × NaN would still be NaN), and its metric is reported as 0.
+
+One return convention for every loss: a scalar by default, so losses add up
+(`ce + membrane_kd_loss(...) + logit_kd_loss(...)`); `return_terms=True` returns
+`(loss, terms)` with a dict of the loss's parts.
 """
 from __future__ import annotations
 
@@ -290,7 +294,8 @@ def membrane_kd_loss(
     temporal_weight: Any = 1.0,
     align: str = "prefix",
     eps: float = 1e-5,
-) -> tuple[Array, dict[str, dict[str, Array]]]:
+    return_terms: bool = False,
+) -> Array | tuple[Array, dict[str, dict[str, Array]]]:
   """Membrane-aware distillation loss L_MD (SPEC §3) **[reconstruction]**.
 
   Per distilled layer l (membranes U [T, B, ..., C], channels last):
@@ -312,24 +317,29 @@ def membrane_kd_loss(
     student_taps, teacher_taps: flat `{name: [T, B, ..., C]}` or sown nested collections.
     layers: which student taps to distill, see `select_taps`.
     layer_weights: `{name: w_l}`; unlisted layers get 1. A 0 weight drops the layer.
+    return_terms: also return the per-layer terms.
   Returns:
-    (L_MD scalar, {name: {'spatial': L_sp,l, 'temporal': L_tm,l}}) — per-layer terms are
-    unweighted; 'temporal' is 0 where it was not computed.
+    L_MD (a scalar); with return_terms=True, (L_MD, {name: {'spatial': L_sp,l,
+    'temporal': L_tm,l}}) — per-layer terms are unweighted; 'temporal' is 0 where it was not
+    computed.
   """
   loss, per_layer, _, _ = _membrane_kd(
       student_taps, teacher_taps, layers=layers, layer_weights=layer_weights,
       decorrelate=decorrelate, temporal_weight=temporal_weight, align=align, eps=eps)
-  return loss, per_layer
+  return (loss, per_layer) if return_terms else loss
 
 
 # ------------------------------------------------------------------------- logit KD
 
 
 def logit_kd_loss(student_logits: Array, teacher_logits: Array,
-                  temperature: float = 4.0) -> Array:
+                  temperature: float = 4.0, *, return_terms: bool = False
+                  ) -> Array | tuple[Array, dict[str, Array]]:
   """τ² · KL(softmax(z_t/τ) ‖ softmax(z_s/τ)), mean over the batch (all leading axes).
 
   Computed from log-softmaxes for stability; the teacher logits are `stop_gradient`ed.
+  Returns the scalar; with return_terms=True, (loss, {'kl': the mean KL before the τ²
+  factor}).
   """
   if isinstance(temperature, numbers.Real) and not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -341,8 +351,9 @@ def logit_kd_loss(student_logits: Array, teacher_logits: Array,
   dtype = _compute_dtype(student_logits)
   log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / temperature, axis=-1)
   log_p_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / temperature, axis=-1)
-  kl = optax.losses.kl_divergence_with_log_targets(log_p_s, log_p_t)
-  return temperature**2 * jnp.mean(kl)
+  kl = jnp.mean(optax.losses.kl_divergence_with_log_targets(log_p_s, log_p_t))
+  loss = temperature**2 * kl
+  return (loss, {"kl": kl}) if return_terms else loss
 
 
 # ------------------------------------------------------------ affine-projector feature KD
@@ -403,14 +414,19 @@ def init_projectors(key: Array, student_taps: Taps, teacher_taps: Taps,
           for k, n in zip(keys, student)}
 
 
-def feature_kd_loss(params: Mapping[str, Array], f_student: Array, f_teacher: Array) -> Array:
-  """mean (P(F_s) − F_t)² over all elements (MSE form of ‖P(F_s) − F_t‖²); teacher frozen."""
+def feature_kd_loss(params: Mapping[str, Array], f_student: Array, f_teacher: Array, *,
+                    return_terms: bool = False) -> Array | tuple[Array, dict[str, Array]]:
+  """mean (P(F_s) − F_t)² over all elements (MSE form of ‖P(F_s) − F_t‖²); teacher frozen.
+
+  Returns the scalar; with return_terms=True, (loss, {'mse': loss}).
+  """
   projected = apply_projector(params, f_student)
   f_teacher = jax.lax.stop_gradient(jnp.asarray(f_teacher))
   if projected.shape != f_teacher.shape:
     raise ValueError(f"projected student feature {projected.shape} and teacher feature "
                      f"{f_teacher.shape} differ in shape")
-  return jnp.mean(jnp.square(projected - f_teacher))
+  loss = jnp.mean(jnp.square(projected - f_teacher))
+  return (loss, {"mse": loss}) if return_terms else loss
 
 
 # ---------------------------------------------------------------------- total loss
@@ -463,8 +479,9 @@ def distillation_loss(
     feature_pairs: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     student_feature_taps: Taps | None = None,
     teacher_feature_taps: Taps | None = None,
+    return_terms: bool = False,
     **md_kwargs: Any,
-) -> tuple[Array, dict[str, Array]]:
+) -> Array | tuple[Array, dict[str, Array]]:
   """Total student loss L = CE(z_s, y) + α·L_MD + β·τ²·KL + γ·L_feat (SPEC §3).
 
   Logits are the time-mean readout [B, classes]; `labels` are integer classes [B] or
@@ -476,9 +493,10 @@ def distillation_loss(
   membrane taps.
   A Python-number weight of 0 skips its term (its inputs may then be None).
 
-  Returns (L, metrics) with metrics 'ce', 'md' (L_MD), 'md_spatial' and 'md_temporal' (the
-  layer-weighted means of L_sp and L_tm), 'kd' (τ²·KL), 'feature', 'total'; the weights
-  α, β, γ are not folded into the term metrics; skipped terms read 0.
+  Returns L; with return_terms=True, (L, metrics) with metrics 'ce', 'md' (L_MD),
+  'md_spatial' and 'md_temporal' (the layer-weighted means of L_sp and L_tm), 'kd' (τ²·KL),
+  'feature', 'total'; the weights α, β, γ are not folded into the term metrics; skipped
+  terms read 0.
   """
   for name, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
     _check_nonneg_weight(name, w)
@@ -527,4 +545,4 @@ def distillation_loss(
     total = total + gamma * feat
   metrics = {"ce": ce, "md": md, "md_spatial": md_sp, "md_temporal": md_tm, "kd": kd,
              "feature": feat, "total": total}
-  return total, metrics
+  return (total, metrics) if return_terms else total

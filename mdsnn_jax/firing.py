@@ -19,6 +19,10 @@ with F the empirical CDFs, evaluated as a finite sum over the merged sorted supp
 
 Spike taps are dicts {layer_name: spikes [T, B, ...]}; nested dicts are flattened with '/'
 and a one-element tuple (what Flax `sow` stores) is unwrapped.
+
+Input checks: spikes must be binary and rates must lie in [0, 1] (a membrane tap passed as
+spikes, or a spike count passed as a rate, is refused with a ValueError). The spike check
+is one pass over concrete arrays and is skipped for tracers, so it costs nothing under jit.
 """
 from __future__ import annotations
 
@@ -68,6 +72,17 @@ def _n_neurons(shape) -> int:
   return int(np.prod(shape[2:], dtype=np.int64))
 
 
+def _check_binary(name: str, spikes: Any) -> None:
+  if isinstance(spikes, jax.core.Tracer):
+    return  # under jit: no concrete values to check
+  x = np.asarray(spikes)
+  bad = (x != 0) & (x != 1)
+  if np.any(bad):
+    raise ValueError(
+        f"tap {name!r} holds non-binary values (e.g. {x[bad][:3].tolist()}); firing rates "
+        "need spikes in {0, 1}, e.g. the 'spikes' collection rather than the membranes")
+
+
 def init_rates(spike_taps: Mapping[str, Any]) -> FiringStats:
   """Zero state shaped after `spike_taps` (arrays or `jax.ShapeDtypeStruct`s [T, B, ...])."""
   taps = _flatten_taps(spike_taps)
@@ -77,7 +92,10 @@ def init_rates(spike_taps: Mapping[str, Any]) -> FiringStats:
 
 
 def update_rates(stats: FiringStats, spike_taps: Mapping[str, Any]) -> FiringStats:
-  """Adds one batch of spikes [T, B, ...] per layer to the running sums (jit-able)."""
+  """Adds one batch of spikes [T, B, ...] per layer to the running sums (jit-able).
+
+  Concrete (non-traced) spikes must be binary, else ValueError.
+  """
   taps = _flatten_taps(spike_taps)
   if set(taps) != set(stats.spike_sums):
     raise ValueError(
@@ -89,6 +107,7 @@ def update_rates(stats: FiringStats, spike_taps: Mapping[str, Any]) -> FiringSta
     if n != stats.spike_sums[name].shape[0]:
       raise ValueError(
           f"tap {name!r} of shape {shape} has {n} neurons; the state holds {stats.spike_sums[name].shape[0]}")
+    _check_binary(name, spikes)
     t_b = shape[0] * shape[1]
     sums[name] = stats.spike_sums[name] + jnp.reshape(
         jnp.asarray(spikes, jnp.float32), (t_b, n)).sum(axis=0)
@@ -118,6 +137,10 @@ def _as_rates(rates, name: str = "rates") -> np.ndarray:
     raise ValueError(f"{name} is empty; allowed: at least one neuron's rate")
   if not np.all(np.isfinite(r)):
     raise ValueError(f"{name} holds non-finite values {r[~np.isfinite(r)][:5]}; allowed: finite rates")
+  outside = (r < 0) | (r > 1)
+  if np.any(outside):
+    raise ValueError(f"{name} holds values outside [0, 1] (e.g. {r[outside][:3].tolist()}); "
+                     "rates are spikes per neuron per timestep, in [0, 1]")
   return r
 
 

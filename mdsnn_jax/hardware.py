@@ -24,7 +24,11 @@ SpikeSim's VGG9/CIFAR-10 figures. Extensions (ours):
   config's b_w. Only the column PEs depend on it; with no per-layer bits every layer uses
   the config's c_w, which is the reference.
 - membrane bits: the neuron SRAM stores b_u bits per value (both SRAM area terms) and
-  E_neuron scales by b_u / 22.
+  E_neuron scales by b_u / 22. `CrossbarConfig.membrane_bits` may be the stored bits (an
+  int) or the effective bits of a level grid (e.g. log2 3 = 1.585 for a ternary membrane);
+  `membrane_charge='stored'` (default) charges ⌈b_u⌉ bits, the width of an SRAM word,
+  'effective' charges b_u as given (an ideal packed encoding). `CrossbarCost` reports
+  which (`membrane_charge`, `membrane_bits_charged`).
 - event mode: a crossbar read is charged only for the active input rows. With ρ_i the
   fraction of active inputs of layer i (its input spike rate), exactly one term scales:
   the crossbar term (X/8)·k²·E_xbar of E_cyc becomes (X/8)·k²·E_xbar·ρ_i. ADC, MUX,
@@ -52,6 +56,7 @@ from typing import Any
 import numpy as np
 
 MODES = ("dense", "event")
+MEMBRANE_CHARGES = ("stored", "effective")
 ENERGY_COMPONENTS = ("crossbar", "adc", "mux", "htree", "memfetch", "neuron", "subtractor",
                      "temp_buffer", "tile_buffer")
 AREA_COMPONENTS = ("crossbar", "adc", "mux", "htree", "subtractor", "temp_buffer", "tile_buffer",
@@ -75,19 +80,44 @@ class LayerShape:
 
   c_in, c_out: channels (features for dense layers, with h_in = h_out = 1, kernel = 1).
   h_in: input height (= width); h_out: output height after pooling (SpikeSim's H_out).
-  kernel: square kernel size k_i. macs: multiply-accumulates per sample per timestep;
+  kernel: square kernel size k_i; None means 3 for h_in > 1 and is refused for h_in = 1,
+  where a dense layer was likely meant (use `LayerShape.dense`; a 3×3 kernel would count
+  9× its MACs). macs: multiply-accumulates per sample per timestep;
   None means k_i²·C_in·C_out·H_in² (stride-1 'same' conv). weight_bits: stored bits b_w,i
   of this layer's weights; None means the `CrossbarConfig`'s weight_bits.
+  Prefer the named constructors `LayerShape.dense(c_in, c_out)` and
+  `LayerShape.conv(c_in, c_out, h_in, ...)`.
   """
   c_in: int
   c_out: int
   h_in: int
   h_out: int
-  kernel: int = 3
+  kernel: int | None = None
   macs: int | None = None
   weight_bits: int | None = None
 
+  @classmethod
+  def dense(cls, c_in: int, c_out: int, *, weight_bits: int | None = None) -> "LayerShape":
+    """A dense layer: h_in = h_out = kernel = 1, C_in·C_out MACs."""
+    _check_positive_int("c_in", c_in)
+    _check_positive_int("c_out", c_out)
+    return cls(c_in, c_out, 1, 1, kernel=1, macs=c_in * c_out, weight_bits=weight_bits)
+
+  @classmethod
+  def conv(cls, c_in: int, c_out: int, h_in: int, *, kernel: int = 3, h_out: int | None = None,
+           macs: int | None = None, weight_bits: int | None = None) -> "LayerShape":
+    """A k×k conv on an h_in × h_in input; h_out (after pooling) defaults to h_in."""
+    return cls(c_in, c_out, h_in, h_in if h_out is None else h_out, kernel=kernel, macs=macs,
+               weight_bits=weight_bits)
+
   def __post_init__(self):
+    if self.kernel is None:
+      if self.h_in == 1:
+        raise ValueError(
+            f"LayerShape(c_in={self.c_in}, c_out={self.c_out}, h_in=1, h_out={self.h_out}) "
+            "has no kernel: for a dense layer use LayerShape.dense(c_in, c_out) (kernel=1), "
+            "for a conv on a 1×1 input pass kernel= explicitly")
+      object.__setattr__(self, "kernel", 3)
     for f in ("c_in", "c_out", "h_in", "h_out", "kernel"):
       _check_positive_int(f, getattr(self, f))
     for f in ("macs", "weight_bits"):
@@ -148,7 +178,10 @@ class CrossbarConfig:
   xbar: crossbar size X (a multiple of 8: one ADC serves 8 columns). kernel: k, the PE
   holds k² crossbars. weight_bits / bits_per_cell: c_w = ⌈b_w/b_cell⌉ columns per weight
   (every layer's, unless its `LayerShape.weight_bits` says otherwise).
-  membrane_bits: b_u bits per stored neuron value. mode: 'dense' or 'event'.
+  membrane_bits: b_u bits per stored neuron value: the stored bits (an int, e.g. 2 or 22) or
+  the effective bits of a level grid (a real, e.g. math.log2(3) for a ternary membrane).
+  membrane_charge: which the model charges, 'stored' (default: ⌈b_u⌉, the SRAM word) or
+  'effective' (b_u as given); see `charged_membrane_bits`. mode: 'dense' or 'event'.
   """
   xbar: int = 64
   pes_per_tile: int = 8
@@ -156,15 +189,19 @@ class CrossbarConfig:
   clock_mhz: float = 250.0
   weight_bits: int = 4
   bits_per_cell: int = 4
-  membrane_bits: int = 22
+  membrane_bits: float = 22
   mode: str = "dense"
   kernel: int = 3
   constants: CrossbarConstants = RRAM_65NM
+  membrane_charge: str = "stored"
 
   def __post_init__(self):
-    for f in ("xbar", "pes_per_tile", "timesteps", "weight_bits", "bits_per_cell",
-              "membrane_bits", "kernel"):
+    for f in ("xbar", "pes_per_tile", "timesteps", "weight_bits", "bits_per_cell", "kernel"):
       _check_positive_int(f, getattr(self, f))
+    _check_positive("membrane_bits", self.membrane_bits)
+    if self.membrane_charge not in MEMBRANE_CHARGES:
+      raise ValueError(f"unknown membrane_charge {self.membrane_charge!r}; allowed: "
+                       f"{list(MEMBRANE_CHARGES)}")
     if self.xbar % 8:
       raise ValueError(f"xbar must be a multiple of 8 (one ADC per 8 columns), got {self.xbar}")
     _check_positive("clock_mhz", self.clock_mhz)
@@ -172,6 +209,14 @@ class CrossbarConfig:
       raise ValueError(f"unknown mode {self.mode!r}; allowed modes: {list(MODES)}")
     if not isinstance(self.constants, CrossbarConstants):
       raise ValueError(f"constants must be a CrossbarConstants, got {type(self.constants).__name__}")
+
+  @property
+  def charged_membrane_bits(self) -> float:
+    """b_u charged to the neuron SRAM and E_neuron: ⌈membrane_bits⌉ ('stored') or as given."""
+    if self.membrane_charge == "effective":
+      return float(self.membrane_bits)
+    # 1e-9: an effective width computed as log2(2^b) may land a hair above the integer b.
+    return float(math.ceil(self.membrane_bits - 1e-9))
 
   @property
   def columns_per_weight(self) -> int:
@@ -202,6 +247,8 @@ class CrossbarCost:
   edap: float  # J·s·mm²
   tops_per_w: float
   tops_per_mm2: float
+  membrane_charge: str = "stored"  # which membrane bits were charged, see CrossbarConfig
+  membrane_bits_charged: float = 22.0
 
 
 def _spike_rates(spike_rates, n_layers: int, mode: str) -> np.ndarray:
@@ -253,7 +300,7 @@ def crossbar_cost(layers: Sequence[LayerShape], config: CrossbarConfig = Crossba
       mux=per_pe * per_pe * c.e_mux,
       htree=c.e_htree,
       memfetch=c.e_memfetch,
-      neuron=c.e_neuron * cfg.membrane_bits / c.ref_membrane_bits,
+      neuron=c.e_neuron * cfg.charged_membrane_bits / c.ref_membrane_bits,
       subtractor=per_pe * c.subtractors_per_pe * c.e_sub,
       temp_buffer=per_pe * c.e_tempbuf,
       tile_buffer=c.e_tilebuf,
@@ -269,7 +316,7 @@ def crossbar_cost(layers: Sequence[LayerShape], config: CrossbarConfig = Crossba
   pipelined = n_out[-1] + sum(math.floor(c.pipeline_overlap * n) for n in n_out[:-1])
   latency_s = t_cyc_ns * t_steps * pipelined * 1e-9
 
-  sram = c.a_sram_bit * cfg.membrane_bits * (
+  sram = c.a_sram_bit * cfg.charged_membrane_bits * (
       sum(l.c_in * l.h_in**2 for l in layers)
       + sum(l.c_out * l.h_out**2 for l in layers[:c.out_buffer_layers]))
   pes = tiles * cfg.pes_per_tile
@@ -298,6 +345,8 @@ def crossbar_cost(layers: Sequence[LayerShape], config: CrossbarConfig = Crossba
       ops=ops, edp=edp, edap=edp * area_mm2,
       tops_per_w=ops / energy_j / 1e12,
       tops_per_mm2=ops / latency_s / area_mm2 / 1e12,
+      membrane_charge=cfg.membrane_charge,
+      membrane_bits_charged=cfg.charged_membrane_bits,
   )
 
 

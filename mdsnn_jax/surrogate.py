@@ -170,8 +170,17 @@ def get_surrogate(name: str, alpha: float | None = None) -> SpikeFn:
 
 
 def resolve_spike_fn(surrogate: str | SpikeFn, alpha: float | None = None) -> SpikeFn:
-  """A spike function from a surrogate name or an already-built callable."""
+  """A spike function from a surrogate name or an already-built callable.
+
+  `alpha` applies to a name only: a callable has its slope built in, so an alpha given with
+  one is refused rather than ignored.
+  """
   if callable(surrogate):
+    if alpha is not None:
+      raise ValueError(
+          f"alpha={alpha!r} was given with a spike function {getattr(surrogate, '__name__', surrogate)!r}, "
+          "which has its slope built in; pass alpha only with a surrogate name, e.g. "
+          "surrogate='fast_sigmoid', alpha=..., or build get_surrogate(name, alpha)")
     return surrogate
   if isinstance(surrogate, str):
     return get_surrogate(surrogate, alpha)

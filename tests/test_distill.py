@@ -175,12 +175,12 @@ def test_tap_not_found_lists_available_names():
 @pytest.mark.parametrize("decorrelate", [True, False])
 def test_md_is_zero_for_identical_taps(decorrelate):
   taps = make_taps(1, SHAPES)
-  loss, per_layer = membrane_kd_loss(taps, dict(taps), decorrelate=decorrelate)
+  loss, per_layer = membrane_kd_loss(taps, dict(taps), decorrelate=decorrelate, return_terms=True)
   assert float(loss) == pytest.approx(0.0, abs=1e-10)
   assert set(per_layer) == set(SHAPES)
   # ...and not zero for different taps (the check above can fail).
   other = make_taps(2, SHAPES)
-  assert float(membrane_kd_loss(taps, other, decorrelate=decorrelate)[0]) > 0.1
+  assert float(membrane_kd_loss(taps, other, decorrelate=decorrelate)) > 0.1
 
 
 def test_md_matches_numpy_reference():
@@ -188,7 +188,7 @@ def test_md_matches_numpy_reference():
   weights = {"conv1/lif": 2.0, "fc/lif": 0.5}
   lam = 0.7
   loss, per_layer = membrane_kd_loss(student, teacher, layer_weights=weights,
-                                     temporal_weight=lam)
+                                     temporal_weight=lam, return_terms=True)
   ref_total = 0.0
   for name in SHAPES:
     sp, tm = np_layer_md(np.asarray(student[name]), np.asarray(teacher[name]))
@@ -203,7 +203,7 @@ def test_md_temporal_term_matches_numpy_reference():
   # Teacher shares the per-step spatial pattern but not the temporal one.
   u_s = rng.normal(size=(5, 4, 3, 3, 2)).astype(np.float32)
   u_t = (u_s + rng.normal(size=u_s.shape) * 0.5).astype(np.float32)[::-1].copy()
-  _, per_layer = membrane_kd_loss({"l": jnp.asarray(u_s)}, {"l": jnp.asarray(u_t)})
+  _, per_layer = membrane_kd_loss({"l": jnp.asarray(u_s)}, {"l": jnp.asarray(u_t)}, return_terms=True)
   _, ref_tm = np_layer_md(u_s, u_t)
   assert ref_tm > 1e-4
   np.testing.assert_allclose(per_layer["l"]["temporal"], ref_tm, rtol=1e-4)
@@ -211,7 +211,7 @@ def test_md_temporal_term_matches_numpy_reference():
 
 def test_md_decorrelation_off_is_raw_mse():
   student, teacher = make_taps(6, SHAPES), make_taps(7, SHAPES)
-  loss, per_layer = membrane_kd_loss(student, teacher, decorrelate=False)
+  loss, per_layer = membrane_kd_loss(student, teacher, decorrelate=False, return_terms=True)
   refs = [np.mean((np.asarray(student[n], np.float64) - np.asarray(teacher[n]))**2)
           for n in SHAPES]
   np.testing.assert_allclose(loss, np.mean(refs), rtol=1e-5)
@@ -233,17 +233,17 @@ def test_md_invariant_to_positive_per_channel_affine():
   student, noise = make_taps(8, SHAPES), make_taps(9, SHAPES)
   # A teacher correlated with the student, so a sign flip visibly changes the loss.
   teacher = {n: student[n] + 0.3 * noise[n] for n in SHAPES}
-  base = float(membrane_kd_loss(student, teacher)[0])
-  moved = float(membrane_kd_loss(_per_channel_affine(student, 10), teacher)[0])
+  base = float(membrane_kd_loss(student, teacher))
+  moved = float(membrane_kd_loss(_per_channel_affine(student, 10), teacher))
   assert moved == pytest.approx(base, rel=1e-4)
   # The student as an affine image of the teacher distills to ~0.
-  assert float(membrane_kd_loss(_per_channel_affine(teacher, 11), teacher)[0]) < 1e-8
+  assert float(membrane_kd_loss(_per_channel_affine(teacher, 11), teacher)) < 1e-8
   # Not invariant without decorrelation, nor to a sign flip: the check can fail.
-  raw = float(membrane_kd_loss(student, teacher, decorrelate=False)[0])
+  raw = float(membrane_kd_loss(student, teacher, decorrelate=False))
   raw_moved = float(
-      membrane_kd_loss(_per_channel_affine(student, 10), teacher, decorrelate=False)[0])
+      membrane_kd_loss(_per_channel_affine(student, 10), teacher, decorrelate=False))
   assert abs(raw_moved - raw) > 0.1
-  flipped = float(membrane_kd_loss(_per_channel_affine(student, 10, sign=-1.0), teacher)[0])
+  flipped = float(membrane_kd_loss(_per_channel_affine(student, 10, sign=-1.0), teacher))
   assert abs(flipped - base) > 0.1
 
 
@@ -260,8 +260,8 @@ def _channel_floats(lo, hi):
 
 @jax.jit
 def _affine_gap(a, b):
-  moved = membrane_kd_loss({"l": a * _HYP_U + b}, {"l": _HYP_T})[0]
-  return moved, membrane_kd_loss({"l": _HYP_U}, {"l": _HYP_T})[0]
+  moved = membrane_kd_loss({"l": a * _HYP_U + b}, {"l": _HYP_T})
+  return moved, membrane_kd_loss({"l": _HYP_U}, {"l": _HYP_T})
 
 
 @settings(max_examples=25, deadline=None)
@@ -273,7 +273,7 @@ def test_md_affine_invariance_property(a, b):
 
 def test_gradient_reaches_only_the_student():
   student, teacher = make_taps(14, SHAPES), make_taps(15, SHAPES)
-  loss_fn = lambda s, t: membrane_kd_loss(s, t, temporal_weight=0.5)[0]
+  loss_fn = lambda s, t: membrane_kd_loss(s, t, temporal_weight=0.5)
   g_student = jax.grad(loss_fn, argnums=0)(student, teacher)
   g_teacher = jax.grad(loss_fn, argnums=1)(student, teacher)
   for name in SHAPES:
@@ -295,7 +295,7 @@ def test_time_alignment_matches_numpy(t_teacher, t_student, decorrelate):
   for align, aligned in (("prefix", u_t[:t_student]),
                          ("window_mean", np_window_mean(u_t, t_student))):
     _, per_layer = membrane_kd_loss({"l": u_s}, {"l": u_t}, align=align,
-                                    decorrelate=decorrelate)
+                                    decorrelate=decorrelate, return_terms=True)
     sp, tm = np_layer_md(u_s, aligned, decorrelate=decorrelate)
     np.testing.assert_allclose(per_layer["l"]["spatial"], sp, rtol=1e-5)
     np.testing.assert_allclose(per_layer["l"]["temporal"], tm, rtol=1e-4, atol=1e-7)
@@ -305,9 +305,9 @@ def test_window_mean_boundaries():
   # T_t = 7, T_s = 3: floor(i·7/3) = 0, 2, 4, 7 -> windows {0,1}, {2,3}, {4,5,6}.
   u_t = np.arange(7, dtype=np.float32).reshape(7, 1, 1) * np.ones((1, 2, 1), np.float32)
   u_s = np.stack([np.full((2, 1), v, np.float32) for v in (0.5, 2.5, 5.0)])
-  loss, _ = membrane_kd_loss({"l": u_s}, {"l": u_t}, align="window_mean", decorrelate=False)
+  loss, _ = membrane_kd_loss({"l": u_s}, {"l": u_t}, align="window_mean", decorrelate=False, return_terms=True)
   assert float(loss) == pytest.approx(0.0, abs=1e-12)
-  loss, _ = membrane_kd_loss({"l": u_s}, {"l": u_t}, align="prefix", decorrelate=False)
+  loss, _ = membrane_kd_loss({"l": u_s}, {"l": u_t}, align="prefix", decorrelate=False, return_terms=True)
   assert float(loss) > 0.1
 
 
@@ -331,8 +331,8 @@ def test_alignment_and_shape_errors():
 
 def test_layer_weights_select_and_zero_weight_drops_layer():
   student, teacher = make_taps(16, SHAPES), make_taps(17, SHAPES)
-  only_fc, _ = membrane_kd_loss(student, teacher, layers=["fc/lif"])
-  dropped, per_layer = membrane_kd_loss(student, teacher, layer_weights={"conv1/lif": 0.0})
+  only_fc, _ = membrane_kd_loss(student, teacher, layers=["fc/lif"], return_terms=True)
+  dropped, per_layer = membrane_kd_loss(student, teacher, layer_weights={"conv1/lif": 0.0}, return_terms=True)
   np.testing.assert_allclose(dropped, only_fc, rtol=1e-6)
   assert float(per_layer["conv1/lif"]["spatial"]) > 0.0  # still reported
   with pytest.raises(ValueError, match="sum to 0"):
@@ -345,27 +345,27 @@ def test_constant_channel_gives_finite_loss_and_gradient():
   student["conv1/lif"] = student["conv1/lif"].at[..., 0].set(-0.3).at[..., 1].set(0.0)
   teacher["conv1/lif"] = teacher["conv1/lif"].at[..., 0].set(0.7)
   teacher["fc/lif"] = jnp.zeros_like(teacher["fc/lif"])
-  loss_fn = lambda s: membrane_kd_loss(s, teacher)[0]
+  loss_fn = lambda s: membrane_kd_loss(s, teacher)
   loss, grads = jax.value_and_grad(loss_fn)(student)
   assert np.isfinite(float(loss))
   for g in jax.tree_util.tree_leaves(grads):
     assert np.all(np.isfinite(np.asarray(g)))
   # A constant channel standardises to 0, matching the reference with eps > 0.
   sp, _ = np_layer_md(np.asarray(student["conv1/lif"]), np.asarray(teacher["conv1/lif"]))
-  np.testing.assert_allclose(membrane_kd_loss(student, teacher)[1]["conv1/lif"]["spatial"],
+  np.testing.assert_allclose(membrane_kd_loss(student, teacher, return_terms=True)[1]["conv1/lif"]["spatial"],
                              sp, rtol=1e-5)
 
 
 def test_zero_temporal_weight_skips_the_temporal_term(monkeypatch):
   student, teacher = make_taps(20, SHAPES), make_taps(21, SHAPES)
-  with_tm, _ = membrane_kd_loss(student, teacher, temporal_weight=1.0)
-  spatial_only, _ = membrane_kd_loss(student, teacher, temporal_weight=1e-30)
+  with_tm, _ = membrane_kd_loss(student, teacher, temporal_weight=1.0, return_terms=True)
+  spatial_only, _ = membrane_kd_loss(student, teacher, temporal_weight=1e-30, return_terms=True)
 
   def boom(z):
     raise AssertionError("temporal term computed although temporal_weight == 0")
 
   monkeypatch.setattr(distill, "_temporal_corr", boom)
-  loss, per_layer = membrane_kd_loss(student, teacher, temporal_weight=0)
+  loss, per_layer = membrane_kd_loss(student, teacher, temporal_weight=0, return_terms=True)
   np.testing.assert_allclose(loss, spatial_only, rtol=1e-6)
   assert float(with_tm) > float(loss)
   assert all(float(per_layer[n]["temporal"]) == 0.0 for n in SHAPES)
@@ -375,8 +375,8 @@ def test_md_jits_and_accepts_sown_collections():
   student, teacher = make_taps(22, SHAPES), make_taps(23, SHAPES)
   nested_s = {"conv1": {"lif": {"h": (student["conv1/lif"],)}},
               "fc": {"lif": {"h": (student["fc/lif"],)}}}
-  eager, _ = membrane_kd_loss(student, teacher, layers="re:conv")
-  jitted = jax.jit(lambda s, t: membrane_kd_loss(s, t, layers="re:conv")[0])(nested_s, teacher)
+  eager, _ = membrane_kd_loss(student, teacher, layers="re:conv", return_terms=True)
+  jitted = jax.jit(lambda s, t: membrane_kd_loss(s, t, layers="re:conv"))(nested_s, teacher)
   np.testing.assert_allclose(jitted, eager, rtol=1e-6)
 
 
@@ -473,10 +473,10 @@ def test_feature_term_reads_the_feature_taps_when_given():
   proj = {"fc/lif": init_projector(jax.random.PRNGKey(0), 5, 5)}
   _, m = distillation_loss(z, y, z, mem_s, mem_t, alpha=1.0, beta=0.0, gamma=1.0,
                            projector_params=proj, student_feature_taps=spk_s,
-                           teacher_feature_taps=spk_t)
+                           teacher_feature_taps=spk_t, return_terms=True)
   ref = np.mean((np.asarray(spk_s["fc/lif"]).mean(0) - np.asarray(spk_t["fc/lif"]).mean(0))**2)
   np.testing.assert_allclose(m["feature"], ref, rtol=1e-5)
-  np.testing.assert_allclose(m["md"], membrane_kd_loss(mem_s, mem_t)[0], rtol=1e-6)
+  np.testing.assert_allclose(m["md"], membrane_kd_loss(mem_s, mem_t), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------- total loss
@@ -493,8 +493,8 @@ def test_distillation_loss_combines_every_term():
   alpha, beta, gamma, tau = 0.3, 0.8, 2.0, 3.0
   total, m = distillation_loss(z_s, y, z_t, student, teacher, alpha=alpha, beta=beta,
                                temperature=tau, gamma=gamma, projector_params=projectors,
-                               temporal_weight=0.5, align="prefix")
-  md, _ = membrane_kd_loss(student, teacher, temporal_weight=0.5)
+                               temporal_weight=0.5, align="prefix", return_terms=True)
+  md, _ = membrane_kd_loss(student, teacher, temporal_weight=0.5, return_terms=True)
   f_s, f_t = (np.asarray(student["fc/lif"]).mean(0), np.asarray(teacher["fc/lif"]).mean(0))
   feat_ref = np.mean((1.5 * f_s - f_t)**2)
   np.testing.assert_allclose(m["ce"], np_ce(z_s, y), rtol=1e-5)
@@ -507,7 +507,7 @@ def test_distillation_loss_combines_every_term():
   np.testing.assert_allclose(total, ref_total, rtol=1e-5)
   np.testing.assert_allclose(m["total"], total)
   # One-hot labels give the same cross-entropy.
-  _, m_onehot = distillation_loss(z_s, np.eye(4, dtype=np.float32)[y], z_t, student, teacher)
+  _, m_onehot = distillation_loss(z_s, np.eye(4, dtype=np.float32)[y], z_t, student, teacher, return_terms=True)
   np.testing.assert_allclose(m_onehot["ce"], m["ce"], rtol=1e-6)
 
 
@@ -516,7 +516,7 @@ def test_distillation_loss_zero_weights_skip_terms():
   z_s = rng.normal(size=(3, 4)).astype(np.float32)
   y = np.array([1, 2, 3])
   total, m = distillation_loss(z_s, y, None, None, None, alpha=0.0, beta=0.0,
-                               layers="all", temporal_weight=0.0)
+                               layers="all", temporal_weight=0.0, return_terms=True)
   np.testing.assert_allclose(total, np_ce(z_s, y), rtol=1e-5)
   assert all(float(m[k]) == 0.0 for k in ("md", "md_spatial", "md_temporal", "kd", "feature"))
   with pytest.raises(ValueError, match="teacher_logits"):
@@ -538,9 +538,39 @@ def test_distillation_loss_gradient_is_finite_and_jittable():
 
   @jax.jit
   def loss_fn(s, z):
-    return distillation_loss(z, y, z_t, s, teacher, layers="re:lif")[0]
+    return distillation_loss(z, y, z_t, s, teacher, layers="re:lif")
 
   grads = jax.grad(loss_fn, argnums=(0, 1))(student, z_s)
   for g in jax.tree_util.tree_leaves(grads):
     assert np.all(np.isfinite(np.asarray(g)))
   assert np.max(np.abs(np.asarray(grads[1]))) > 1e-3
+
+
+def test_every_loss_returns_a_scalar_by_default_and_terms_on_request():
+  # Issue 17 (5): membrane_kd_loss used to return (loss, per_layer) while logit_kd_loss
+  # returned a scalar, so `1.0 + membrane_kd_loss(...)` failed.
+  rng = np.random.default_rng(3)
+  u_s = {"l": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)}
+  u_t = {"l": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)}
+  z_s = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  z_t = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  proj = init_projector(jax.random.key(0), 5, 5)
+  f_s, f_t = time_mean(u_s["l"]), time_mean(u_t["l"])
+  y = jnp.asarray([0, 1, 2, 3])
+  losses = {
+      "md": lambda **kw: membrane_kd_loss(u_s, u_t, **kw),
+      "logit": lambda **kw: logit_kd_loss(z_s, z_t, 2.0, **kw),
+      "feature": lambda **kw: feature_kd_loss(proj, f_s, f_t, **kw),
+      "total": lambda **kw: distillation_loss(z_s, y, z_t, u_s, u_t, **kw),
+  }
+  for name, fn in losses.items():
+    scalar = fn()
+    assert jnp.shape(scalar) == (), name
+    assert float(1.0 + scalar) == pytest.approx(1.0 + float(scalar)), name
+    loss, terms = fn(return_terms=True)
+    assert float(loss) == float(scalar), name
+    assert isinstance(terms, dict) and terms, name
+  _, kl = logit_kd_loss(z_s, z_t, 2.0, return_terms=True)
+  assert float(kl["kl"]) * 4.0 == pytest.approx(float(logit_kd_loss(z_s, z_t, 2.0)), rel=1e-6)
+  _, per_layer = membrane_kd_loss(u_s, u_t, return_terms=True)
+  assert set(per_layer["l"]) == {"spatial", "temporal"}

@@ -86,7 +86,7 @@ def test_emd_equals_scipy(na, nb):
 
 
 def test_emd_identical_is_zero_and_shift_is_shift():
-  a = np.random.default_rng(3).random(40)
+  a = 0.9 * np.random.default_rng(3).random(40)  # room for the shift inside [0, 1]
   assert firing.firing_emd(a, a.copy()) == 0.0
   assert firing.firing_emd(a, np.random.default_rng(4).permutation(a)) == 0.0
   # Translating a distribution by d moves every unit of mass by d.
@@ -126,3 +126,21 @@ def test_rate_histograms():
   np.testing.assert_array_equal(counts, [2, 0, 2, 1])
   with pytest.raises(ValueError, match="0"):
     firing.rate_histograms(rates, bins=0)
+
+
+def test_rates_outside_unit_interval_and_non_binary_spikes_are_refused():
+  # Issue 17 (3): firing_emd took rates above 1 and firing_rates took membranes, silently.
+  with pytest.raises(ValueError, match=r"rates_b holds values outside \[0, 1\].*1\.5"):
+    firing.firing_emd([0.1, 0.2], [0.3, 1.5])
+  with pytest.raises(ValueError, match="outside"):
+    firing.dead_fraction([-0.1, 0.0])
+  membranes = {"lif": np.random.default_rng(0).normal(size=(4, 2, 5)).astype(np.float32)}
+  with pytest.raises(ValueError, match="tap 'lif' holds non-binary values"):
+    firing.firing_rates(membranes)
+  spikes = {"lif": (membranes["lif"] > 0).astype(np.float32)}
+  np.testing.assert_allclose(firing.firing_rates(spikes)["lif"],
+                             spikes["lif"].reshape(8, 5).mean(0), rtol=1e-12)
+  # Under jit the check is off (tracers have no values) and the update still works.
+  stats = firing.init_rates(spikes)
+  jitted = jax.jit(firing.update_rates)(stats, spikes)
+  np.testing.assert_allclose(firing.finalize_rates(jitted)["lif"], spikes["lif"].reshape(8, 5).mean(0))

@@ -241,3 +241,43 @@ def test_layer_shapes_from_model_without_kernels():
 
   with pytest.raises(ValueError, match="Plain"):
     hw.layer_shapes_from_model(Plain(), {}, jnp.zeros((1, 4, 4, 1)))
+
+
+def test_dense_layershape_needs_a_kernel_and_named_constructors_count_macs():
+  # Issue 17 (3): LayerShape(64, 128, 1, 1) defaulted to kernel=3: 73,728 MACs for 8,192.
+  with pytest.raises(ValueError, match=r"h_in=1.*LayerShape\.dense"):
+    hw.LayerShape(64, 128, 1, 1)
+  dense = hw.LayerShape.dense(64, 128)
+  assert (dense.kernel, dense.h_in, dense.h_out, dense.mac_count) == (1, 1, 1, 64 * 128)
+  assert hw.LayerShape.dense(64, 128, weight_bits=8).weight_bits == 8
+  conv = hw.LayerShape.conv(3, 64, 32, h_out=16)
+  assert conv == hw.LayerShape(3, 64, 32, 16, kernel=3)
+  assert conv.mac_count == 9 * 3 * 64 * 32 * 32
+  assert hw.LayerShape(3, 64, 32, 16).kernel == 3  # the positional form still defaults to 3
+  assert hw.LayerShape(8, 8, 1, 1, kernel=3).mac_count == 9 * 64  # explicit: allowed
+  with pytest.raises(ValueError, match="c_out"):
+    hw.LayerShape.dense(64, 0)
+
+
+def test_membrane_bits_effective_or_stored_and_the_cost_says_which():
+  # Issue 17 (6): CrossbarConfig(membrane_bits=1.58) was refused.
+  layers = [hw.LayerShape.conv(3, 16, 8, h_out=4), hw.LayerShape.dense(256, 10)]
+  two = hw.crossbar_cost(layers, hw.CrossbarConfig(membrane_bits=2))
+  stored = hw.crossbar_cost(layers, hw.CrossbarConfig(membrane_bits=math.log2(3)))
+  eff = hw.crossbar_cost(layers, hw.CrossbarConfig(membrane_bits=math.log2(3),
+                                                    membrane_charge="effective"))
+  assert (stored.membrane_charge, stored.membrane_bits_charged) == ("stored", 2.0)
+  assert (eff.membrane_charge, eff.membrane_bits_charged) == ("effective", math.log2(3))
+  assert stored.energy_j == two.energy_j and stored.area_mm2 == two.area_mm2
+  c = hw.RRAM_65NM
+  # Only the neuron energy and the SRAM area depend on b_u, both linearly.
+  d_neuron = two.energy_breakdown_j["neuron"] * (math.log2(3) / 2 - 1)
+  assert eff.energy_j == pytest.approx(two.energy_j + d_neuron, rel=1e-12)
+  assert eff.area_breakdown_mm2["neuron_memory"] == pytest.approx(
+      two.area_breakdown_mm2["neuron_memory"] * math.log2(3) / 2, rel=1e-12)
+  assert two.energy_breakdown_j["neuron"] > 0 and c.ref_membrane_bits == 22
+  assert hw.CrossbarConfig(membrane_bits=4.0).charged_membrane_bits == 4.0
+  with pytest.raises(ValueError, match="membrane_charge"):
+    hw.CrossbarConfig(membrane_charge="packed")
+  with pytest.raises(ValueError, match="membrane_bits"):
+    hw.CrossbarConfig(membrane_bits=0)

@@ -192,3 +192,86 @@ def test_registry_builds_membrane_kinds():
     Q.make_membrane_quantizer({"kind": "binary"})
   with pytest.raises(ValueError, match=r"\['bits'\]"):
     Q.make_membrane_quantizer({"kind": "ternary", "bits": 2})
+
+
+# ------------------------------------------------ issue 17: the cheap stacked-sigmoid backward
+
+
+def _reference_stacked_sigmoid_grad(u, boundaries, k=2.0):
+  """The stacked-sigmoid backward as implemented before issue 17 (a boundary axis)."""
+  z = k * (u[..., None] - jnp.asarray(boundaries, u.dtype))
+  return jnp.sum(k * jax.nn.sigmoid(z) * jax.nn.sigmoid(-z), axis=-1).astype(u.dtype)
+
+
+@pytest.mark.parametrize("lower, step, k", [
+    (-1.0, 1.0, 2.0),    # ternary
+    (-3.0, 1.0, 2.0),    # 5 levels
+    (-3.0, 0.5, 4.0),
+    (-15.0, 1.0, 2.0),   # 17 levels: every bump still summed
+    (-40.0, 1.0, 2.0),   # 42 levels: windowed (nearest 2m boundaries)
+    (-40.0, 0.25, 0.5),  # slow decay: a wide window
+])
+def test_backward_equals_the_reference_within_1e6(lower, step, k):
+  mq = Q.integer_membrane(lower=lower, step=step, k=k)
+  bounds = tuple(mq.levels[i] + 0.5 * step for i in range(len(mq.levels) - 1))
+  u = jnp.concatenate([jnp.linspace(lower - 8.0, 9.0, 20001, dtype=jnp.float32),
+                       jnp.asarray(bounds, jnp.float32),
+                       jnp.asarray([-1e30, 1e30, -60.0, 60.0], jnp.float32)])
+  g = jax.vmap(jax.grad(lambda x: mq.apply({}, x)))(u)
+  ref = _reference_stacked_sigmoid_grad(u, bounds, k)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(Q.stacked_sigmoid_grad(u, bounds, k)), np.asarray(ref),
+                             rtol=0, atol=1e-6)
+
+
+def test_window_tail_bound_holds():
+  # The omitted bumps of the windowed sum are below BUMP_TAIL_TOL: compare the full and the
+  # windowed sums on a grid that needs the window.
+  from mdsnn_jax.quant.membrane import BUMP_TAIL_TOL, bump_window, grid_bump_sum
+  m = bump_window(2.0, 1.0)
+  assert m == 9
+  count = 4 * m
+  u = jnp.linspace(-5.0, count + 5.0, 40001, dtype=jnp.float64 if jax.config.x64_enabled else jnp.float32)
+  full = sum(2.0 * jax.nn.sigmoid(2.0 * (u - b)) * jax.nn.sigmoid(-2.0 * (u - b)) for b in range(count))
+  win = grid_bump_sum(u, 0.0, 1.0, count, 2.0)
+  err = float(jnp.max(jnp.abs(win - full)))
+  assert err < 1e-6 and BUMP_TAIL_TOL <= 1e-6, err
+
+
+def test_lif_gradients_with_a_ternary_membrane_equal_the_reference():
+  # The whole LIF MLP gradient, new backward against the pre-issue-17 one.
+  import functools as ft
+  from mdsnn_jax import lif_scan
+  from mdsnn_jax.quant import membrane as M
+
+  @ft.partial(jax.custom_vjp, nondiff_argnums=(1,))
+  def ref_ternary(u, dummy):
+    return M._integer_grid(u, -1.0, 1.0, 3, 2.0)
+
+  ref_ternary.defvjp(
+      lambda u, d: (ref_ternary(u, d), u),
+      lambda d, u, g: (g * _reference_stacked_sigmoid_grad(u, (-0.5, 0.5), 2.0),))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((4, 32, 16)), jnp.float32)
+  w1 = jnp.asarray(rng.normal(0, 0.5, (16, 24)), jnp.float32)
+  w2 = jnp.asarray(rng.normal(0, 0.5, (24, 10)), jnp.float32)
+
+  def loss(ws, mq):
+    s, _, _ = lif_scan(x @ ws[0], membrane_quantizer=mq)
+    _, h, _ = lif_scan(s @ ws[1], membrane_quantizer=mq)
+    return jnp.sum(jnp.sin(h))
+
+  got = jax.grad(loss)((w1, w2), Q.ternary_membrane())
+  want = jax.grad(loss)((w1, w2), lambda u: ref_ternary(u, 0))
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(a).max()) > 0
+
+
+def test_factories_return_the_same_quantizer_for_equal_arguments():
+  # One jit cache entry per configuration in lif_scan (the quantizer function is static).
+  assert Q.ternary_membrane() is Q.ternary_membrane()
+  assert Q.integer_membrane(-3.0).apply is Q.make_membrane_quantizer(
+      {"kind": "integer", "lower": -3}).apply
+  assert Q.uniform_membrane(4).apply is Q.uniform_membrane(4, 1.0).apply
+  assert Q.uniform_membrane(4).apply is not Q.uniform_membrane(4, learn_clip=True).apply

@@ -385,3 +385,34 @@ def test_registry_rejects_unknown_kind_and_kwargs():
     Q.make_weight_quantizer({"kind": "uniform", "bits": 1})
   with pytest.raises(ValueError, match=r"'sawb'.*\['bits'\]"):
     Q.make_weight_quantizer({"kind": "sawb"})
+
+
+def test_lsq_params_are_validated_by_field_and_shape():
+  # Issue 17 (3, 4): a bare KeyError 'step', a broadcasting error, a negative step accepted.
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(8, 4)), jnp.float32)
+  wq = Q.lsq(2, per_channel=True)
+  with pytest.raises(ValueError, match=r"LSQ \(2-bit\) params need the field 'step' \(shape \(4,\)\)"):
+    wq.apply({}, {}, w)
+  with pytest.raises(ValueError, match=r"params\['step'\] must have shape \(4,\), got \(3,\)"):
+    wq.apply({"step": jnp.ones(3)}, {}, w)
+  with pytest.raises(ValueError, match=r"params\['step'\] must be positive"):
+    wq.apply({"step": jnp.asarray([0.1, -0.1, 0.1, 0.1])}, {}, w)
+  with pytest.raises(ValueError, match=r"must have shape \(\)"):
+    Q.lsq(2).apply({"step": jnp.ones(4)}, {}, w)
+  with pytest.raises(ValueError, match="'alpha'"):
+    Q.mint(2).apply({"step": 1.0}, {}, w)
+  # Valid params work, eagerly and under jit (where the value check is skipped).
+  p = wq.init_params(w)
+  np.testing.assert_array_equal(np.asarray(wq.apply(p, {}, w)),
+                                np.asarray(jax.jit(wq.apply)(p, {}, w)))
+
+
+def test_weight_quantizer_params_default_to_init():
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(8, 4)), jnp.float32)
+  wq = Q.lsq(2)
+  a = Q.quantize_folded(w, None, wq)
+  b = Q.quantize_folded(w, None, wq, wq.init_params(w), wq.init_state(w))
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  with pytest.raises(ValueError, match="wq must be a WeightQuantizer"):
+    Q.quantize_folded(w, None, "lsq")

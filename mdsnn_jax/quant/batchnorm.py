@@ -81,12 +81,22 @@ def quantize_bias(
   return q, jnp.clip(k, -_INT32_SAFE, _INT32_SAFE).astype(jnp.int32)
 
 
+def default_weight_params(wq: WeightQuantizer, kernel: jax.Array, wq_params: PyTree,
+                          wq_state: PyTree) -> tuple[PyTree, PyTree]:
+  """(params, state) with None replaced by the quantizer's init from `kernel`."""
+  if not isinstance(wq, WeightQuantizer):
+    raise ValueError(f"wq must be a WeightQuantizer (e.g. quant.lsq(2)), got {type(wq).__name__}")
+  params = wq.init_params(kernel) if wq_params is None else wq_params
+  state = wq.init_state(kernel) if wq_state is None else wq_state
+  return params, state
+
+
 def bias_scale(
     kernel: jax.Array,
     bias: jax.Array | None,
     wq: WeightQuantizer,
-    wq_params: PyTree,
-    wq_state: PyTree,
+    wq_params: PyTree = None,
+    wq_state: PyTree = None,
     bias_bits: int = 32,
     input_scale: float = 1.0,
     bias_mode: str = "accumulator",
@@ -99,6 +109,7 @@ def bias_scale(
     raise ValueError(f"unknown bias_mode {bias_mode!r}; allowed: {list(BIAS_MODES)}")
   bits = check_bits(bias_bits, 2, 32, what="bias_bits")
   kernel = jnp.asarray(kernel)
+  wq_params, wq_state = default_weight_params(wq, kernel, wq_params, wq_state)
   c = kernel.shape[-1]
   bias = _per_channel("bias", bias, c, kernel.dtype, 0.0)
   top = jnp.max(jnp.abs(bias))
@@ -119,8 +130,8 @@ def quantize_folded(
     kernel: jax.Array,
     bias: jax.Array | None,
     wq: WeightQuantizer,
-    wq_params: PyTree,
-    wq_state: PyTree,
+    wq_params: PyTree = None,
+    wq_state: PyTree = None,
     bias_bits: int = 32,
     input_scale: float = 1.0,
     bias_mode: str = "accumulator",
@@ -133,8 +144,10 @@ def quantize_folded(
   `wq` has no integer form (LQ-Net, identity), and per channel where the weight scale is 0.
   bias_mode='own': the bias gets its own per-tensor symmetric grid, step max|b|/n.
   Returns (kernel_q, bias_q), bias_q of shape (C,). bias None means 0.
+  wq_params / wq_state None: `wq.init_params(kernel)` / `wq.init_state(kernel)`.
   """
   kernel = jnp.asarray(kernel)
+  wq_params, wq_state = default_weight_params(wq, kernel, wq_params, wq_state)
   c = kernel.shape[-1]
   bias = _per_channel("bias", bias, c, kernel.dtype, 0.0)
   kernel_q = wq.apply(wq_params, wq_state, kernel)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdsnn_jax.quant.base import MembraneQuantizer, WeightQuantizer
-from mdsnn_jax.quant.batchnorm import bias_scale, quantize_folded
+from mdsnn_jax.quant.batchnorm import bias_scale, default_weight_params, quantize_folded
 
 PyTree = Any
 
@@ -133,9 +133,9 @@ def export_layer(
     kernel: jax.Array,
     bias: jax.Array | None,
     wq: WeightQuantizer,
-    wq_params: PyTree,
-    wq_state: PyTree,
-    mq: MembraneQuantizer,
+    wq_params: PyTree = None,
+    wq_state: PyTree = None,
+    mq: MembraneQuantizer | None = None,
     *,
     decay: float = 0.5,
     threshold: float | jax.Array = 1.0,
@@ -150,9 +150,13 @@ def export_layer(
   kind: 'dense' ((in, C) kernel) or 'conv' (HWIO kernel); None infers it from kernel.ndim.
   The float reference is `quantize_folded(kernel, bias, wq, ..., bias_bits)` followed by
   `lif_scan(..., decay, threshold, reset='hard', membrane_quantizer=mq.apply)`.
+  wq_params / wq_state None: the weight quantizer's init from `kernel`; mq is required.
   Cost O(L²·C) exact rational operations.
   """
+  if mq is None:
+    raise ValueError("export_layer needs the membrane quantizer mq (e.g. quant.ternary_membrane())")
   kernel = jnp.asarray(kernel)
+  wq_params, wq_state = default_weight_params(wq, kernel, wq_params, wq_state)
   if kind is None:
     kind = {2: "dense", 4: "conv"}.get(kernel.ndim)
   if kind not in KINDS:

@@ -19,9 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mdsnn_jax.quant.base import MembraneQuantizer
-from mdsnn_jax.quant.weight import MAX_BITS, _round_clip_ste, check_bits, signed_levels
+from mdsnn_jax.quant.weight import MAX_BITS, _round_clip_ste, check_bits, check_param, signed_levels
 
 PyTree = Any
 
@@ -62,11 +63,76 @@ def identity_membrane() -> MembraneQuantizer:
 # Integer-only membrane (SpQuant) with the stacked sigmoid surrogate.
 
 
+# Bumps whose summed tail is below this are left out of the windowed backward.
+BUMP_TAIL_TOL = 1e-7
+
+
+def _compute_dtype(u: jax.Array):
+  return jnp.promote_types(u.dtype, jnp.float32)
+
+
+def _bump(u: jax.Array, b, k: float) -> jax.Array:
+  # σ(z)σ(−z) = e/(1 + e)², e = exp(−|z|): one exp, no cancellation in the tails, and no
+  # trailing boundary axis (an extra [..., n] axis blocks XLA's fusion into the scan body).
+  e = jnp.exp(-k * jnp.abs(u - b))
+  return e / ((1.0 + e) * (1.0 + e))
+
+
+def _pairwise_sum(terms: list) -> jax.Array:
+  # Pairwise (tree) summation: rounding error grows with log2(n), not n, so sums of many
+  # float32 bumps stay within 1e-6 of the exact value.
+  while len(terms) > 1:
+    terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+             for i in range(0, len(terms), 2)]
+  return terms[0]
+
+
 def stacked_sigmoid_grad(u: jax.Array, boundaries: tuple[float, ...], k: float = 2.0) -> jax.Array:
-  """dQ/du ≈ Σ_b k·σ(k(u − b))·(1 − σ(k(u − b))), one sigmoid bump per decision boundary b."""
-  z = k * (u[..., None] - jnp.asarray(boundaries, u.dtype))
-  # σ(z)(1 − σ(z)) written as σ(z)σ(−z): no cancellation in the tails.
-  return jnp.sum(k * jax.nn.sigmoid(z) * jax.nn.sigmoid(-z), axis=-1).astype(u.dtype)
+  """dQ/du ≈ Σ_b k·σ(k(u − b))·(1 − σ(k(u − b))), one sigmoid bump per decision boundary b.
+
+  Every boundary is evaluated (no truncation); the sum is unrolled over the boundaries.
+  """
+  uc = u.astype(_compute_dtype(u))
+  if not boundaries:
+    return jnp.zeros_like(u)
+  return (k * _pairwise_sum([_bump(uc, float(b), k) for b in boundaries])).astype(u.dtype)
+
+
+def bump_window(k: float, step: float) -> int:
+  """Smallest m with 2k·e^{−kmΔ}/(1 − e^{−kΔ}) < BUMP_TAIL_TOL.
+
+  kσ(kd)σ(−kd) ≤ k·e^{−kd}, so the bumps more than m boundaries away on either side of u
+  (at distance ≥ mΔ, then (m+1)Δ, …) sum to less than that bound: evaluating the 2m nearest
+  boundaries changes dQ/du by less than BUMP_TAIL_TOL.
+  """
+  r = math.exp(-k * step)
+  m = 1
+  while 2.0 * k * math.exp(-k * m * step) / (1.0 - r) >= BUMP_TAIL_TOL:
+    m += 1
+  return m
+
+
+def grid_bump_sum(u: jax.Array, first: float, step: float, count: int, k: float) -> jax.Array:
+  """`stacked_sigmoid_grad` for the evenly spaced boundaries first + iΔ, i = 0 … count − 1.
+
+  Grids with at most 2m boundaries (m = `bump_window(k, Δ)`, 9 for k = 2, Δ = 1: every
+  integer / ternary grid up to 19 levels) sum every bump. Larger grids sum only the 2m
+  boundaries nearest to u; the omitted tail is below BUMP_TAIL_TOL (tested against the
+  full sum).
+  """
+  m = bump_window(k, step)
+  uc = u.astype(_compute_dtype(u))
+  if count <= 2 * m:
+    terms = [_bump(uc, first + i * step, k) for i in range(count)]
+  else:
+    # b_j <= u < b_{j+1}; evaluate i = j − m + 1 … j + m, masked to the grid.
+    j = jnp.clip(jnp.floor((uc - first) / step), -m - 1, count + m)
+    terms = []
+    for o in range(-m + 1, m + 1):
+      i = j + o
+      valid = (i >= 0) & (i <= count - 1)
+      terms.append(jnp.where(valid, _bump(uc, first + i * step, k), 0.0))
+  return (k * _pairwise_sum(terms)).astype(u.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
@@ -88,8 +154,8 @@ def _integer_grid_fwd(u, lower, step, count, k):
 
 
 def _integer_grid_bwd(lower, step, count, k, u, g):
-  bounds = tuple(lower + (i + 0.5) * step for i in range(count - 1))
-  return (g * stacked_sigmoid_grad(u, bounds, k),)
+  # Same value as stacked_sigmoid_grad(u, midpoints, k), without a boundary axis.
+  return (g * grid_bump_sum(u, lower + 0.5 * step, step, count - 1, k),)
 
 
 _integer_grid.defvjp(_integer_grid_fwd, _integer_grid_bwd)
@@ -128,7 +194,14 @@ def integer_membrane(
   k = _finite("k", k)
   if k <= 0:
     raise ValueError(f"surrogate slope k must be positive, got {k}")
-  lower, step, count = float(levels[0]), float(step), len(levels)
+  return _integer_membrane(levels, float(step), k)
+
+
+# Built once per configuration: equal arguments give the same `apply`, hence one jit cache
+# entry in `lif_scan` (which keeps the quantizer function static).
+@functools.lru_cache(maxsize=256)
+def _integer_membrane(levels: tuple[float, ...], step: float, k: float) -> MembraneQuantizer:
+  lower, count = float(levels[0]), len(levels)
 
   def apply(params, u):
     del params
@@ -140,7 +213,12 @@ def integer_membrane(
 
 def ternary_membrane(threshold: float = 1.0, k: float = 2.0) -> MembraneQuantizer:
   """The {−1, 0, 1} integer membrane (lower = −1, Δ = 1), log2 3 = 1.58 bits."""
-  return integer_membrane(-1.0, 1.0, threshold, k)._replace(kind="ternary")
+  return _as_ternary(integer_membrane(-1.0, 1.0, threshold, k))
+
+
+@functools.lru_cache(maxsize=256)
+def _as_ternary(mq: MembraneQuantizer) -> MembraneQuantizer:
+  return mq._replace(kind="ternary")
 
 
 # ----------------------------------------------------------------------------------------
@@ -159,6 +237,13 @@ def uniform_membrane(bits: int, clip: float = 1.0, learn_clip: bool = False) -> 
   clip = _finite("clip", clip)
   if clip <= 0:
     raise ValueError(f"membrane clip must be positive, got {clip}")
+  if not isinstance(learn_clip, (bool, np.bool_)):
+    raise ValueError(f"learn_clip must be a bool, got {learn_clip!r}")
+  return _uniform_membrane(bits, clip, bool(learn_clip))
+
+
+@functools.lru_cache(maxsize=256)
+def _uniform_membrane(bits: int, clip: float, learn_clip: bool) -> MembraneQuantizer:
   n = signed_levels(bits)
   levels = tuple(clip * i / n for i in range(-n, n + 1))
 
@@ -167,7 +252,11 @@ def uniform_membrane(bits: int, clip: float = 1.0, learn_clip: bool = False) -> 
 
   def apply(params, u):
     _check_float(u)
-    c = jnp.asarray(params["clip"], u.dtype) if learn_clip else jnp.asarray(clip, u.dtype)
+    if learn_clip:
+      c = check_param(params, "clip", (), "uniform membrane (learn_clip=True)")
+      c = jnp.asarray(c, u.dtype)
+    else:
+      c = jnp.asarray(clip, u.dtype)
     return _plus_zero(_round_clip_ste(u, c / n, n, ties="toward_zero").astype(u.dtype))
 
   return MembraneQuantizer(init_params, apply, levels, math.log2(len(levels)), "uniform")

@@ -21,6 +21,7 @@ computed from `w` (uniform, SAWB, ternary) carry no gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -91,6 +92,31 @@ def _round_clip_ste(
   k = jax.lax.stop_gradient(jnp.clip(k, -n, n))
   # vc − sg(vc) is exactly 0 forward and carries the straight-through gradient backward.
   return step * (k + (vc - jax.lax.stop_gradient(vc)))
+
+
+def check_param(params: Any, key: str, shape: tuple[int, ...], what: str) -> Any:
+  """params[key], after checking it exists, has `shape` and (when concrete) is positive.
+
+  Raises ValueError naming the quantizer, the field, the expected shape and what was found.
+  Value checks are skipped for tracers (under jit), shape checks never are.
+  """
+  if not isinstance(params, Mapping) or key not in params:
+    keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+    raise ValueError(f"{what} params need the field {key!r} (shape {shape}), got {keys}; "
+                     "use the quantizer's init_params")
+  value = params[key]
+  if tuple(jnp.shape(value)) != tuple(shape):
+    raise ValueError(f"{what} params[{key!r}] must have shape {tuple(shape)}, got "
+                     f"{tuple(jnp.shape(value))}")
+  if not isinstance(value, jax.core.Tracer):
+    v = np.asarray(value)
+    if not np.all(v > 0):
+      raise ValueError(f"{what} params[{key!r}] must be positive, got {v}")
+  return value
+
+
+def _param_shape(w: jax.Array, per_channel: bool) -> tuple[int, ...]:
+  return (jnp.shape(w)[-1],) if per_channel else ()
 
 
 def _integer_codes(w: jax.Array, step: jax.Array, n: int) -> jax.Array:
@@ -199,8 +225,8 @@ def lsq(bits: int, per_channel: bool = False) -> WeightQuantizer:
 
   params = {'step': Δ} (scalar, or shape (C,) per channel), init 2·E|w|/√n.
   Backward: dq/dw = 1[−n < w/Δ < n]; dq/dΔ = round(w/Δ) − w/Δ inside, −n / +n outside,
-  multiplied by g = 1/√(N·n), N = number of weights sharing one Δ. Δ must stay positive
-  (it is used as given).
+  multiplied by g = 1/√(N·n), N = number of weights sharing one Δ. A missing 'step', one of
+  the wrong shape, or (outside jit) a non-positive one raises ValueError.
   """
   bits = check_bits(bits, 2, MAX_BITS)
   n = signed_levels(bits)
@@ -212,7 +238,7 @@ def lsq(bits: int, per_channel: bool = False) -> WeightQuantizer:
 
   def apply(params, state, w):
     del state
-    step = params["step"]
+    step = check_param(params, "step", _param_shape(w, per_channel), f"LSQ ({bits}-bit)")
     per_step = max(1, int(np.prod(jnp.shape(w))) // max(1, int(np.prod(jnp.shape(step)))))
     g = 1.0 / math.sqrt(per_step * n)
     # Forward value exactly `step`; backward scaled by g.
@@ -221,7 +247,7 @@ def lsq(bits: int, per_channel: bool = False) -> WeightQuantizer:
 
   def to_integer(params, state, w):
     del state
-    step = params["step"]
+    step = check_param(params, "step", _param_shape(w, per_channel), f"LSQ ({bits}-bit)")
     return _integer_codes(w, step, n), step
 
   return WeightQuantizer(init_params, _no_state, apply, _keep_state, to_integer, "lsq", bits)
@@ -307,11 +333,13 @@ def mint(bits: int, per_channel: bool = False, squash: str = "tanh") -> WeightQu
 
   def apply(params, state, w):
     del state
-    return mint_quantize(w, params["alpha"], bits, squash)
+    alpha = check_param(params, "alpha", _param_shape(w, per_channel), f"MINT ({bits}-bit)")
+    return mint_quantize(w, alpha, bits, squash)
 
   def to_integer(params, state, w):
     del state
-    step = jnp.asarray(params["alpha"], w.dtype) / n
+    alpha = check_param(params, "alpha", _param_shape(w, per_channel), f"MINT ({bits}-bit)")
+    step = jnp.asarray(alpha, w.dtype) / n
     return _integer_codes(squashed(w), step, n), step
 
   return WeightQuantizer(init_params, _no_state, apply, _keep_state, to_integer, "mint", bits)

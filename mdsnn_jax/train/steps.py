@@ -101,7 +101,7 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
           projector_params=distill_params if feature_source else None,
           student_feature_taps=(distill.flatten_taps(cols[feature_source])
                                 if feature_source else None),
-          teacher_feature_taps=teacher_features)
+          teacher_feature_taps=teacher_features, return_terms=True)
       if kind != "ce":  # swap the CE task term for the configured one
         loss = loss - metrics["ce"] + task_loss(logits_t, labels, kind, tet_lambda)
     metrics["loss"] = loss
