@@ -32,7 +32,7 @@ from absl import flags
 import grain
 import numpy as np
 
-from mdsnn_jax.data import registry
+from mdsnn_jax.data import registry, sources
 
 AUGMENT_PADDING = 4
 
@@ -246,12 +246,22 @@ def make_loader(cfg: Any, split: str, *, batch_size: int, seed: int, shuffle: bo
     # notebooks) they are unparsed and the read raises, so accept the defaults.
     flags.FLAGS.mark_as_parsed()
   source = registry.load_split(cfg, split)
-  shard_options = grain.sharding.ShardOptions(shard_index=int(shard_index), shard_count=int(shard_count),
-                                              drop_remainder=drop_remainder)
-  if len(source) < shard_count:
-    raise ValueError(f"{len(source)} examples cannot be split into shard_count={shard_count} shards")
+  n = len(source)
+  if n < shard_count:
+    raise ValueError(f"{n} examples cannot be split into shard_count={shard_count} shards")
+  if shard_count > 1:
+    # Contiguous shards cut here (grain's ShardOptions dropped an example even with
+    # drop_remainder=False): equal floor(n/P) slices, or, keeping every example, slices
+    # whose sizes differ by at most one (the first shards one longer).
+    k, p = int(shard_index), int(shard_count)
+    if drop_remainder:
+      lo, hi = k * (n // p), (k + 1) * (n // p)
+    else:
+      lo, hi = k * (n // p) + min(k, n % p), (k + 1) * (n // p) + min(k + 1, n % p)
+    source = sources.SubsetSource(source, np.arange(lo, hi), f"shard {k} of {p}")
   # A seed is passed even without shuffling: grain derives the per-example augmentation rng from it.
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
+  sampler = grain.samplers.IndexSampler(num_records=len(source),
+                                        shard_options=grain.sharding.NoSharding(),
                                         shuffle=shuffle, num_epochs=num_epochs, seed=int(seed))
   # Reader threads only pay off for sources that decode files; for in-memory arrays grain
   # advises none (they contend for the GIL, and a deep buffer costs a scan per element).
@@ -262,4 +272,5 @@ def make_loader(cfg: Any, split: str, *, batch_size: int, seed: int, shuffle: bo
       data_source=source, sampler=sampler,
       operations=make_operations(cfg, split, source, batch_size=int(batch_size),
                                  drop_remainder=drop_remainder),
-      worker_count=int(worker_count), shard_options=shard_options, read_options=read_options)
+      worker_count=int(worker_count), shard_options=grain.sharding.NoSharding(),
+      read_options=read_options)

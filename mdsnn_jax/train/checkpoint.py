@@ -109,7 +109,7 @@ def load_variables(directory: str | os.PathLike, like: dict | None = None,
       like = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding),
-        _collections(like) if set(like) <= set(VARIABLE_COLLECTIONS) else like)
+        _collections(like))
     return ckptr.restore(directory, target)
 
 

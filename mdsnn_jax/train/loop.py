@@ -609,4 +609,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   finally:
     if lock is not None:
       lock.unlink(missing_ok=True)
+  if jax.process_count() > 1:
+    # Nobody reads workdir/summary.json (e.g. the report) before process 0 has written it.
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("train_and_evaluate done")
   return results
