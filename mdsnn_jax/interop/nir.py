@@ -67,7 +67,6 @@ DEFAULT_DT = 1e-4  # seconds; snnTorch's import_from_nir assumes this step
 MEMBRANE_QUANT_MODES = ("error", "fp_twin")
 IMPORT_NODE_TYPES = ("Input", "Output", "Affine", "Linear", "Conv2d", "LIF", "IF",
                      "AvgPool2d", "SumPool2d", "Flatten")
-_UNIT_GAIN_RTOL = 1e-9  # R·dt/τ within this of 1 is 1 (τ and R round-trip through float64)
 
 
 def _nir():
@@ -170,30 +169,8 @@ class _Exporter:
     self.nodes: dict[str, Any] = {}
     self.edges: list[tuple[str, str]] = []
     self.shape: tuple[int, ...] = ()  # channels-first per-sample shape of the current stream
-    neuron = model.neuron
-    name = next(iter(spikes), "lif")
-    if neuron.reset != "hard":
-      raise ValueError(
-          f"layer {name!r}: reset={neuron.reset!r} cannot be exported to NIR; NIR's LIF / IF "
-          f"set the membrane to v_reset after a spike (only our reset='hard' with v_reset = 0 "
-          f"maps onto it; a soft reset u = h − θ·s has no NIR node)")
-    if neuron.prune_prior is not None:
-      raise ValueError(
-          f"layer {name!r}: membrane-prior channel gating (neuron.prune_prior="
-          f"{neuron.prune_prior}) cannot be exported to NIR: it zeroes a channel's input from "
-          f"the previous step's spatial-mean membrane, which no NIR node computes")
     mq = resolve_membrane_quantizer(model.quant.membrane)
     self.mq_kind = None if mq is None else mq.kind
-    if mq is not None:
-      if membrane_quant == "error":
-        raise ValueError(
-            f"layer {name!r}: the per-step membrane quantizer {mq.kind!r} (u_t = Q_u(u_t), "
-            f"{len(mq.levels)} levels) cannot be expressed in NIR, whose LIF state is "
-            f"continuous; pass membrane_quant='fp_twin' to export the float-membrane twin")
-      warnings.warn(
-          f"exporting the float-membrane twin: the membrane quantizer {mq.kind!r} of every LIF "
-          f"layer is dropped (NIR has no membrane quantizer); spikes may differ from the "
-          f"quantized model", stacklevel=3)
 
   # -- nodes --------------------------------------------------------------------------
 
@@ -210,7 +187,8 @@ class _Exporter:
       meta["weight_bits"] = int(wq.bits)
       try:
         _, scale = wq.to_integer(params, state, kernel)
-        meta["weight_scale"] = _np(scale)
+        scale = _np(scale)  # HDF5 stores a 0-d array only uncompressed: write a float
+        meta["weight_scale"] = float(scale) if scale.ndim == 0 else scale
       except NotImplementedError:
         pass  # a non-uniform grid (LQ-Net) has no single scale
     return meta
@@ -309,6 +287,33 @@ class _Exporter:
     return self.add(".".join(path), node, sources)
 
 
+def _check_exportable(model, membrane_quant: str, layer: str) -> None:
+  """ValueError (or, for membrane_quant='fp_twin', a warning) for what NIR cannot express."""
+  neuron = model.neuron
+  name = layer
+  if neuron.reset != "hard":
+    raise ValueError(
+        f"layer {name!r}: reset={neuron.reset!r} cannot be exported to NIR; NIR's LIF / IF "
+        f"set the membrane to v_reset after a spike (only our reset='hard' with v_reset = 0 "
+        f"maps onto it; a soft reset u = h − θ·s has no NIR node)")
+  if neuron.prune_prior is not None:
+    raise ValueError(
+        f"layer {name!r}: membrane-prior channel gating (neuron.prune_prior="
+        f"{neuron.prune_prior}) cannot be exported to NIR: it zeroes a channel's input from "
+        f"the previous step's spatial-mean membrane, which no NIR node computes")
+  mq = resolve_membrane_quantizer(model.quant.membrane)
+  if mq is not None:
+    if membrane_quant == "error":
+      raise ValueError(
+          f"layer {name!r}: the per-step membrane quantizer {mq.kind!r} (u_t = Q_u(u_t), "
+          f"{len(mq.levels)} levels) cannot be expressed in NIR, whose LIF state is "
+          f"continuous; pass membrane_quant='fp_twin' to export the float-membrane twin")
+    warnings.warn(
+        f"exporting the float-membrane twin: the membrane quantizer {mq.kind!r} of every LIF "
+        f"layer is dropped (NIR has no membrane quantizer); spikes may differ from the "
+        f"quantized model", stacklevel=3)
+
+
 def _export_vgg(ex: _Exporter, model: SpikingVGG, src):
   i = p = 0
   for spec in model.layers:
@@ -384,6 +389,14 @@ def _export_ms(ex: _Exporter, model: MSResNet, src):
   return ex.dense(("fc",), src, wq_cfg=model.quant.last)
 
 
+def _first_lif_name(model) -> str:
+  if isinstance(model, SpikingVGG):
+    return "lif0"
+  if isinstance(model, DigitsMLP):
+    return "lif1"
+  return "stem_lif" if isinstance(model, SEWResNet) else "layer1/block0/lif1"
+
+
 _EXPORTERS = ((SpikingVGG, _export_vgg), (DigitsMLP, _export_mlp), (SEWResNet, _export_sew),
               (MSResNet, _export_ms))
 
@@ -409,6 +422,7 @@ def to_nir(model, variables: Mapping[str, Any], sample_input, *, dt: float = DEF
   if exporter is None:
     raise ValueError(f"cannot export {type(model).__name__} to NIR; supported models: "
                      f"{[cls.__name__ for cls, _ in _EXPORTERS]}")
+  _check_exportable(model, membrane_quant, _first_lif_name(model))
   x = jnp.asarray(sample_input, jnp.float32)
   out, cols = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, mutable=["spikes"]), dict(variables), x)
@@ -573,8 +587,8 @@ def from_nir(graph, *, dt: float | None = None, timesteps: int | None = None
       if tuple(np.shape(theta)) not in ((), tuple(shape)):
         raise ValueError(f"NIR {kind} node {name!r} has shape {np.shape(theta)} but its input "
                          f"has shape {shape}")
-      g = np.broadcast_to(gain, shape)
-      unit = bool(np.all(np.abs(g - 1.0) <= _UNIT_GAIN_RTOL))
+      # The gain multiplies float32 currents: one that rounds to 1 in float32 is exactly 1.
+      unit = bool(np.all(np.asarray(gain, np.float32) == 1.0))
       specs.append(NodeSpec(name, "lif", srcs, (
           ("decay", _compact(decay, shape)), ("threshold", _compact(theta, shape)),
           ("gain", None if unit else _compact(gain, shape)))))
@@ -691,3 +705,47 @@ class NIRNet(nn.Module):
     if spec.kind == "lif":
       return _Neuron(spec.get("decay"), spec.get("threshold"), spec.get("gain"), name=spec.name)(h)
     raise ValueError(f"unknown node kind {spec.kind!r}")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------------------
+# A trained workdir.
+
+
+def load_stage(workdir, stage: str):
+  """(model, variables, sample_input) of a finished stage of `train_and_evaluate(config,
+  workdir)`: the config from workdir/summary.json, the variables from
+  workdir/<stage>/final_variables, one test batch of the dataset as the sample input."""
+  import json  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from mdsnn_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from mdsnn_jax import nn as nn_lib  # pylint: disable=import-outside-toplevel
+  from mdsnn_jax.train import loop  # pylint: disable=import-outside-toplevel
+
+  workdir = pathlib.Path(workdir)
+  if stage not in loop.STAGES:
+    raise ValueError(f"unknown stage {stage!r}; allowed: {list(loop.STAGES)}")
+  summary = workdir / "summary.json"
+  if not summary.is_file():
+    raise FileNotFoundError(f"{summary} not found: {workdir} is not a finished training workdir")
+  config = ml_collections.ConfigDict(json.loads(summary.read_text())["config"])
+  stage_dir = workdir / stage / "final_variables"
+  if not stage_dir.is_dir():
+    raise FileNotFoundError(f"stage {stage!r} has no exported variables at {stage_dir}; stages "
+                            f"trained in {workdir}: {sorted(json.loads(summary.read_text())['stages'])}")
+  info = data_lib.dataset_info(config.data)
+  model = nn_lib.create_model(loop.stage_model_config(config, stage), info.num_classes)
+  sample = loop.sample_input(info, int(config.model.timesteps))
+  variables = loop.load_trained_variables(model, sample, stage_dir)
+  return model, variables, sample
+
+
+def export_workdir(workdir, stage: str, out, *, dt: float = DEFAULT_DT,
+                   membrane_quant: str = "error"):
+  """Writes the NIR graph of a trained stage to `out` (`nir.write`) and returns it."""
+  model, variables, sample = load_stage(workdir, stage)
+  graph = to_nir(model, variables, sample, dt=dt, membrane_quant=membrane_quant)
+  _nir().write(str(out), graph)
+  return graph
