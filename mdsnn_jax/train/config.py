@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       global_batch=64, eval_batch=128, steps=500, log_every=50, eval_every=0,
-      checkpoint_every=100, keep_checkpoints=2, eval_ptq=True))
+      checkpoint_every=100, keep_checkpoints=2, eval_ptq=True,
+      tensorboard=True))  # also write <workdir>/<stage>/tb/ event files (tensorboardX)
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9))
   c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05))

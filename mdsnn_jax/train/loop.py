@@ -24,6 +24,7 @@ from mdsnn_jax import nn as nn_lib
 from mdsnn_jax.train import checkpoint as ckpt
 from mdsnn_jax.train import sharding as shd
 from mdsnn_jax.train import steps as steps_lib
+from mdsnn_jax.train import tensorboard as tb_lib
 from mdsnn_jax.train.metrics import MetricsWriter, format_progress
 from mdsnn_jax.train.state import TrainState, make_optimizer
 
@@ -189,6 +190,10 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
   state, data_iter, resumed = ckpt.restore_latest(manager, state, data_iter)
   start = int(state.step)
   writer = MetricsWriter(stage_dir / "metrics.jsonl", resume_step=start if resumed else None)
+  # TensorBoard (issue 14): every record also goes to <stage>/tb/; firing rates at eval.
+  tb = tb_lib.StageTensorBoard(stage_dir / "tb", resume_step=start if resumed else None,
+                               enabled=bool(config.train.get("tensorboard", True)))
+  writer = tb.tee(writer)
   if resumed is not None:
     logging.info("[%s] resumed from step %d", stage, start)
     state = jax.device_put(state, shd.replicated(mesh))
@@ -225,12 +230,15 @@ def run_stage(config, stage: str, workdir: pathlib.Path) -> dict:
     if eval_every and step % eval_every == 0 and step != total_steps:
       accuracy = evaluate(eval_fn, state.variables, config, mesh)
       writer.write({"step": step, "stage": stage, "eval_accuracy": accuracy})
+      tb.eval_firing(step, model, state.variables, config.data, timesteps)  # TensorBoard only
       print(f"[{stage}] step {step}: test accuracy {accuracy:.4f}", flush=True)
     if step % ckpt_every == 0 or step == total_steps:
       ckpt.save(manager, step, state, data_iter)
 
   accuracy = evaluate(eval_fn, state.variables, config, mesh)
   writer.write({"step": total_steps, "stage": stage, "eval_accuracy": accuracy})
+  tb.eval_firing(total_steps, model, state.variables, config.data, timesteps)  # TensorBoard only
+  tb.close()
   print(f"[{stage}] final test accuracy {accuracy:.4f}", flush=True)
   if jax.process_index() == 0:
     ckpt.save_variables(stage_dir / "final_variables", state.variables)
