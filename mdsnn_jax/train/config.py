@@ -122,7 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=100, keep_checkpoints=2, eval_ptq=True,
       # A non-finite loss or gradient is never applied: 'stop' ends the stage naming the
       # step; 'skip' drops that update and stops after max_skipped of them.
-      nan_policy="stop", max_skipped=10))
+      nan_policy="stop", max_skipped=10,
+      tensorboard=True))  # also write <workdir>/<stage>/tb/ event files (tensorboardX)
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9))
   c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05))

@@ -46,6 +46,7 @@ from mdsnn_jax.train import checkpoint as ckpt
 from mdsnn_jax.train import sharding as shd
 from mdsnn_jax.train import stages as stages_lib
 from mdsnn_jax.train import steps as steps_lib
+from mdsnn_jax.train import tensorboard as tb_lib
 from mdsnn_jax.train.metrics import MetricsWriter, format_progress, pct
 from mdsnn_jax.train.stages import (STAGES, StaleRunError, parse_stages, sample_input,
                                     stage_model_config)
@@ -476,6 +477,15 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
     state = jax.device_put(state, shd.replicated(mesh))
   writer = MetricsWriter(stage_dir / "metrics.jsonl", resume_step=start if resumed else None,
                          enabled=_is_main())
+  # TensorBoard: every record also goes to <stage>/tb/ (process 0); firing rates at eval.
+  tb = tb_lib.StageTensorBoard(stage_dir / "tb", resume_step=start if resumed else None,
+                               enabled=bool(config.train.get("tensorboard", True)))
+  writer = tb.tee(writer)
+
+  def tb_firing(step):
+    if tb.active:  # host copies: process 0 evaluates alone, outside the collective mesh
+      tb.eval_firing(step, model, jax.tree.map(np.asarray, state.variables), config.data,
+                     timesteps)
   _say(f"{head} " + (f"resuming from step {start} of {total_steps} "
                         f"(checkpoint in {stage_dir / 'checkpoints'})" if resumed is not None
                         else f"training {total_steps} steps from scratch")
@@ -521,6 +531,7 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
       skipped = int(state.skipped)
       if policy == "stop" or skipped > max_skipped:
         manager.close()
+        tb.close()
         reason = ("train.nan_policy='stop'" if policy == "stop" else
                   f"{skipped} skipped updates exceed train.max_skipped={max_skipped}")
         raise DivergenceError(
@@ -546,16 +557,20 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
     if eval_every and step % eval_every == 0 and step != total_steps:
       accuracy = evaluate(eval_fn, state.variables, config, mesh, info.num_test)
       writer.write({"step": step, "stage": stage, "eval_accuracy": accuracy})
+      tb_firing(step)
       _say(f"{head} step {step}: test accuracy {pct(accuracy)}")
     signum = stop.agreed() if stop is not None else None
     if step % ckpt_every == 0 or step == total_steps or signum:
       ckpt.save(manager, step, state)
     if signum:
       manager.close()
+      tb.close()
       raise Interrupted(stage, step, signum)
 
   accuracy = evaluate(eval_fn, state.variables, config, mesh, info.num_test)
   writer.write({"step": total_steps, "stage": stage, "eval_accuracy": accuracy})
+  tb_firing(total_steps)
+  tb.close()
   _say(f"{head} final test accuracy {pct(accuracy)}")
   # Collective: every process calls the orbax save; process 0 writes the files.
   ckpt.save_variables(stage_dir / "final_variables", state.variables)

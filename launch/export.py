@@ -1,0 +1,38 @@
+"""Exports a trained stage to the Neuromorphic Intermediate Representation (NIR).
+
+    python launch/export.py --workdir=/tmp/mdsnn --stage=fp --format=nir --out=/tmp/fp.nir
+
+The file loads in snnTorch (`snntorch.import_nir.import_from_nir(nir.read(path))`) and the
+rest of the NIR ecosystem. The logic lives in `mdsnn_jax.interop.nir`; this file only parses
+flags. Needs the `[interop]` extra.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from mdsnn_jax.interop.nir import DEFAULT_DT, MEMBRANE_QUANT_MODES, export_workdir
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished training workdir (launch/train.py).")
+_STAGE = flags.DEFINE_enum("stage", "fp", ["fp", "qat", "md"], "Which stage to export.")
+_FORMAT = flags.DEFINE_enum("format", "nir", ["nir"], "Output format.")
+_OUT = flags.DEFINE_string("out", None, "Output file, e.g. model.nir.")
+_DT = flags.DEFINE_float("dt", DEFAULT_DT, "Euler step (s) that the NIR time constants refer to.")
+_MEMBRANE_QUANT = flags.DEFINE_enum(
+    "membrane_quant", "error", list(MEMBRANE_QUANT_MODES),
+    "A quantized membrane cannot be expressed in NIR: 'error' refuses, 'fp_twin' exports the "
+    "float-membrane twin with a warning.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  graph = export_workdir(_WORKDIR.value, _STAGE.value, _OUT.value, dt=_DT.value,
+                         membrane_quant=_MEMBRANE_QUANT.value)
+  print(f"wrote {_OUT.value}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, "
+        f"T={graph.metadata['timesteps']}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
