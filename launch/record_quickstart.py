@@ -12,6 +12,7 @@ versions, the full config) from `mdsnn_jax.provenance.record`.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -37,7 +38,11 @@ def quickstart_command(workdir: str) -> list[str]:
 def run_once(workdir: pathlib.Path) -> dict:
   cmd = quickstart_command(str(workdir))
   t0 = time.time()
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  # This checkout's library, even where another one is pip-installed (as `pip install -e .`
+  # from this folder would make it).
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
   wall = time.time() - t0
   if proc.returncode != 0:
     raise RuntimeError(f"quickstart failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
