@@ -117,10 +117,9 @@ def render(stats: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  root = pathlib.Path(_RESULTS.value)
+def write_stats(root: pathlib.Path) -> dict:
+  """Computes the statistics from the files under `root`; writes root/md_stats.{json,md}."""
+  root = pathlib.Path(root)
   read = lambda p: json.loads((root / p).read_text())
   all2 = read("md_cifar10_all2/table_5seeds.json")
   eight, eight_v1 = read("md_cifar10_8bit/table.json"), read("md_cifar10_8bit/table_v1_bb0c7c7.json")
@@ -140,6 +139,13 @@ def main(argv):
   stats["provenance"] = provenance.record()
   provenance.write_json_atomic(root / "md_stats.json", stats)
   provenance.write_text_atomic(root / "md_stats.md", render(stats))
+  return stats
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  stats = write_stats(pathlib.Path(_RESULTS.value))
   print(render(stats))
 
 

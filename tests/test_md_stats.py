@@ -51,13 +51,9 @@ def test_noise_floor_and_significance_on_hand_tables():
 def test_md_stats_on_the_committed_tables(tmp_path):
   for d in ("md_cifar10_all2", "md_cifar10_8bit"):
     shutil.copytree(REPO / "results" / d, tmp_path / d)
-  from absl import flags
-  flags.FLAGS(["md_stats", f"--results={tmp_path}"])
-  try:
-    md_stats.main(["md_stats"])
-  finally:
-    flags.FLAGS.unparse_flags()
+  returned = md_stats.write_stats(tmp_path)
   stats = json.loads((tmp_path / "md_stats.json").read_text())
+  assert stats.keys() == returned.keys()
   all5, late = stats["all2"]["md vs none, seeds 0-4"], stats["all2"]["md vs none, seeds 1-4"]
   # README's figures: t = 2.38 (4 df), one-sided p = 0.038, Wilcoxon 1/32; seeds 1-4 alone p ≈ 0.1.
   assert (round(all5["t"], 2), round(all5["p_t_one_sided"], 3)) == (2.38, 0.038)
