@@ -264,7 +264,9 @@ def _affine_gap(a, b):
   return moved, membrane_kd_loss({"l": _HYP_U}, {"l": _HYP_T})
 
 
-@settings(max_examples=25, deadline=None)
+# derandomize: the examples come from a seed fixed by the test's name, the same on every run
+# and machine (no example database); a failure prints the falsifying example.
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, print_blob=True)
 @given(a=_channel_floats(0.1, 10.0), b=_channel_floats(-10.0, 10.0))
 def test_md_affine_invariance_property(a, b):
   moved, base = _affine_gap(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))

@@ -261,45 +261,73 @@ def test_quant_none_equals_fp_model(digits):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), y_f, y_fp)
 
 
-def _check_grads(model, variables, x):
+# Gradient checks only need the values to be finite and non-zero, not fast code: compiling
+# with XLA's backend optimisations off takes a fraction of the time for these deep graphs,
+# which keeps the full-architecture checks in the default suite.
+FAST_COMPILE = {"xla_backend_optimization_level": "0"}
+
+
+def _compiled(fn, *args):
+  return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
+
+
+def _init(model, seed, x):
+  variables = _compiled(lambda k, x: model.init(k, x, train=False), key(seed), x)
+  return {k: v for k, v in variables.items() if k in ("params", "batch_stats", "quant_state")}
+
+
+def _check_grads(model, variables, x, seed):
   def loss(params):
     logits, upd = model.apply({**variables, "params": params}, x, train=True,
                               mutable=["batch_stats", "quant_state"])
     return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), jnp.arange(x.shape[0]) % 10).mean()
 
-  grads = jax.jit(jax.grad(loss))(variables["params"])
+  grads = _compiled(jax.grad(loss), variables["params"])
   for path, g in flat(grads).items():
     g = np.asarray(g)
-    assert np.all(np.isfinite(g)), path
-    assert np.any(g != 0), f"no gradient reaches {path}"
+    assert np.all(np.isfinite(g)), f"{path}: non-finite gradient (seed {seed})"
+    assert np.any(g != 0), f"no gradient reaches {path} (seed {seed})"
   return grads
+
+
+def _rgb(seed, batch, size):
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=(batch, size, size, 3)), jnp.float32)
 
 
 def test_jit_grad_through_quantized_model_reaches_every_param_incl_thresholds():
   # A small MS-ResNet with every quantizer on (LSQ body, 8-bit first layer, BN folding, ternary
   # membranes) and learnable thresholds: jit(grad) reaches the kernels, BN, LSQ steps and θ.
   model = small_resnets()["ms"].clone(quant=QuantConfig.from_dict(QUANT))
-  rgb = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 8, 8, 3)), jnp.float32)
-  grads = flat(_check_grads(model, init_variables(model, key(3), rgb), rgb))
+  rgb = _rgb(0, 4, 8)
+  grads = flat(_check_grads(model, _init(model, 3, rgb), rgb, seed=3))
   assert sum(k.endswith("theta_raw") for k in grads) == 3  # lif1, lif2, head_lif
   assert {"layer1/block0/conv1/conv/wq/step", "fc/wq/step"} <= set(grads)
 
 
-@pytest.mark.slow
 def test_jit_grad_small_sew_resnet():
-  rgb = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 8, 8, 3)), jnp.float32)
+  rgb = _rgb(0, 4, 8)
   model = small_resnets()["sew"]
-  grads = _check_grads(model, init_variables(model, key(3), rgb), rgb)
+  grads = _check_grads(model, _init(model, 3, rgb), rgb, seed=3)
   assert sum(k.endswith("theta_raw") for k in flat(grads)) == 4
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["vgg9", "msresnet18", "msresnet19", "sewresnet18"])
+# LIF layers (one learnable θ each) and LSQ-quantized layers (one step each) of the full
+# architectures: every conv / dense but the 8-bit uniform first layer ('last_layer': 'same').
+FULL_ARCH = {"vgg9": (7, 7), "msresnet18": (17, 20), "msresnet19": (18, 20),
+             "sewresnet18": (20, 20)}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_ARCH))
 def test_jit_grad_full_architectures_small_width(name):
-  model = create_model(config(name, QUANT, width=1 / 8, timesteps=2), 10)
+  # Full depth at 1/8 width on 16×16 inputs, T = 2, with LSQ weights, BN folding, ternary
+  # membranes and learnable thresholds: a gradient reaches every parameter.
+  model = create_model(config(name, QUANT, width=1 / 8, timesteps=2, conv_impl="xla"), 10)
   model = model.clone(neuron=dataclasses.replace(model.neuron, learn_threshold=True))
-  x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 16, 16, 3)), jnp.float32)
-  _check_grads(model, init_variables(model, key(0), x), x)
+  x = _rgb(0, 4, 16)
+  grads = flat(_check_grads(model, _init(model, 0, x), x, seed=0))
+  n_lif, n_lsq = FULL_ARCH[name]
+  assert sum(k.endswith("theta_raw") for k in grads) == n_lif
+  assert sum(k.endswith("wq/step") for k in grads) == n_lsq
 
 
 def test_init_student_from_teacher(digits):

@@ -1,0 +1,153 @@
+"""Significance and noise floor of the MD evidence tables, from the files in results/.
+
+    python launch/md_stats.py            # writes results/md_stats.{json,md}
+
+Reads
+  results/md_cifar10_all2/table_5seeds.json   all-2-bit student, seeds 0-4
+  results/md_cifar10_8bit/table.json          8-bit first/last student, seeds 0-2 (current code)
+  results/md_cifar10_8bit/table_v1_bb0c7c7.json   the same config and seeds, first measured
+      with the code of commit bb0c7c7 (the table committed there as results/md_cifar10/)
+  results/quickstart.json (optional)          repeated quickstart runs
+
+and reports, for each method pair, the paired-by-seed Δ (`experiments.paired_delta`) with
+ONE-SIDED tests of Δ > 0: a paired t-test and the exact Wilcoxon signed-rank test, over all
+seeds and over seeds 1-4 alone (seed 0 is the seed whose ablation chose the all-2-bit
+setting). The noise floor is the per-seed change of the same config and seed between the
+two code versions of the 8-bit table. Nothing is trained.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import scipy.stats
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mdsnn_jax import provenance  # noqa: E402
+from mdsnn_jax.train.experiments import paired_delta  # noqa: E402
+
+_RESULTS = flags.DEFINE_string("results", str(REPO / "results"), "The results folder.")
+PAIRS = (("md", "none"), ("logit", "none"), ("md", "logit"))
+
+
+def one_sided_tests(delta) -> dict:
+  """Paired t-test and exact Wilcoxon signed-rank test of mean / median Δ > 0 (one-sided)."""
+  d = np.asarray(delta, np.float64)
+  out = paired_delta(d, np.zeros_like(d))
+  out.pop("delta")
+  if d.size >= 2:
+    t = float(d.mean() / (d.std(ddof=1) / np.sqrt(d.size)))
+    out.update(t=t, df=int(d.size - 1), p_t_one_sided=float(scipy.stats.t.sf(t, d.size - 1)),
+               p_wilcoxon_one_sided=float(scipy.stats.wilcoxon(
+                   d, alternative="greater", method="exact").pvalue))
+  return out
+
+
+def rows_by_method(table: dict) -> dict:
+  return {r["method"]: dict(zip(r["seeds"], r["accuracy"])) for r in table["rows"]}
+
+
+def significance(table: dict, seed_sets: dict) -> dict:
+  rows = rows_by_method(table)
+  out = {}
+  for a, b in PAIRS:
+    if a not in rows or b not in rows:
+      continue
+    for label, seeds in seed_sets.items():
+      delta = [rows[a][s] - rows[b][s] for s in seeds]
+      out[f"{a} vs {b}, {label}"] = {"seeds": list(seeds), "delta": delta,
+                                     **one_sided_tests(delta)}
+  return out
+
+
+def noise_floor(old: dict, new: dict) -> dict:
+  """Per (method, seed): accuracy under the current code minus under the old code."""
+  a, b = rows_by_method(old), rows_by_method(new)
+  changes = {f"{m} seed {s}": b[m][s] - a[m][s] for m in a if m in b for s in a[m] if s in b[m]}
+  v = np.abs(np.asarray(list(changes.values())))
+  return {"changes_pp": changes, "max_abs_pp": float(v.max()), "mean_abs_pp": float(v.mean()),
+          "n": int(v.size), "teacher_old": old["fp_teacher"], "teacher_new": new["fp_teacher"]}
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> dict:
+  out = {}
+  for k in sorted(set(a) | set(b)):
+    x, y = a.get(k), b.get(k)
+    if isinstance(x, dict) and isinstance(y, dict):
+      out.update(config_differences(x, y, f"{prefix}{k}."))
+    elif x != y:
+      out[f"{prefix}{k}"] = [x, y]
+  return out
+
+
+def render(stats: dict) -> str:
+  lines = ["# MD evidence: one-sided significance and noise floor", "",
+           "Written by `python launch/md_stats.py` from the table files named below; "
+           "all tests one-sided (H1: Δ > 0), Δ in pp, paired by seed.", ""]
+  for name, block in (("all-2-bit student (`md_cifar10_all2/table_5seeds.json`)", "all2"),
+                      ("8-bit first/last student (`md_cifar10_8bit/table.json`)", "eightbit")):
+    lines += [f"## {name}", "",
+              "| comparison | seeds | Δ mean ± std | > 0 | t (df) | p (t, one-sided) | p (Wilcoxon exact, one-sided) |",
+              "|---|---|---|---|---|---|---|"]
+    for key, s in stats[block].items():
+      lines.append(f"| {key.split(',')[0]} | {','.join(map(str, s['seeds']))} | "
+                   f"{s['mean']:+.2f} ± {s['std']:.2f} | {s['positive']}/{s['n']} | "
+                   f"{s['t']:.2f} ({s['df']}) | {s['p_t_one_sided']:.3f} | "
+                   f"{s['p_wilcoxon_one_sided']:.3f} |")
+    lines.append("")
+  nf = stats["noise_floor"]
+  lines += ["## Noise floor: the same config and seeds under two code versions", "",
+            f"8-bit first/last table, {nf['n']} (method, seed) runs; config differences: "
+            f"{nf['config_differences'] or 'none'}; FP teacher {nf['teacher_old']:.2f} (bb0c7c7) "
+            f"and {nf['teacher_new']:.2f} (current).", "",
+            "| run | current − bb0c7c7 (pp) |", "|---|---|"]
+  lines += [f"| {k} | {v:+.2f} |" for k, v in nf["changes_pp"].items()]
+  lines += ["", f"max |Δ| = {nf['max_abs_pp']:.2f} pp, mean |Δ| = {nf['mean_abs_pp']:.2f} pp.", ""]
+  if "quickstart_repeats" in stats:
+    q = stats["quickstart_repeats"]
+    lines += ["## Repeated quickstart runs (`quickstart.json`)", "",
+              f"{q['runs']} runs of the same command, same code: identical accuracies: "
+              f"{q['identical']}.", ""]
+  lines += [f"Provenance: {provenance.describe(stats['provenance'])}", ""]
+  return "\n".join(lines)
+
+
+def write_stats(root: pathlib.Path) -> dict:
+  """Computes the statistics from the files under `root`; writes root/md_stats.{json,md}."""
+  root = pathlib.Path(root)
+  read = lambda p: json.loads((root / p).read_text())
+  all2 = read("md_cifar10_all2/table_5seeds.json")
+  eight, eight_v1 = read("md_cifar10_8bit/table.json"), read("md_cifar10_8bit/table_v1_bb0c7c7.json")
+  stats = {
+      "all2": significance(all2, {"seeds 0-4": [0, 1, 2, 3, 4], "seeds 1-4": [1, 2, 3, 4]}),
+      "eightbit": significance(eight, {"seeds 0-2": [0, 1, 2]}),
+      "noise_floor": {**noise_floor(eight_v1, eight),
+                      "config_differences": config_differences(eight_v1["config"],
+                                                               eight["config"])},
+      "inputs": ["md_cifar10_all2/table_5seeds.json", "md_cifar10_8bit/table.json",
+                 "md_cifar10_8bit/table_v1_bb0c7c7.json"],
+  }
+  if (root / "quickstart.json").exists():
+    q = read("quickstart.json")
+    stats["quickstart_repeats"] = {"runs": len(q["runs"]), "identical": q["identical_across_runs"]}
+    stats["inputs"].append("quickstart.json")
+  stats["provenance"] = provenance.record()
+  provenance.write_json_atomic(root / "md_stats.json", stats)
+  provenance.write_text_atomic(root / "md_stats.md", render(stats))
+  return stats
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  stats = write_stats(pathlib.Path(_RESULTS.value))
+  print(render(stats))
+
+
+if __name__ == "__main__":
+  app.run(main)
