@@ -8,9 +8,10 @@ flags. Needs the `[interop]` extra.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags
 
 from mdsnn_jax.interop.nir import DEFAULT_DT, MEMBRANE_QUANT_MODES, export_workdir
+from mdsnn_jax.train import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished training workdir (launch/train.py).")
 _STAGE = flags.DEFINE_enum("stage", "fp", ["fp", "qat", "md"], "Which stage to export.")
@@ -26,8 +27,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
   graph = export_workdir(_WORKDIR.value, _STAGE.value, _OUT.value, dt=_DT.value,
                          membrane_quant=_MEMBRANE_QUANT.value)
   print(f"wrote {_OUT.value}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, "
@@ -35,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags, logging
+from absl import flags
 
 from mdsnn_jax.report import build_report
+from mdsnn_jax.train import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by launch/train.py.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: <workdir>/report).")
@@ -23,12 +24,11 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
   out = pathlib.Path(_OUT.value) if _OUT.value else pathlib.Path(_WORKDIR.value) / "report"
   build_report(_WORKDIR.value, out, max_batches=_MAX_BATCHES.value)
   print(out / "report.md", flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

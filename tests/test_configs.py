@@ -104,8 +104,9 @@ def test_config_builds_every_stage_and_its_optimizer(path, args):
 def test_low_bit_rows_quantize_weights_to_two_bits():
   for stem in ("cifar10_resnet18", "cifar100_resnet18", "tinyimagenet", "md_cifar10"):
     c = _load(next(p for p in CONFIGS if p.stem == stem))
-    assert dict(c.model.quant.weight) == {"kind": "lsq", "bits": 2}
-    assert dict(c.model.quant.membrane) == {"kind": "ternary"} and c.model.quant.bn_fold
+    student = stage_model_config(c, "md").quant  # the arguments each kind takes
+    assert dict(student.weight) == {"kind": "lsq", "bits": 2}
+    assert dict(student.membrane) == {"kind": "ternary"} and c.model.quant.bn_fold
     assert dict(stage_model_config(c, "fp").quant.weight) == {"kind": "none"}
 
 
@@ -114,11 +115,12 @@ def test_md_cifar10_whole_network_at_two_bits():
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  eight, two = module.get_config(), module.get_config("2")
-  assert dict(eight.model.quant.first_layer) == {"kind": "uniform", "bits": 8}
-  assert dict(two.model.quant.first_layer) == dict(two.model.quant.last_layer) == {"kind": "same"}
-  q = nn.layers.QuantConfig(**{k: two.model.quant[k] for k in ("weight", "membrane",
-                                                               "first_layer", "last_layer")})
+  eight = stage_model_config(module.get_config(), "md").quant
+  two = stage_model_config(module.get_config("2"), "md").quant
+  assert dict(eight.first_layer) == {"kind": "uniform", "bits": 8}
+  assert dict(two.first_layer) == dict(two.last_layer) == {"kind": "same"}
+  q = nn.layers.QuantConfig(**{k: two[k].to_dict() for k in ("weight", "membrane",
+                                                             "first_layer", "last_layer")})
   assert q.first == q.last == {"kind": "lsq", "bits": 2}
   with pytest.raises(ValueError, match="'4'"):
     module.get_config("4")

@@ -17,9 +17,13 @@ def test_writer_appends_one_sorted_json_object_per_line(tmp_path):
   w.write({"step": 2, "accuracy": 0.25, "eval_accuracy": 1})
   assert lines(path) == ['{"loss": 0.5, "step": 1}',
                          '{"accuracy": 0.25, "eval_accuracy": 1, "step": 2}']
-  # A second writer without resume_step appends; nothing is dropped.
+  # A second writer without resume_step is a fresh start: the old records go.
   MetricsWriter(path).write({"step": 3})
-  assert [json.loads(l)["step"] for l in lines(path)] == [1, 2, 3]
+  assert [json.loads(l)["step"] for l in lines(path)] == [3]
+  # Disabled (a process other than 0): neither truncates nor writes.
+  w = MetricsWriter(path, enabled=False)
+  w.write({"step": 4})
+  assert [json.loads(l)["step"] for l in lines(path)] == [3]
 
 
 def test_resume_drops_the_records_after_the_checkpoint_and_a_cut_line(tmp_path):

@@ -722,7 +722,7 @@ def load_stage(workdir, stage: str):
 
   from mdsnn_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from mdsnn_jax import nn as nn_lib  # pylint: disable=import-outside-toplevel
-  from mdsnn_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from mdsnn_jax.train import stages as loop  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(workdir)
   if stage not in loop.STAGES:
@@ -736,7 +736,10 @@ def load_stage(workdir, stage: str):
     raise FileNotFoundError(f"stage {stage!r} has no exported variables at {stage_dir}; stages "
                             f"trained in {workdir}: {sorted(json.loads(summary.read_text())['stages'])}")
   info = data_lib.dataset_info(config.data)
-  model = nn_lib.create_model(loop.stage_model_config(config, stage), info.num_classes)
+  stored = loop.read_stage_config(workdir / stage)  # the model this stage was trained as
+  model_cfg = (ml_collections.ConfigDict(stored["result"]["model"]) if stored else
+               loop.stage_model_config(config, stage))
+  model = nn_lib.create_model(model_cfg, info.num_classes)
   sample = loop.sample_input(info, int(config.model.timesteps))
   variables = loop.load_trained_variables(model, sample, stage_dir)
   return model, variables, sample

@@ -36,7 +36,8 @@ def _build(cfg: Any, table: Mapping[str, Callable], what: str):
     cfg = cfg.to_dict()
   if not isinstance(cfg, Mapping):
     raise ValueError(f"{what} config must be a mapping with a 'kind' key, got {cfg!r}")
-  kwargs = dict(cfg)
+  # None is an unset argument (a config placeholder): the kind's default applies.
+  kwargs = {k: v for k, v in dict(cfg).items() if v is not None}
   kind = kwargs.pop("kind", None)
   if not isinstance(kind, str) or kind not in table:
     raise ValueError(f"unknown {what} kind {kind!r}; known kinds: {sorted(table)}")

@@ -42,6 +42,7 @@ from mdsnn_jax import data as data_lib
 from mdsnn_jax import distill
 from mdsnn_jax import nn as nn_lib
 from mdsnn_jax import provenance
+from mdsnn_jax.quant import registry
 from mdsnn_jax.train import checkpoint as ckpt
 from mdsnn_jax.train import sharding as shd
 from mdsnn_jax.train import stages as stages_lib
@@ -50,6 +51,7 @@ from mdsnn_jax.train import tensorboard as tb_lib
 from mdsnn_jax.train.metrics import MetricsWriter, format_progress, pct
 from mdsnn_jax.train.stages import (STAGES, StaleRunError, parse_stages, sample_input,
                                     stage_model_config)
+from mdsnn_jax.train.config import QUANT_FIELDS
 from mdsnn_jax.train.state import TrainState, make_optimizer
 
 __all__ = ["STAGES", "parse_stages", "stage_model_config", "sample_input", "check",
@@ -210,6 +212,14 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
   restart_rest = False
   for stage in stages:
     model_cfg = stage_model_config(config, stage, note)
+    for field, what in QUANT_FIELDS.items():  # every quantizer, used by this model or not
+      spec = model_cfg.quant[field].to_dict()
+      if spec["kind"] != "same":
+        try:
+          (registry.make_membrane_quantizer if what == "membrane" else
+           registry.make_weight_quantizer)(spec)
+        except ValueError as e:
+          raise ValueError(f"model.quant.{field}: {e}") from e
     model = nn_lib.create_model(model_cfg, info.num_classes)
     variables = stages_lib.abstract_variables(model, sample)  # builds every quantizer
     tdir = tmodel_cfg = teacher = None

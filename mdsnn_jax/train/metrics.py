@@ -27,8 +27,10 @@ class MetricsWriter:
     self.enabled = enabled
     if not enabled:
       return
+    if not self.path.exists():
+      return  # created by the first write
     kept = []
-    if resume_step is not None and self.path.exists():
+    if resume_step is not None:
       for line in self.path.read_text().splitlines():
         try:
           record = json.loads(line)
