@@ -268,3 +268,30 @@ def test_second_run_in_the_same_workdir_is_refused_and_a_stale_lock_taken_over(t
   loop.train_and_evaluate(_config(steps=5), tmp_path)
   assert "stale lock" in capsys.readouterr().out
   assert not (tmp_path / ".lock").exists()  # released at the end
+
+
+def test_readme_multihost_command_runs_as_written(tmp_path):
+  """The README's two-process command, exactly as written (only the port, made free, and the
+  workdir, made temporary, are replaced): both processes exit 0 and the report is written."""
+  import re
+  readme = (REPO / "README.md").read_text()
+  block = readme.split("**Several devices and several hosts.**", 1)[1].split("```bash", 1)[1]
+  block = block.split("```", 1)[0]
+  joined = block.strip().replace("\\\n", " ")  # line continuations
+  commands = [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+  assert len(commands) == 2 and all("--config.distributed.initialize=True" in c for c in commands)
+  port = _free_port()
+  procs = []
+  for c in commands:
+    c = c.replace("127.0.0.1:12355", f"127.0.0.1:{port}").replace("/tmp/mdsnn_2proc",
+                                                                    str(tmp_path / "run"))
+    argv = [sys.executable if a == "python" else a for a in c.split()]
+    procs.append(subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  assert (tmp_path / "run" / "report" / "report.md").is_file()
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["stages"]["md"]["num_processes"] == 2
+  assert re.search(r"\[md\] final test accuracy \d+\.\d\d %", outs[0])
