@@ -33,7 +33,7 @@ import ml_collections
 from flax import traverse_util
 from flax.core import unfreeze
 
-from mdsnn_jax.nn.layers import LIF, NeuronConfig, QConvBN, QDense, QuantConfig
+from mdsnn_jax.nn.layers import CONV_OUT, LIF, NeuronConfig, QConvBN, QDense, QuantConfig
 
 Array = jax.Array
 
@@ -52,6 +52,22 @@ TAP_COLLECTIONS = ("membranes", "spikes", "prune_masks")
 
 BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantConfig.weight)
 
+# model.remat: 'none'; 'layer': every conv unit (conv → BN → LIF) of a VGG and every residual
+# block runs under jax.checkpoint keeping only its input and its conv outputs, so BN and LIF
+# are recomputed in the backward pass; 'time': every LIF recurrence keeps only every c-th
+# state (c ≈ √T, `layers.time_chunked_lif_scan`) and recomputes the steps in between.
+REMATS = ("none", "layer", "time")
+# model.dtype: the compute dtype of convolutions, matmuls, BN outputs and the LIF recurrence.
+# Parameters, BN statistics, quantizer parameters, logits and taps stay float32.
+DTYPES = ("float32", "bfloat16")
+
+
+def check_remat_dtype(remat: str, dtype: str) -> None:
+  if remat not in REMATS:
+    raise ValueError(f"unknown model.remat {remat!r}; allowed: {list(REMATS)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"unknown model.dtype {dtype!r}; allowed: {list(DTYPES)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Builder:
@@ -60,6 +76,16 @@ class Builder:
   neuron: NeuronConfig = NeuronConfig()
   quant: QuantConfig = QuantConfig()
   conv_impl: str = "xla"
+  remat: str = "none"
+
+  def checkpointed(self, target: Any, static_argnums: tuple[int, ...] = ()) -> Any:
+    """`target` (a module class or a function of (module, ...)) under flax's lifted
+    jax.checkpoint when remat == 'layer', keeping only inputs and conv outputs; else as is.
+    Variable names do not change."""
+    if self.remat != "layer":
+      return target
+    return nn.remat(target, static_argnums=static_argnums,
+                    policy=jax.checkpoint_policies.save_only_these_names(CONV_OUT))
 
   def conv_bn(self, features: int, *, name: str, strides: int = 1, kernel_size: int = 3,
               weight_quant: Any = BODY, scale_init: float = 1.0) -> QConvBN:
@@ -70,7 +96,7 @@ class Builder:
                    scale_init=scale_init, name=name)
 
   def lif(self, name: str) -> LIF:
-    return LIF(self.neuron, self.quant.membrane, name=name)
+    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time", name=name)
 
   def dense(self, features: int, *, name: str, weight_quant: Any = BODY) -> QDense:
     wq = self.quant.weight if weight_quant is BODY else weight_quant
@@ -78,17 +104,21 @@ class Builder:
 
 
 class SpikingNet(nn.Module):
-  """Fields shared by every model. width multiplies every channel count (min 1)."""
+  """Fields shared by every model. width multiplies every channel count (min 1); remat and
+  dtype as `REMATS` and `DTYPES` say (the input is cast to dtype, the logits back to
+  float32)."""
   num_classes: int = 10
   width: float = 1.0
   timesteps: int = 4
   neuron: NeuronConfig = NeuronConfig()
   quant: QuantConfig = QuantConfig()
   conv_impl: str = "xla"
+  remat: str = "none"
+  dtype: str = "float32"
 
   @property
   def build(self) -> Builder:
-    return Builder(self.neuron, self.quant, self.conv_impl)
+    return Builder(self.neuron, self.quant, self.conv_impl, self.remat)
 
   def ch(self, c: int) -> int:
     return max(1, int(round(c * self.width)))
@@ -100,6 +130,8 @@ class SpikingNet(nn.Module):
       raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
     if not self.width > 0:
       raise ValueError(f"width must be positive, got {self.width!r}")
+    check_remat_dtype(self.remat, self.dtype)
+    x = x.astype(self.dtype)
     if x.ndim == 5:
       t = x.shape[1]
       if timesteps is not None and timesteps != t:
@@ -115,7 +147,9 @@ class SpikingNet(nn.Module):
         f"or events [B, T, H, W, C] (5-d); got shape {x.shape}")
 
   def classifier(self, x: Array, train: bool) -> Array:
-    return self.build.dense(self.num_classes, weight_quant=self.quant.last, name="fc")(x, train)
+    # Logits in float32 whatever the compute dtype: the losses stay float32.
+    logits = self.build.dense(self.num_classes, weight_quant=self.quant.last, name="fc")(x, train)
+    return logits.astype(jnp.float32)
 
 
 def _broadcast_time(x: Array, t: int) -> Array:
@@ -140,16 +174,23 @@ class SpikingVGG(SpikingNet):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
+    build = self.build
+
+    def unit(mdl, h, i, features):
+      del mdl  # the lifted scope: modules created here keep their names 'conv{i}', 'lif{i}'
+      h = build.conv_bn(features, name=f"conv{i}",
+                        weight_quant=self.quant.first if i == 0 else BODY)(h, train)
+      if i == 0 and static:
+        h = _broadcast_time(h, t)
+      return build.lif(f"lif{i}")(h)
+
+    unit = build.checkpointed(unit, static_argnums=(2, 3))
     i = 0
     for spec in self.layers:
       if spec == "P":
         h = _avg_pool(h)
         continue
-      h = self.build.conv_bn(self.ch(spec), name=f"conv{i}",
-                             weight_quant=self.quant.first if i == 0 else BODY)(h, train)
-      if i == 0 and static:
-        h = _broadcast_time(h, t)
-      h = self.build.lif(f"lif{i}")(h)
+      h = unit(self, h, i, self.ch(spec))
       i += 1
     return self.classifier(h.reshape(h.shape[:2] + (-1,)), train)
 
@@ -211,8 +252,9 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
+    block = self.build.checkpointed(self.block, static_argnums=(2,))
     for j in range(self.blocks):
-      x = self.block(self.build, self.features, self.strides if j == 0 else 1, name=f"block{j}")(x, train)
+      x = block(self.build, self.features, self.strides if j == 0 else 1, name=f"block{j}")(x, train)
     return x
 
 
@@ -337,6 +379,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.width = 1.0
   cfg.timesteps = 4
   cfg.conv_impl = "auto"  # fast custom-VJP conv on CPU, plain XLA on GPU/TPU
+  cfg.remat = "none"  # 'none' | 'layer' | 'time' (models.REMATS): memory for recomputation
+  cfg.dtype = "float32"  # 'float32' | 'bfloat16' (models.DTYPES): the compute dtype
   cfg.neuron = ml_collections.ConfigDict(dict(
       decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
       detach_reset=False, learn_threshold=False, prune_prior=ph(float)))
@@ -350,8 +394,8 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
   """A linen model from a config like `default_model_config()` (a ConfigDict or dict).
 
   Fields: name, width, timesteps, neuron (dict), quant (dict: weight, membrane, first_layer,
-  last_layer, bn_fold, bias_bits), conv_impl. Missing fields take their defaults; unknown
-  names raise ValueError.
+  last_layer, bn_fold, bias_bits), conv_impl, remat, dtype. Missing fields take their
+  defaults; unknown names raise ValueError.
   """
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   known = set(default_model_config().keys())
@@ -363,10 +407,13 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
     raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
   neuron_cfg = {k: v for k, v in dict(cfg.get("neuron") or {}).items() if v is not None}
   neuron = NeuronConfig.from_dict({**NEURON_DEFAULTS.get(name, {}), **neuron_cfg})
+  remat, dtype = cfg.get("remat", "none"), cfg.get("dtype", "float32")
+  check_remat_dtype(remat, dtype)
   return MODELS[name](
       num_classes=num_classes, width=float(cfg.get("width", 1.0)),
       timesteps=int(cfg.get("timesteps", 4)), neuron=neuron,
-      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "auto"))
+      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "auto"),
+      remat=remat, dtype=dtype)
 
 
 def init_variables(model: nn.Module, rng: Array, x: Array, *, timesteps: int | None = None
@@ -444,3 +491,4 @@ def _jit_recalibrate(model: nn.Module, variables: dict, x: Array, rng: Array):
 def param_count(tree: Any) -> int:
   """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s."""
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
+
