@@ -31,6 +31,7 @@ import numpy as np
 from flax.core import FrozenDict
 from jax.ad_checkpoint import checkpoint_name
 
+from mdsnn_jax.lif_vjp import fused_lif_scan
 from mdsnn_jax.neuron import RESETS, lif_scan
 from mdsnn_jax.nn.conv import IMPLS as CONV_IMPLS
 from mdsnn_jax.nn.conv import conv2d
@@ -44,6 +45,8 @@ Array = jax.Array
 
 # 'same' in a first/last-layer config means: use the body's weight quantizer.
 SAME = "same"
+# LIF implementations (see LIF).
+LIF_IMPLS = ("scan", "fused", "auto")
 # checkpoint_name of every convolution output (see models.REMATS).
 CONV_OUT = "conv_out"
 
@@ -207,13 +210,17 @@ class LIF(nn.Module):
   h_t = λ·u_{t−1} + x_t, s_t = H(h_t − θ), reset, then u_t = Q_u(u_t) (SPEC §1). Sows the
   pre-reset membranes h into 'membranes'/'h' and the spikes into 'spikes'/'s' (both float32);
   the tap name is this module's path. With learn_threshold, θ = softplus(theta_raw) per
-  channel (last axis). Computes in the dtype of x. remat_time (model.remat='time'): the
+  channel (last axis). Computes in the dtype of x. impl 'fused' runs `lif_vjp.fused_lif_scan`
+  (membrane-only residuals, one fused reverse scan) unless prune_prior or a membrane quantizer
+  with parameters needs `lif_scan`; 'scan' is `lif_scan` and its autodiff; 'auto' is 'fused'
+  on CPU and 'scan' on GPU/TPU (`resolve_lif_impl`). remat_time (model.remat='time'): the
   recurrence runs as `time_chunked_lif_scan` with c = `time_chunk_for(T)`, which keeps only
   every c-th state for the backward pass and recomputes the steps in between.
   """
   neuron: NeuronConfig = NeuronConfig()
   membrane_quant: Any = None
   remat_time: bool = False
+  impl: str = "scan"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -230,15 +237,19 @@ class LIF(nn.Module):
     else:
       threshold = cfg.threshold
     mq = resolve_membrane_quantizer(self.membrane_quant)
-    mq_fn = None
+    mq_fn, mq_params = None, {}
     if mq is not None:
       mq_params = self.param("mq", lambda _: mq.init_params()) if _has_leaves(mq.init_params) else {}
       mq_fn = functools.partial(mq.apply, mq_params)
+    impl = resolve_lif_impl(self.impl)
     lif_kwargs = dict(decay=cfg.decay, threshold=threshold, reset=cfg.reset,
                       surrogate=cfg.surrogate, alpha=cfg.alpha, detach_reset=cfg.detach_reset,
                       membrane_quantizer=mq_fn)
     if self.remat_time:
       s, h = time_chunked_lif_scan(x, time_chunk_for(x.shape[0]), **lif_kwargs)
+    elif impl == "fused" and cfg.prune_prior is None and not mq_params:
+      # (a learned membrane quantizer's parameters would be closed over: scan autodiff then)
+      s, h, _ = fused_lif_scan(x, **lif_kwargs)
     elif cfg.prune_prior is None:
       s, h, _ = lif_scan(x, **lif_kwargs)
     else:
@@ -436,6 +447,16 @@ def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding: Any, impl:
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl {impl!r}; allowed: {list(CONV_IMPLS)}")
   return conv2d(x, kernel, strides=strides, padding=padding, impl=impl)
+
+
+def resolve_lif_impl(impl: str) -> str:
+  """'scan' or 'fused': impl, with 'auto' = 'fused' on CPU (measured faster there, see
+  BENCHMARKS.md) and 'scan' (XLA's own autodiff) on GPU/TPU, where it is unmeasured."""
+  if impl not in LIF_IMPLS:
+    raise ValueError(f"unknown lif_impl {impl!r}; allowed: {list(LIF_IMPLS)}")
+  if impl == "auto":
+    return "fused" if jax.default_backend() == "cpu" else "scan"
+  return impl
 
 
 def time_chunk_for(t: int) -> int:

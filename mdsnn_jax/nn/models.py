@@ -77,6 +77,7 @@ class Builder:
   quant: QuantConfig = QuantConfig()
   conv_impl: str = "xla"
   remat: str = "none"
+  lif_impl: str = "scan"
 
   def checkpointed(self, target: Any, static_argnums: tuple[int, ...] = ()) -> Any:
     """`target` (a module class or a function of (module, ...)) under flax's lifted
@@ -96,7 +97,8 @@ class Builder:
                    scale_init=scale_init, name=name)
 
   def lif(self, name: str) -> LIF:
-    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time", name=name)
+    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time",
+               impl=self.lif_impl, name=name)
 
   def dense(self, features: int, *, name: str, weight_quant: Any = BODY) -> QDense:
     wq = self.quant.weight if weight_quant is BODY else weight_quant
@@ -115,10 +117,11 @@ class SpikingNet(nn.Module):
   conv_impl: str = "xla"
   remat: str = "none"
   dtype: str = "float32"
+  lif_impl: str = "scan"
 
   @property
   def build(self) -> Builder:
-    return Builder(self.neuron, self.quant, self.conv_impl, self.remat)
+    return Builder(self.neuron, self.quant, self.conv_impl, self.remat, self.lif_impl)
 
   def ch(self, c: int) -> int:
     return max(1, int(round(c * self.width)))
@@ -381,6 +384,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.conv_impl = "auto"  # fast custom-VJP conv on CPU, plain XLA on GPU/TPU
   cfg.remat = "none"  # 'none' | 'layer' | 'time' (models.REMATS): memory for recomputation
   cfg.dtype = "float32"  # 'float32' | 'bfloat16' (models.DTYPES): the compute dtype
+  cfg.lif_impl = "auto"  # membrane-only custom-VJP LIF on CPU, XLA's scan autodiff on GPU/TPU
   cfg.neuron = ml_collections.ConfigDict(dict(
       decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
       detach_reset=False, learn_threshold=False, prune_prior=ph(float)))
@@ -394,7 +398,7 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
   """A linen model from a config like `default_model_config()` (a ConfigDict or dict).
 
   Fields: name, width, timesteps, neuron (dict), quant (dict: weight, membrane, first_layer,
-  last_layer, bn_fold, bias_bits), conv_impl, remat, dtype. Missing fields take their
+  last_layer, bn_fold, bias_bits), conv_impl, remat, dtype, lif_impl. Missing fields take their
   defaults; unknown names raise ValueError.
   """
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
@@ -413,7 +417,7 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
       num_classes=num_classes, width=float(cfg.get("width", 1.0)),
       timesteps=int(cfg.get("timesteps", 4)), neuron=neuron,
       quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "auto"),
-      remat=remat, dtype=dtype)
+      remat=remat, dtype=dtype, lif_impl=cfg.get("lif_impl", "auto"))
 
 
 def init_variables(model: nn.Module, rng: Array, x: Array, *, timesteps: int | None = None
