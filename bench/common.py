@@ -42,3 +42,21 @@ def machine() -> str:
     pass
   dev = jax.devices()[0]
   return f"{cpu}, {dev.platform}:{dev.device_kind}, jax {jax.__version__}"
+
+
+def write_results(name: str, markdown: str, data: dict, out_dir: str | None = None) -> str:
+  """Writes results/bench/<name>.md (the printed table + a provenance footer) and
+  <name>.json (data + `mdsnn_jax.provenance.record()`: commit, command, CPU model read now,
+  load average, date); returns the markdown path. out_dir defaults to results/bench/ in the
+  repository (env MDSNN_BENCH_OUT overrides)."""
+  import os
+  import pathlib
+
+  from mdsnn_jax import provenance
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = pathlib.Path(out_dir or os.environ.get("MDSNN_BENCH_OUT") or root / "results" / "bench")
+  prov = provenance.record()
+  provenance.write_text_atomic(out / f"{name}.md",
+                               markdown.rstrip("\n") + f"\n\n{provenance.describe(prov)}\n")
+  provenance.write_json_atomic(out / f"{name}.json", {"provenance": prov, **data})
+  return str(out / f"{name}.md")
