@@ -96,13 +96,13 @@ KINDS = ("fp", "qat", "md")
 
 
 def _vgg9_config(kind: str, impl: str, timesteps: int, lif_impl: str = "auto",
-                 remat: str = "none", dtype: str = "float32"):
+                 remat: str = "none", dtype: str = "float32", name: str = "vgg9"):
   """The library's base config with VGG-9; 'qat' / 'md' students are MD-SNN's low-bit
   student (`train.config.low_bit_student`: 2-bit LSQ weights, BN folded and quantized,
   ternary membranes, 8-bit first / last layers)."""
   from mdsnn_jax.train.config import base_config, low_bit_student
   c = base_config()
-  c.model.name, c.model.timesteps, c.model.conv_impl = "vgg9", timesteps, impl
+  c.model.name, c.model.timesteps, c.model.conv_impl = name, timesteps, impl
   c.model.lif_impl, c.model.remat, c.model.dtype = lif_impl, remat, dtype
   if kind != "fp":
     low_bit_student(c)
@@ -110,7 +110,8 @@ def _vgg9_config(kind: str, impl: str, timesteps: int, lif_impl: str = "auto",
 
 
 def make_jax_step(kind: str, impl: str, batch: int, timesteps: int, *, lif_impl: str = "auto",
-                  remat: str = "none", dtype: str = "float32", size: int = 32, width: float = 1.0):
+                  remat: str = "none", dtype: str = "float32", size: int = 32, width: float = 1.0,
+                  name: str = "vgg9"):
   """(jitted step, state, teacher variables, batch, model, teacher) for `kind` in KINDS: the
   library's `train.steps.train_step` (task CE loss; 'md' adds membrane KD α = 1 and logit KD
   β = 1, τ = 4, with an FP teacher of the same architecture run forward-only), Adam."""
@@ -118,7 +119,7 @@ def make_jax_step(kind: str, impl: str, batch: int, timesteps: int, *, lif_impl:
   from mdsnn_jax.train.steps import train_step
   if kind not in KINDS:
     raise ValueError(f"unknown step kind {kind!r}; allowed: {list(KINDS)}")
-  c = _vgg9_config(kind, impl, timesteps, lif_impl, remat, dtype)
+  c = _vgg9_config(kind, impl, timesteps, lif_impl, remat, dtype, name)
   c.model.width = width
   model = create_model(c.model, NUM_CLASSES)
   kx, ky, kp, kt = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -129,7 +130,7 @@ def make_jax_step(kind: str, impl: str, batch: int, timesteps: int, *, lif_impl:
   teacher = teacher_vars = None
   distill_cfg = None
   if kind == "md":
-    tc = _vgg9_config("fp", impl, timesteps, lif_impl, remat, dtype)
+    tc = _vgg9_config("fp", impl, timesteps, lif_impl, remat, dtype, name)
     tc.model.width = width
     teacher = create_model(tc.model, NUM_CLASSES)
     teacher_vars = init_variables(teacher, kt, x)
@@ -197,9 +198,10 @@ def teacher_has_no_backward(batch: int = 2, timesteps: int = 2, size: int = 16,
   return counts["md"] == counts["qat"] + counts["teacher_forward"], counts
 
 
-def bench_spikingjelly(batch: int, timesteps: int, threads: int) -> dict | str:
-  """A runner for SpikingJelly VGG-9 on PyTorch CPU with `threads` intra-op threads, or a
-  string saying why it was skipped."""
+def bench_spikingjelly(batch: int, timesteps: int, threads: int, device: str = "cpu",
+                       backend: str = "torch", size: int = 32) -> dict | str:
+  """A runner for SpikingJelly VGG-9 on PyTorch (`device`, e.g. 'cpu' with `threads` intra-op
+  threads, or 'cuda' with neuron backend 'cupy'), or a string saying why it was skipped."""
   # torch logs a warning per process that Triton (a GPU compiler) is absent; irrelevant on CPU.
   logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
   try:
@@ -208,7 +210,7 @@ def bench_spikingjelly(batch: int, timesteps: int, threads: int) -> dict | str:
   except Exception as e:  # noqa: BLE001 - any import failure means "not available here"
     return f"SpikingJelly skipped: torch/spikingjelly do not import ({type(e).__name__}: {e})"
   torch.manual_seed(0)
-  mods, cin, spatial = [], 3, 32
+  mods, cin, spatial = [], 3, size
   for spec in VGG9_LAYERS:
     if spec == "P":
       mods.append(layer.AvgPool2d(2))
@@ -221,16 +223,19 @@ def bench_spikingjelly(batch: int, timesteps: int, threads: int) -> dict | str:
   mods += [layer.Flatten(), layer.Linear(cin * spatial * spatial, NUM_CLASSES)]
   net = torch.nn.Sequential(*mods)
   functional.set_step_mode(net, "m")
-  for m in net.modules():  # older SpikingJelly versions choose a neuron backend; 2.x has only torch
+  for m in net.modules():  # the neuron backend, where the version has a choice
     if hasattr(m, "backend"):
-      m.backend = "torch"
-  net = net.to(memory_format=torch.channels_last)
+      try:
+        m.backend = backend
+      except Exception as e:  # noqa: BLE001 - e.g. cupy absent or unsupported
+        return f"SpikingJelly skipped: backend {backend!r} unavailable ({type(e).__name__}: {e})"
+  net = net.to(device=device, memory_format=torch.channels_last)
   opt = torch.optim.Adam(net.parameters(), lr=1e-3)
   # [T, B, C, H, W] with NHWC strides on the last four dims, so the merged [T·B, C, H, W] that
   # the multi-step conv sees is channels-last.
-  img = torch.rand(batch, 32, 32, 3)
+  img = torch.rand(batch, size, size, 3, device=device)
   x_seq = img.unsqueeze(0).repeat(timesteps, 1, 1, 1, 1).permute(0, 1, 4, 2, 3)
-  y = torch.randint(0, NUM_CLASSES, (batch,))
+  y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
   macs = []
   def count(module, inputs, out):
@@ -253,9 +258,12 @@ def bench_spikingjelly(batch: int, timesteps: int, threads: int) -> dict | str:
     loss.backward()
     opt.step()
     functional.reset_net(net)
+    if device != "cpu":
+      torch.cuda.synchronize()
 
   return {"framework": f"SpikingJelly {_version('spikingjelly')} (torch {torch.__version__})",
-          "impl": f"torch, channels-last, {threads} thread{'s' * (threads > 1)}",
+          "impl": (f"{backend}, channels-last, {threads} thread{'s' * (threads > 1)}"
+                   if device == "cpu" else f"{backend}, {device}"),
           "step": run_step, "macs": sum(macs)}
 
 
