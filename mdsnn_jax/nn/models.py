@@ -52,10 +52,11 @@ TAP_COLLECTIONS = ("membranes", "spikes", "prune_masks")
 
 BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantConfig.weight)
 
-# model.remat: 'none'; 'layer': every conv unit (conv → BN → LIF) of a VGG and every residual
-# block runs under jax.checkpoint keeping only its input and its conv outputs, so BN and LIF
-# are recomputed in the backward pass; 'time': every LIF recurrence keeps only every c-th
-# state (c ≈ √T, `layers.time_chunked_lif_scan`) and recomputes the steps in between.
+# model.remat: 'none'; 'layer': every conv + BN unit keeps only its input for the backward
+# pass (bfloat16 where the input is spikes: exact) and recomputes conv and BN there
+# (`recompute_in_backward`), and every LIF keeps only its membranes (lif_vjp); 'time':
+# every LIF recurrence keeps only every c-th state (c ≈ √T, `layers.time_chunked_lif_scan`)
+# and recomputes the steps in between.
 REMATS = ("none", "layer", "time")
 # model.dtype: the compute dtype of convolutions, matmuls, BN outputs and the LIF recurrence.
 # Parameters, BN statistics, quantizer parameters, logits and taps stay float32.
@@ -79,30 +80,73 @@ class Builder:
   remat: str = "none"
   lif_impl: str = "scan"
 
-  def checkpointed(self, target: Any, static_argnums: tuple[int, ...] = ()) -> Any:
-    """`target` (a module class or a function of (module, ...)) under flax's lifted
-    jax.checkpoint when remat == 'layer', keeping only inputs and conv outputs; else as is.
-    Variable names do not change."""
-    if self.remat != "layer":
-      return target
-    return nn.remat(target, static_argnums=static_argnums,
-                    policy=jax.checkpoint_policies.save_only_these_names(CONV_OUT))
-
   def conv_bn(self, features: int, *, name: str, strides: int = 1, kernel_size: int = 3,
-              weight_quant: Any = BODY, scale_init: float = 1.0) -> QConvBN:
-    """conv + tdBN; weight_quant BODY = the body's quantizer (quant.weight)."""
+              weight_quant: Any = BODY, scale_init: float = 1.0, spike_input: bool = True
+              ) -> Callable[[Array, bool], Array]:
+    """conv + tdBN; weight_quant BODY = the body's quantizer (quant.weight). With remat
+    'layer' the unit runs under `recompute_in_backward`, keeping its input (in bfloat16 when
+    spike_input says the input is spikes, spike counts or their 2×2 means, all exact there)."""
     wq = self.quant.weight if weight_quant is BODY else weight_quant
-    return QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
+    unit = QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
                    bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,
                    scale_init=scale_init, name=name)
+    if self.remat != "layer":
+      return unit
+    return functools.partial(recompute_in_backward, unit,
+                             residual_dtype=jnp.bfloat16 if spike_input else None)
 
   def lif(self, name: str) -> LIF:
-    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time",
-               impl=self.lif_impl, name=name)
+    # remat 'layer' keeps only the membranes of a LIF: the fused custom-VJP recurrence
+    impl = "fused" if self.remat == "layer" else self.lif_impl
+    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time", impl=impl,
+               name=name)
 
   def dense(self, features: int, *, name: str, weight_quant: Any = BODY) -> QDense:
     wq = self.quant.weight if weight_quant is BODY else weight_quant
     return QDense(features, weight_quant=wq, name=name)
+
+
+def _opaque_zero(g: Array, dtype) -> Array:
+  """0 (NaN when g's first element is NaN), computed from g: XLA cannot prove it is 0, so a
+  recomputation fed `x + _opaque_zero(g)` can neither be merged with the forward (CSE) nor
+  scheduled before the backward reaches it. (XLA:CPU drops the optimization barriers with
+  which jax.checkpoint guards its recomputation, and CSE then undoes it: measured in
+  BENCHMARKS.md.)"""
+  first = jnp.ravel(g)[0]
+  return jnp.where(jnp.isnan(first), jnp.nan, 0.0).astype(dtype)
+
+
+def recompute_in_backward(module: nn.Module, x: Array, train: bool, *,
+                          residual_dtype=None) -> Array:
+  """module(x, train) for a bound child module, under a custom VJP that keeps only x (cast
+  to residual_dtype when given: the caller vouches that this is exact) and the module's
+  variables, and re-runs the module in the backward pass. Same outputs, variable updates and
+  gradients as module(x, train)."""
+  if module.is_initializing() or not train:
+    return module(x, train)
+  pure_module = module.clone(parent=None)
+  dtype = x.dtype
+
+  def fn(mdl, x):
+    return mdl(x, train)
+
+  def fwd(mdl, x):
+    before = mdl.variables  # before any quant_state update, as the forward saw it
+    y = mdl(x, train)
+    return y, (before, x if residual_dtype is None else x.astype(residual_dtype))
+
+  def bwd(residuals, g):
+    before, xr = residuals
+
+    def pure(params, x):
+      return pure_module.apply({**before, "params": params}, x, train,
+                               mutable=list(TRAIN_MUTABLE))[0]
+
+    _, vjp = jax.vjp(pure, before["params"], xr.astype(dtype) + _opaque_zero(g, dtype))
+    d_params, dx = vjp(g)
+    return {"params": d_params}, dx
+
+  return nn.custom_vjp(fn, forward_fn=fwd, backward_fn=bwd)(module, x)
 
 
 class SpikingNet(nn.Module):
@@ -177,23 +221,17 @@ class SpikingVGG(SpikingNet):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
-    build = self.build
-
-    def unit(mdl, h, i, features):
-      del mdl  # the lifted scope: modules created here keep their names 'conv{i}', 'lif{i}'
-      h = build.conv_bn(features, name=f"conv{i}",
-                        weight_quant=self.quant.first if i == 0 else BODY)(h, train)
-      if i == 0 and static:
-        h = _broadcast_time(h, t)
-      return build.lif(f"lif{i}")(h)
-
-    unit = build.checkpointed(unit, static_argnums=(2, 3))
     i = 0
     for spec in self.layers:
       if spec == "P":
         h = _avg_pool(h)
         continue
-      h = unit(self, h, i, self.ch(spec))
+      # after the first layer every conv input is spikes or their 2×2 means: exact in bf16
+      h = self.build.conv_bn(self.ch(spec), name=f"conv{i}", spike_input=i > 0,
+                             weight_quant=self.quant.first if i == 0 else BODY)(h, train)
+      if i == 0 and static:
+        h = _broadcast_time(h, t)
+      h = self.build.lif(f"lif{i}")(h)
       i += 1
     return self.classifier(h.reshape(h.shape[:2] + (-1,)), train)
 
@@ -255,9 +293,8 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    block = self.build.checkpointed(self.block, static_argnums=(2,))
     for j in range(self.blocks):
-      x = block(self.build, self.features, self.strides if j == 0 else 1, name=f"block{j}")(x, train)
+      x = self.block(self.build, self.features, self.strides if j == 0 else 1, name=f"block{j}")(x, train)
     return x
 
 
@@ -275,7 +312,8 @@ class MSResNet(SpikingNet):
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
     h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
-                           scale_init=self.neuron.threshold, name="stem")(h, train)
+                           spike_input=False, scale_init=self.neuron.threshold,
+                           name="stem")(h, train)
     if static:
       h = _broadcast_time(h, t)
     for i, (c, n, s) in enumerate(self.stages):
@@ -297,7 +335,7 @@ class SEWResNet(SpikingNet):
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
     h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
-                           name="stem")(h, train)
+                           spike_input=False, name="stem")(h, train)
     if static:
       h = _broadcast_time(h, t)
     h = self.build.lif("stem_lif")(h)
