@@ -24,10 +24,12 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def child(kind: str, timesteps: int, remat: str, batch: int, steps: int) -> dict:
+def child(kind: str, timesteps: int, remat: str, batch: int, steps: int, lif_impl: str = "auto"
+          ) -> dict:
   import jax
   from train_step import make_jax_step
-  step, state, tv, data, _, _ = make_jax_step(kind, "auto", batch, timesteps, remat=remat)
+  step, state, tv, data, _, _ = make_jax_step(kind, "auto", batch, timesteps, remat=remat,
+                                              lif_impl=lif_impl)
   compiled = step.lower(state, data, tv).compile()
   mem = compiled.memory_analysis()
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -47,7 +49,9 @@ def child(kind: str, timesteps: int, remat: str, batch: int, steps: int) -> dict
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--timesteps", default="2,4,8,16")
-  p.add_argument("--remats", default="none,layer,time")
+  p.add_argument("--remats", default="none/scan,none,layer,time",
+                 help="comma-separated remat values; 'remat/lif_impl' also sets model.lif_impl "
+                      "(default 'auto'); the first 'none' row is the reference")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--kind", default="fp")
@@ -56,13 +60,15 @@ def main() -> None:
   a = p.parse_args()
   if a.child:
     t, remat = a.child.split(":")
-    print(json.dumps(child(a.kind, int(t), remat, a.batch, a.steps)))
+    remat, _, lif_impl = remat.partition("/")
+    print(json.dumps(child(a.kind, int(t), remat, a.batch, a.steps, lif_impl or "auto")))
     return
   from common import machine, write_results
   ts = [int(t) for t in a.timesteps.split(",")]
   remats = a.remats.split(",")
   if any(t < 1 for t in ts) or a.batch < 1 or a.steps < 1:
     raise ValueError("--timesteps, --batch and --steps must be positive")
+  ref = next((r for r in remats if r.partition("/")[0] == "none"), remats[0])
   results = {}
   for t in ts:
     for remat in remats:
@@ -75,13 +81,15 @@ def main() -> None:
       results[f"{t}:{remat}"] = json.loads(out.stdout.strip().splitlines()[-1])
   lines = [f"machine: {machine()}, {os.cpu_count()} cpus",
            f"VGG-9 {a.kind} training step, 32x32x3, batch {a.batch}, float32, conv/lif 'auto'",
-           "", "| T | remat | XLA temp MiB | live peak RSS rise MiB | step s | temp vs none | "
-           "step time vs none | load (1 min) |", "|---|---|---|---|---|---|---|---|"]
+           f"reference row: remat {ref!r}", "",
+           "| T | remat[/lif_impl] | XLA temp MiB | live peak RSS rise MiB | step s | "
+           "reference temp ÷ temp | step time ÷ reference | load (1 min) |",
+           "|---|---|---|---|---|---|---|---|"]
   for t in ts:
-    base = results.get(f"{t}:none")
+    base = results.get(f"{t}:{ref}")
     for remat in remats:
       r = results[f"{t}:{remat}"]
-      rel = (f"{base['temp_mib'] / r['temp_mib']:.2f}× smaller | {r['step_s'] / base['step_s']:.2f}×"
+      rel = (f"{base['temp_mib'] / r['temp_mib']:.2f} | {r['step_s'] / base['step_s']:.2f}"
              if base else "– | –")
       lines.append(f"| {t} | {remat} | {r['temp_mib']:.0f} | {r['rss_rise_mib']:.0f} | "
                    f"{r['step_s']:.2f} | {rel} | {r['load']:.1f} |")
