@@ -34,3 +34,16 @@ def test_gpu_suite_rejects_unknown_argument():
   out = subprocess.run(["bash", "bench/gpu_suite.sh", "--bogus"], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
   assert out.returncode == 2 and "unknown argument --bogus" in out.stderr
+
+
+def test_bench_md_step_has_no_teacher_backward():
+  """bench/train_step.py's MD step: its convolutions are the QAT student step's plus one
+  teacher forward's (no teacher backward, no residuals kept for it)."""
+  sys.path.insert(0, str(REPO / "bench"))
+  try:
+    import train_step
+  finally:
+    sys.path.remove(str(REPO / "bench"))
+  ok, counts = train_step.teacher_has_no_backward()
+  assert counts["teacher_forward"] == 7 and counts["qat"] > counts["teacher_forward"], counts
+  assert ok, counts
