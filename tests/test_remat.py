@@ -108,3 +108,34 @@ def test_bad_remat_values_raise():
   lif = LIF(NeuronConfig(prune_prior=-0.5), remat_time=True)
   with pytest.raises(ValueError, match="prune_prior"):
     lif.init(jax.random.key(0, impl="rbg"), jnp.zeros((4, 2, 3, 3, 5)))
+
+
+def _digits_grad_fn(remat, dtype="float32"):
+  cfg = default_model_config()
+  cfg.name, cfg.timesteps, cfg.remat, cfg.dtype = "digits_cnn", 3, remat, dtype
+  model = create_model(cfg, 10)
+  x = jax.random.uniform(jax.random.key(4, impl="rbg"), (3, 2, 8, 8, 1))  # 3 groups of 2
+  variables = init_variables(model, jax.random.key(5, impl="rbg"), x[0])
+
+  def grad(params, xb):
+    loss = lambda p: jnp.sum(jnp.sin(model.apply({**variables, "params": p}, xb, train=True,
+                                                 mutable=["batch_stats"])[0]))
+    return jax.grad(loss)(params)
+  return grad, variables["params"], x
+
+
+@pytest.mark.parametrize("remat", ["layer", "time"])
+def test_remat_custom_vjp_under_vmap_and_bf16(remat):
+  g_none, params, x = _digits_grad_fn("none")
+  g_remat, _, _ = _digits_grad_fn(remat)
+  ref = jax.vmap(g_none, in_axes=(None, 0))(params, x)
+  got = jax.jit(jax.vmap(g_remat, in_axes=(None, 0)))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  g16_none, _, _ = _digits_grad_fn("none", "bfloat16")
+  g16_remat, _, _ = _digits_grad_fn(remat, "bfloat16")
+  for a, b in zip(jax.tree_util.tree_leaves(jax.jit(g16_remat)(params, x[0])),
+                  jax.tree_util.tree_leaves(g16_none(params, x[0]))):
+    assert a.dtype == jnp.float32
+    scale = float(np.max(np.abs(b))) + 1e-6
+    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=0.05)
