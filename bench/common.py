@@ -42,3 +42,56 @@ def machine() -> str:
     pass
   dev = jax.devices()[0]
   return f"{cpu}, {dev.platform}:{dev.device_kind}, jax {jax.__version__}"
+
+
+def write_results(name: str, markdown: str, data: dict, out_dir: str | None = None) -> str:
+  """Writes results/bench/<name>.md (the printed table + a provenance footer) and
+  <name>.json (data + `mdsnn_jax.provenance.record()`: commit, command, CPU model read now,
+  load average, date); returns the markdown path. out_dir defaults to results/bench/ in the
+  repository (env MDSNN_BENCH_OUT overrides)."""
+  import os
+  import pathlib
+
+  from mdsnn_jax import provenance
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = pathlib.Path(out_dir or os.environ.get("MDSNN_BENCH_OUT") or root / "results" / "bench")
+  prov = provenance.record()
+  provenance.write_text_atomic(out / f"{name}.md",
+                               markdown.rstrip("\n") + f"\n\n{provenance.describe(prov)}\n")
+  provenance.write_json_atomic(out / f"{name}.json", {"provenance": prov, **data})
+  return str(out / f"{name}.md")
+
+
+class tee_results:
+  """`with tee_results('conv'): main()` prints as usual and, on success, also writes what
+  was printed to results/bench/conv.md and conv.json (with provenance, `write_results`)."""
+
+  def __init__(self, name: str, out_dir: str | None = None):
+    self.name, self.out_dir = name, out_dir
+
+  def __enter__(self):
+    import io
+    import sys
+    self._stdout = sys.stdout
+    self._buffer = io.StringIO()
+    outer = self
+
+    class _Tee:
+      def write(self, s):
+        outer._stdout.write(s)
+        outer._buffer.write(s)
+        return len(s)
+
+      def flush(self):
+        outer._stdout.flush()
+
+    sys.stdout = _Tee()
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    import sys
+    sys.stdout = self._stdout
+    if exc_type is None:
+      text = self._buffer.getvalue()
+      print("wrote", write_results(self.name, text, {"output": text}, self.out_dir))
+    return False

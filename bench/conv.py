@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, matmul_peak_gflops, time_fn  # noqa: E402
+from common import machine, matmul_peak_gflops, time_fn, tee_results  # noqa: E402
 
 from mdsnn_jax.nn import conv as conv_lib  # noqa: E402
 
@@ -191,4 +191,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with tee_results("conv"):
+    main()

@@ -123,4 +123,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from common import tee_results
+  with tee_results("input_pipeline"):
+    main()

@@ -407,7 +407,8 @@ def test_small_model_fits_64_real_digits(digits):
 
 def test_create_model_config_handling():
   cfg = default_model_config()
-  assert set(cfg.keys()) == {"name", "width", "timesteps", "conv_impl", "neuron", "quant"}
+  assert set(cfg.keys()) == {"name", "width", "timesteps", "conv_impl", "remat", "dtype",
+                             "lif_impl", "neuron", "quant"}
   assert set(cfg.quant.keys()) == {"weight", "membrane", "first_layer", "last_layer", "bn_fold", "bias_bits"}
   with pytest.raises(ValueError, match="'resnet50'.*vgg9"):
     create_model(config("resnet50"), 10)

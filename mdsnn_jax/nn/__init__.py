@@ -6,10 +6,15 @@
     variables = init_variables(model, jax.random.PRNGKey(0), images)          # [B, H, W, C]
     logits, taps = model.apply(variables, images, train=False,
                                mutable=['membranes', 'spikes'])               # [T, B, classes]
+
+Memory and precision knobs of the config: cfg.remat ('none' | 'layer' | 'time'),
+cfg.dtype ('float32' | 'bfloat16': compute dtype; parameters, statistics, quantizer
+parameters, logits and taps stay float32), cfg.lif_impl ('auto' | 'fused' | 'scan').
 """
 from mdsnn_jax.nn.conv import conv2d
 from mdsnn_jax.nn.layers import (
     LIF,
+    LIF_IMPLS,
     NeuronConfig,
     QConv,
     QConvBN,
@@ -20,7 +25,9 @@ from mdsnn_jax.nn.layers import (
     resolve_weight_quantizer,
 )
 from mdsnn_jax.nn.models import (
+    DTYPES,
     MODELS,
+    REMATS,
     DigitsCNN,
     DigitsMLP,
     MSResNet,
@@ -36,7 +43,7 @@ from mdsnn_jax.nn.models import (
 
 __all__ = [
     "conv2d",
-    "LIF", "NeuronConfig", "QConv", "QConvBN", "QDense", "QuantConfig", "TDBatchNorm",
+    "LIF", "LIF_IMPLS", "REMATS", "DTYPES", "NeuronConfig", "QConv", "QConvBN", "QDense", "QuantConfig", "TDBatchNorm",
     "resolve_weight_quantizer", "resolve_membrane_quantizer",
     "MODELS", "SpikingNet", "SpikingVGG", "MSResNet", "SEWResNet", "DigitsMLP", "DigitsCNN",
     "create_model", "default_model_config", "init_variables", "init_student_from_teacher",

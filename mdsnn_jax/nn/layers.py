@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
+from jax.ad_checkpoint import checkpoint_name
 
+from mdsnn_jax.lif_vjp import fused_lif_scan
 from mdsnn_jax.neuron import RESETS, lif_scan
 from mdsnn_jax.nn.conv import IMPLS as CONV_IMPLS
 from mdsnn_jax.nn.conv import conv2d
@@ -43,6 +45,10 @@ Array = jax.Array
 
 # 'same' in a first/last-layer config means: use the body's weight quantizer.
 SAME = "same"
+# LIF implementations (see LIF).
+LIF_IMPLS = ("scan", "fused", "auto")
+# checkpoint_name of every convolution output (see models.REMATS).
+CONV_OUT = "conv_out"
 
 
 # ----------------------------------------------------------------------------------------
@@ -202,17 +208,28 @@ class LIF(nn.Module):
   """LIF layer on time-major input currents [T, B, ..., C] -> spikes [T, B, ..., C].
 
   h_t = λ·u_{t−1} + x_t, s_t = H(h_t − θ), reset, then u_t = Q_u(u_t) (SPEC §1). Sows the
-  pre-reset membranes h into 'membranes'/'h' and the spikes into 'spikes'/'s'; the tap name is
-  this module's path. With learn_threshold, θ = softplus(theta_raw) per channel (last axis).
+  pre-reset membranes h into 'membranes'/'h' and the spikes into 'spikes'/'s' (both float32);
+  the tap name is this module's path. With learn_threshold, θ = softplus(theta_raw) per
+  channel (last axis). Computes in the dtype of x. impl 'fused' runs `lif_vjp.fused_lif_scan`
+  (membrane-only residuals, one fused reverse scan) unless prune_prior or a membrane quantizer
+  with parameters needs `lif_scan`; 'scan' is `lif_scan` and its autodiff; 'auto' is 'fused'
+  on CPU and 'scan' on GPU/TPU (`resolve_lif_impl`). remat_time (model.remat='time'): the
+  recurrence runs as `time_chunked_lif_scan` with c = `time_chunk_for(T)`, which keeps only
+  every c-th state for the backward pass and recomputes the steps in between.
   """
   neuron: NeuronConfig = NeuronConfig()
   membrane_quant: Any = None
+  remat_time: bool = False
+  impl: str = "scan"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if x.ndim < 3:
       raise ValueError(f"LIF input must be time-major [T, B, ..., C], got shape {x.shape}")
     cfg = self.neuron
+    if self.remat_time and cfg.prune_prior is not None:
+      raise ValueError("time-chunk remat (model.remat='time') does not support prune_prior: the "
+                       "gate reads h_{t-1}, which a chunk boundary does not carry")
     if cfg.learn_threshold:
       raw = self.param("theta_raw", nn.initializers.constant(inverse_softplus(cfg.threshold)),
                        (x.shape[-1],), jnp.float32)
@@ -220,14 +237,20 @@ class LIF(nn.Module):
     else:
       threshold = cfg.threshold
     mq = resolve_membrane_quantizer(self.membrane_quant)
-    mq_fn = None
+    mq_fn, mq_params = None, {}
     if mq is not None:
       mq_params = self.param("mq", lambda _: mq.init_params()) if _has_leaves(mq.init_params) else {}
       mq_fn = functools.partial(mq.apply, mq_params)
+    impl = resolve_lif_impl(self.impl)
     lif_kwargs = dict(decay=cfg.decay, threshold=threshold, reset=cfg.reset,
                       surrogate=cfg.surrogate, alpha=cfg.alpha, detach_reset=cfg.detach_reset,
                       membrane_quantizer=mq_fn)
-    if cfg.prune_prior is None:
+    if self.remat_time:
+      s, h = time_chunked_lif_scan(x, time_chunk_for(x.shape[0]), **lif_kwargs)
+    elif impl == "fused" and cfg.prune_prior is None and not mq_params:
+      # (a learned membrane quantizer's parameters would be closed over: scan autodiff then)
+      s, h, _ = fused_lif_scan(x, **lif_kwargs)
+    elif cfg.prune_prior is None:
       s, h, _ = lif_scan(x, **lif_kwargs)
     else:
       s, h, _, masks = gated_lif_scan(x, prior=cfg.prune_prior, **lif_kwargs)
@@ -235,8 +258,9 @@ class LIF(nn.Module):
       self.sow("prune_masks", "m", masks, init_fn=tuple, reduce_fn=_latest)
     # Keep only the latest call's tap (a 1-tuple, flax's sow format), so variables returned by
     # `init` (where every collection is mutable) never make later applies accumulate.
-    self.sow("membranes", "h", h, init_fn=tuple, reduce_fn=_latest)
-    self.sow("spikes", "s", s, init_fn=tuple, reduce_fn=_latest)
+    # Taps in float32 whatever the compute dtype, so distillation losses stay float32.
+    self.sow("membranes", "h", h.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
+    self.sow("spikes", "s", s.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
     return s
 
 
@@ -291,7 +315,8 @@ class QConv(nn.Module):
       kernel, bias = _quantize_layer(self, kernel, bias, train, folded=fold is not None)
     lead = x.shape[:-3]
     y = _conv(x.reshape((-1,) + x.shape[-3:]), kernel.astype(x.dtype), strides, padding, self.conv_impl)
-    y = y.reshape(lead + y.shape[1:])
+    # Named so that model.remat='layer' can keep conv outputs and recompute only BN and LIF.
+    y = checkpoint_name(y.reshape(lead + y.shape[1:]), CONV_OUT)
     return y if bias is None else y + bias.astype(y.dtype)
 
 
@@ -422,6 +447,47 @@ def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding: Any, impl:
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl {impl!r}; allowed: {list(CONV_IMPLS)}")
   return conv2d(x, kernel, strides=strides, padding=padding, impl=impl)
+
+
+def resolve_lif_impl(impl: str) -> str:
+  """'scan' or 'fused': impl, with 'auto' = 'fused' on CPU (measured faster there, see
+  BENCHMARKS.md) and 'scan' (XLA's own autodiff) on GPU/TPU, where it is unmeasured."""
+  if impl not in LIF_IMPLS:
+    raise ValueError(f"unknown lif_impl {impl!r}; allowed: {list(LIF_IMPLS)}")
+  if impl == "auto":
+    return "fused" if jax.default_backend() == "cpu" else "scan"
+  return impl
+
+
+def time_chunk_for(t: int) -> int:
+  """The chunk length of `time_chunked_lif_scan` for T = t: the smallest divisor of t that is
+  ≥ √t, which balances the kept states (t/c) against one chunk's recomputed steps (c)."""
+  if not (isinstance(t, (int, np.integer)) and t >= 1):
+    raise ValueError(f"T must be a positive int, got {t!r}")
+  return next(c for c in range(1, t + 1) if t % c == 0 and c * c >= t)
+
+
+def time_chunked_lif_scan(x: Array, chunk: int, **lif_kwargs) -> tuple[Array, Array]:
+  """`lif_scan` over time-major x [T, ...] as T/chunk chunks, each under `jax.checkpoint`.
+
+  The forward keeps only the state u at every chunk boundary (and the input, which the
+  caller holds anyway); the backward recomputes one chunk's forward at a time, so the
+  recurrence's residuals shrink from O(T) to O(T/chunk + chunk) steps. Same spikes, membranes
+  and gradients as `lif_scan` (tests/test_remat.py). chunk must divide T. Returns (s, h).
+  """
+  t = x.shape[0]
+  if not (isinstance(chunk, (int, np.integer)) and chunk >= 1 and t % chunk == 0):
+    raise ValueError(f"time chunk must be a positive divisor of T = {t}, got {chunk!r}")
+  u0 = lif_kwargs.pop("u0", None)
+  u0 = jnp.zeros(x.shape[1:], x.dtype) if u0 is None else jnp.asarray(u0, x.dtype)
+
+  @jax.checkpoint
+  def body(u, xc):
+    s, h, u_next = lif_scan(xc, u0=u, **lif_kwargs)
+    return u_next, (s, h)
+
+  _, (s, h) = jax.lax.scan(body, u0, x.reshape((t // chunk, chunk) + x.shape[1:]))
+  return s.reshape(x.shape), h.reshape(x.shape)
 
 
 def batch_moments(x: Array) -> tuple[Array, Array]:

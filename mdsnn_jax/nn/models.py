@@ -33,7 +33,7 @@ import ml_collections
 from flax import traverse_util
 from flax.core import unfreeze
 
-from mdsnn_jax.nn.layers import LIF, NeuronConfig, QConvBN, QDense, QuantConfig
+from mdsnn_jax.nn.layers import CONV_OUT, LIF, NeuronConfig, QConvBN, QDense, QuantConfig
 
 Array = jax.Array
 
@@ -52,6 +52,23 @@ TAP_COLLECTIONS = ("membranes", "spikes", "prune_masks")
 
 BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantConfig.weight)
 
+# model.remat: 'none'; 'layer': every conv + BN unit keeps only its input for the backward
+# pass (bfloat16 where the input is spikes: exact) and recomputes conv and BN there
+# (`recompute_in_backward`), and every LIF keeps only its membranes (lif_vjp); 'time':
+# every LIF recurrence keeps only every c-th state (c ≈ √T, `layers.time_chunked_lif_scan`)
+# and recomputes the steps in between.
+REMATS = ("none", "layer", "time")
+# model.dtype: the compute dtype of convolutions, matmuls, BN outputs and the LIF recurrence.
+# Parameters, BN statistics, quantizer parameters, logits and taps stay float32.
+DTYPES = ("float32", "bfloat16")
+
+
+def check_remat_dtype(remat: str, dtype: str) -> None:
+  if remat not in REMATS:
+    raise ValueError(f"unknown model.remat {remat!r}; allowed: {list(REMATS)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"unknown model.dtype {dtype!r}; allowed: {list(DTYPES)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Builder:
@@ -60,35 +77,95 @@ class Builder:
   neuron: NeuronConfig = NeuronConfig()
   quant: QuantConfig = QuantConfig()
   conv_impl: str = "xla"
+  remat: str = "none"
+  lif_impl: str = "scan"
 
   def conv_bn(self, features: int, *, name: str, strides: int = 1, kernel_size: int = 3,
-              weight_quant: Any = BODY, scale_init: float = 1.0) -> QConvBN:
-    """conv + tdBN; weight_quant BODY = the body's quantizer (quant.weight)."""
+              weight_quant: Any = BODY, scale_init: float = 1.0, spike_input: bool = True
+              ) -> Callable[[Array, bool], Array]:
+    """conv + tdBN; weight_quant BODY = the body's quantizer (quant.weight). With remat
+    'layer' the unit runs under `recompute_in_backward`, keeping its input (in bfloat16 when
+    spike_input says the input is spikes, spike counts or their 2×2 means, all exact there)."""
     wq = self.quant.weight if weight_quant is BODY else weight_quant
-    return QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
+    unit = QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
                    bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,
                    scale_init=scale_init, name=name)
+    if self.remat != "layer":
+      return unit
+    return functools.partial(recompute_in_backward, unit,
+                             residual_dtype=jnp.bfloat16 if spike_input else None)
 
   def lif(self, name: str) -> LIF:
-    return LIF(self.neuron, self.quant.membrane, name=name)
+    # remat 'layer' keeps only the membranes of a LIF: the fused custom-VJP recurrence
+    impl = "fused" if self.remat == "layer" else self.lif_impl
+    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time", impl=impl,
+               name=name)
 
   def dense(self, features: int, *, name: str, weight_quant: Any = BODY) -> QDense:
     wq = self.quant.weight if weight_quant is BODY else weight_quant
     return QDense(features, weight_quant=wq, name=name)
 
 
+def _opaque_zero(g: Array, dtype) -> Array:
+  """0 (NaN when g's first element is NaN), computed from g: XLA cannot prove it is 0, so a
+  recomputation fed `x + _opaque_zero(g)` can neither be merged with the forward (CSE) nor
+  scheduled before the backward reaches it. (XLA:CPU drops the optimization barriers with
+  which jax.checkpoint guards its recomputation, and CSE then undoes it: measured in
+  BENCHMARKS.md.)"""
+  first = jnp.ravel(g)[0]
+  return jnp.where(jnp.isnan(first), jnp.nan, 0.0).astype(dtype)
+
+
+def recompute_in_backward(module: nn.Module, x: Array, train: bool, *,
+                          residual_dtype=None) -> Array:
+  """module(x, train) for a bound child module, under a custom VJP that keeps only x (cast
+  to residual_dtype when given: the caller vouches that this is exact) and the module's
+  variables, and re-runs the module in the backward pass. Same outputs, variable updates and
+  gradients as module(x, train)."""
+  if module.is_initializing() or not train:
+    return module(x, train)
+  pure_module = module.clone(parent=None)
+  dtype = x.dtype
+
+  def fn(mdl, x):
+    return mdl(x, train)
+
+  def fwd(mdl, x):
+    before = mdl.variables  # before any quant_state update, as the forward saw it
+    y = mdl(x, train)
+    return y, (before, x if residual_dtype is None else x.astype(residual_dtype))
+
+  def bwd(residuals, g):
+    before, xr = residuals
+
+    def pure(params, x):
+      return pure_module.apply({**before, "params": params}, x, train,
+                               mutable=list(TRAIN_MUTABLE))[0]
+
+    _, vjp = jax.vjp(pure, before["params"], xr.astype(dtype) + _opaque_zero(g, dtype))
+    d_params, dx = vjp(g)
+    return {"params": d_params}, dx
+
+  return nn.custom_vjp(fn, forward_fn=fwd, backward_fn=bwd)(module, x)
+
+
 class SpikingNet(nn.Module):
-  """Fields shared by every model. width multiplies every channel count (min 1)."""
+  """Fields shared by every model. width multiplies every channel count (min 1); remat and
+  dtype as `REMATS` and `DTYPES` say (the input is cast to dtype, the logits back to
+  float32)."""
   num_classes: int = 10
   width: float = 1.0
   timesteps: int = 4
   neuron: NeuronConfig = NeuronConfig()
   quant: QuantConfig = QuantConfig()
   conv_impl: str = "xla"
+  remat: str = "none"
+  dtype: str = "float32"
+  lif_impl: str = "scan"
 
   @property
   def build(self) -> Builder:
-    return Builder(self.neuron, self.quant, self.conv_impl)
+    return Builder(self.neuron, self.quant, self.conv_impl, self.remat, self.lif_impl)
 
   def ch(self, c: int) -> int:
     return max(1, int(round(c * self.width)))
@@ -100,6 +177,8 @@ class SpikingNet(nn.Module):
       raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
     if not self.width > 0:
       raise ValueError(f"width must be positive, got {self.width!r}")
+    check_remat_dtype(self.remat, self.dtype)
+    x = x.astype(self.dtype)
     if x.ndim == 5:
       t = x.shape[1]
       if timesteps is not None and timesteps != t:
@@ -115,7 +194,9 @@ class SpikingNet(nn.Module):
         f"or events [B, T, H, W, C] (5-d); got shape {x.shape}")
 
   def classifier(self, x: Array, train: bool) -> Array:
-    return self.build.dense(self.num_classes, weight_quant=self.quant.last, name="fc")(x, train)
+    # Logits in float32 whatever the compute dtype: the losses stay float32.
+    logits = self.build.dense(self.num_classes, weight_quant=self.quant.last, name="fc")(x, train)
+    return logits.astype(jnp.float32)
 
 
 def _broadcast_time(x: Array, t: int) -> Array:
@@ -145,7 +226,8 @@ class SpikingVGG(SpikingNet):
       if spec == "P":
         h = _avg_pool(h)
         continue
-      h = self.build.conv_bn(self.ch(spec), name=f"conv{i}",
+      # after the first layer every conv input is spikes or their 2×2 means: exact in bf16
+      h = self.build.conv_bn(self.ch(spec), name=f"conv{i}", spike_input=i > 0,
                              weight_quant=self.quant.first if i == 0 else BODY)(h, train)
       if i == 0 and static:
         h = _broadcast_time(h, t)
@@ -230,7 +312,8 @@ class MSResNet(SpikingNet):
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
     h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
-                           scale_init=self.neuron.threshold, name="stem")(h, train)
+                           spike_input=False, scale_init=self.neuron.threshold,
+                           name="stem")(h, train)
     if static:
       h = _broadcast_time(h, t)
     for i, (c, n, s) in enumerate(self.stages):
@@ -252,7 +335,7 @@ class SEWResNet(SpikingNet):
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
     h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
-                           name="stem")(h, train)
+                           spike_input=False, name="stem")(h, train)
     if static:
       h = _broadcast_time(h, t)
     h = self.build.lif("stem_lif")(h)
@@ -337,6 +420,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.width = 1.0
   cfg.timesteps = 4
   cfg.conv_impl = "auto"  # fast custom-VJP conv on CPU, plain XLA on GPU/TPU
+  cfg.remat = "none"  # 'none' | 'layer' | 'time' (models.REMATS): memory for recomputation
+  cfg.dtype = "float32"  # 'float32' | 'bfloat16' (models.DTYPES): the compute dtype
+  cfg.lif_impl = "auto"  # membrane-only custom-VJP LIF on CPU, XLA's scan autodiff on GPU/TPU
   cfg.neuron = ml_collections.ConfigDict(dict(
       decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
       detach_reset=False, learn_threshold=False, prune_prior=ph(float)))
@@ -350,8 +436,8 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
   """A linen model from a config like `default_model_config()` (a ConfigDict or dict).
 
   Fields: name, width, timesteps, neuron (dict), quant (dict: weight, membrane, first_layer,
-  last_layer, bn_fold, bias_bits), conv_impl. Missing fields take their defaults; unknown
-  names raise ValueError.
+  last_layer, bn_fold, bias_bits), conv_impl, remat, dtype, lif_impl. Missing fields take their
+  defaults; unknown names raise ValueError.
   """
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   known = set(default_model_config().keys())
@@ -363,10 +449,13 @@ def create_model(model_cfg: Any, num_classes: int) -> SpikingNet:
     raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
   neuron_cfg = {k: v for k, v in dict(cfg.get("neuron") or {}).items() if v is not None}
   neuron = NeuronConfig.from_dict({**NEURON_DEFAULTS.get(name, {}), **neuron_cfg})
+  remat, dtype = cfg.get("remat", "none"), cfg.get("dtype", "float32")
+  check_remat_dtype(remat, dtype)
   return MODELS[name](
       num_classes=num_classes, width=float(cfg.get("width", 1.0)),
       timesteps=int(cfg.get("timesteps", 4)), neuron=neuron,
-      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "auto"))
+      quant=QuantConfig.from_dict(cfg.get("quant")), conv_impl=cfg.get("conv_impl", "auto"),
+      remat=remat, dtype=dtype, lif_impl=cfg.get("lif_impl", "auto"))
 
 
 def init_variables(model: nn.Module, rng: Array, x: Array, *, timesteps: int | None = None
@@ -444,3 +533,4 @@ def _jit_recalibrate(model: nn.Module, variables: dict, x: Array, rng: Array):
 def param_count(tree: Any) -> int:
   """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s."""
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
+

@@ -1,0 +1,103 @@
+"""The LIF recurrence with a hand-written backward that keeps only the membranes (SPEC §1).
+
+`fused_lif_scan` computes exactly what `mdsnn_jax.neuron.lif_scan` computes (it runs it for
+the forward) but is a `jax.custom_vjp` whose only residual is h [T, ...], the pre-reset
+membrane (which the membrane taps hold anyway). Autodiff of the scan instead stacks about
+four [T, ...] tensors per layer (h, the spikes, the reset factor and the surrogate input).
+Everything else is recomputed from h inside one reverse scan of fused elementwise work:
+
+    s_t, u_t = post(h_t) = (H(h_t − θ), Q_u(reset(h_t, s_t)))     spike and stored state
+    a_T = ∂L/∂u_T                                                  (final-state cotangent)
+    ∂L/∂h_t = ∂L/∂h_t|tap + vjp(post, h_t)(∂L/∂s_t, a_t)          surrogate and reset paths
+    ∂L/∂x_t = ∂L/∂h_t,  a_{t−1} = λ · ∂L/∂h_t,  ∂L/∂u_0 = a_0
+
+and ∂L/∂θ summed over t from the same vjp. The decay λ is a constant here (not
+differentiated); the membrane quantizer must be a pure function of u (no traced
+parameters closed over); use `lif_scan` otherwise.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from mdsnn_jax.neuron import RESETS, _concrete, lif_scan, prepare_lif
+from mdsnn_jax.surrogate import SpikeFn
+
+
+def fused_lif_scan(
+    currents: jax.Array,
+    *,
+    decay: float = 0.5,
+    threshold: float | jax.Array = 1.0,
+    reset: str = "hard",
+    surrogate: str | SpikeFn = "arctan",
+    alpha: float | None = None,
+    detach_reset: bool = False,
+    membrane_quantizer: Callable[[jax.Array], jax.Array] | None = None,
+    u0: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`lif_scan` (same arguments, same (spikes, membranes h, final state) result) with the
+  membrane-only backward above. decay must be a concrete number (ValueError otherwise)."""
+  spike_fn, decay_arr, theta, u = prepare_lif(
+      currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate,
+      alpha=alpha, u0=u0)
+  d = _concrete(decay)
+  if d is None or jnp.ndim(d) != 0:
+    raise ValueError(f"fused_lif_scan needs a concrete scalar decay, got {decay!r}; use lif_scan "
+                     f"for a traced or per-channel decay")
+  del decay_arr
+  return _fused(float(d), spike_fn, reset, bool(detach_reset), membrane_quantizer,
+                currents, theta, u)
+
+
+def _post(h, theta, *, spike_fn, reset, detach_reset, membrane_quantizer):
+  """(s_t, u_t) from the pre-reset membrane h_t (as `neuron.lif_step`)."""
+  s = spike_fn(h - theta)
+  s_reset = jax.lax.stop_gradient(s) if detach_reset else s
+  if reset == "hard":
+    u = h * (1 - s_reset)
+  elif reset == "soft":
+    u = h - theta * s_reset
+  elif reset == "none":
+    u = h
+  else:
+    raise ValueError(f"unknown reset {reset!r}; allowed resets: {list(RESETS)}")
+  if membrane_quantizer is not None:
+    u = membrane_quantizer(u)
+  return s, u
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _fused(decay, spike_fn, reset, detach_reset, mq, currents, theta, u0):
+  return lif_scan(currents, decay=decay, threshold=theta, reset=reset, surrogate=spike_fn,
+                  detach_reset=detach_reset, membrane_quantizer=mq, u0=u0)
+
+
+def _fused_fwd(decay, spike_fn, reset, detach_reset, mq, currents, theta, u0):
+  s, h, u_t = _fused(decay, spike_fn, reset, detach_reset, mq, currents, theta, u0)
+  return (s, h, u_t), (h, theta)
+
+
+def _fused_bwd(decay, spike_fn, reset, detach_reset, mq, res, cotangents):
+  h, theta = res
+  g_s, g_h, g_final = cotangents
+  post = functools.partial(_post, spike_fn=spike_fn, reset=reset, detach_reset=detach_reset,
+                           membrane_quantizer=mq)
+
+  def step(carry, inputs):
+    a, d_theta = carry  # a = ∂L/∂u_t, the stored state's cotangent from step t + 1
+    h_t, gs_t, gh_t = inputs
+    _, vjp = jax.vjp(post, h_t, theta)
+    dh_post, dth = vjp((gs_t, a))
+    dh = dh_post + gh_t
+    return (decay * dh, d_theta + dth), dh
+
+  init = (g_final, jnp.zeros(theta.shape, jnp.float32))
+  (a0, d_theta), dx = jax.lax.scan(step, init, (h, g_s, g_h), reverse=True)
+  return dx, d_theta.astype(theta.dtype), a0
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
