@@ -236,7 +236,7 @@ def uniform(
   """Signed uniform quantizer q(w) = Δ·clip(round(w/Δ), −Q_n, Q_p), Δ = c/Q_n.
 
   grid: 'symmetric' (Q_n = Q_p = 2^(b−1) − 1, Δ = c/n) or 'full' (Q_n = 2^(b−1),
-  Q_p = Q_n − 1: one more negative level, so Δ = c/Q_n and positive values above c − Δ clip).
+  Q_p = Q_n − 1: one more negative level, so Δ = c/Q_n and positive values clip at c − Δ).
   c = max|w| (clip='max') or the `percentile`-th percentile of |w| (clip='percentile'),
   per tensor or per output channel, recomputed from `w` at every call (no gradient).
   power_of_two: round Δ up to the next power of two (hardware-friendly shift scales; makes
