@@ -18,8 +18,11 @@ For every trained stage ('fp' teacher, 'qat' / 'md' students) of a workdir writt
 Bits charged to the crossbar model (SPEC §6 extensions):
 - FP teacher: 16-bit weights (4 columns of 4-bit cells per weight) and 22-bit membranes, the
   width of SpikeSim's neuron memory.
-- Quantized student: `model.quant.weight.bits` (ternary weights: 2 bits, log2 3 = 1.58
-  rounded up to whole stored bits) and the membrane grid's stored bits
+- Quantized student: the weight grid's stored bits ⌈log2(#levels)⌉ (`weight_grid_info`):
+  b-bit symmetric grid (2^b − 1 levels; 2 bits = ternary {−1, 0, 1}) and b-bit full grid
+  (2^b levels, LSQ's default) are both stored in b bits; ternary weights: 2 bits
+  (log2 3 = 1.58 rounded up). Every stage states its grid and number of levels beside the
+  bits (`weight_grid`, `weight_levels`). The membrane grid's stored bits
   ⌈log2(#levels)⌉ (ternary {−1, 0, 1}: ⌈1.58⌉ = 2; uniform b-bit: b; integer {−3..1}: 3).
 - First / last layer (`layer_weight_bits`): the first conv / dense layer in call order (VGG
   'conv0', ResNet 'stem', MLP 'fc1') is stored at `model.quant.first_layer`'s bits and the
@@ -66,8 +69,10 @@ FP_WEIGHT_BITS = 16
 FP_MEMBRANE_BITS = 22  # SpikeSim's neuron memory width
 STAGE_ORDER = ("fp", "qat", "md")
 BITS_NOTE = (f"Bits: FP teacher {FP_WEIGHT_BITS}-bit weights and {FP_MEMBRANE_BITS}-bit "
-             "membranes (SpikeSim's neuron memory); quantized stages their weight bits (ternary: "
-             "2) and ceil(log2 #membrane levels) stored membrane bits (ternary: 2), charged to "
+             "membranes (SpikeSim's neuron memory); quantized stages their stored weight bits "
+             "ceil(log2 #weight levels) (b-bit symmetric grid: 2^b - 1 levels, so 2 bits = "
+             "ternary; b-bit full grid: 2^b levels; both stored in b bits; ternary weights: 2) "
+             "and ceil(log2 #membrane levels) stored membrane bits (ternary: 2), charged to "
              "every layer, except that the first and last (classifier) layers' weights are "
              "charged at their own precision (model.quant.first_layer / last_layer: 'same' = the "
              f"network's bits, 'none' = {FP_WEIGHT_BITS}).")
@@ -163,14 +168,26 @@ def collect_firing(model, variables, loader: Iterable[Mapping[str, Any]], timest
 # Hardware figures.
 
 
-def weight_bits_of(weight_cfg: Mapping[str, Any]) -> int:
-  """Stored weight bits of a weight-quantizer config: kind 'none' → 16 (the FP teacher),
-  else the quantizer's `bits` (`quant.make_weight_quantizer`; ternary reports 2 = ⌈1.58⌉)."""
+def weight_grid_info(weight_cfg: Mapping[str, Any]) -> dict:
+  """{'grid', 'levels', 'stored_bits'} of a weight-quantizer config (`quant.grid_info`).
+
+  kind 'none' → {'grid': 'float', 'levels': None, 'stored_bits': 16} (the FP teacher);
+  e.g. LSQ 2-bit full grid → ('full', 4, 2), symmetric → ('symmetric', 3, 2), ternary →
+  ('ternary', 3, 2). stored_bits = ⌈log2 levels⌉.
+  """
   from mdsnn_jax.quant.registry import make_weight_quantizer  # local: only this needs quant
+  from mdsnn_jax.quant.weight import grid_info
 
   if weight_cfg.get("kind", "none") == "none":
-    return FP_WEIGHT_BITS
-  return int(make_weight_quantizer(weight_cfg).bits)
+    return {"grid": "float", "levels": None, "stored_bits": FP_WEIGHT_BITS}
+  return grid_info(make_weight_quantizer(weight_cfg))
+
+
+def weight_bits_of(weight_cfg: Mapping[str, Any]) -> int:
+  """Stored weight bits of a weight-quantizer config: kind 'none' → 16 (the FP teacher),
+  else ⌈log2 #levels⌉ of its grid (`weight_grid_info`; b-bit symmetric and full grids: b;
+  ternary 2 = ⌈1.58⌉)."""
+  return int(weight_grid_info(weight_cfg)["stored_bits"])
 
 
 def membrane_bits_of(membrane_cfg: Mapping[str, Any]) -> int:
@@ -207,23 +224,29 @@ def layer_weight_bits(model_cfg: Mapping[str, Any], n_layers: int) -> list[int]:
   `weight_bits_of(cfg)`. All other layers: the network's bits (`hardware_bits`). A single
   layer is both first and last and is charged the wider of the two.
   """
+  return [info["stored_bits"] for info in layer_weight_grids(model_cfg, n_layers)]
+
+
+def layer_weight_grids(model_cfg: Mapping[str, Any], n_layers: int) -> list[dict]:
+  """`weight_grid_info` of each of a model's `n_layers` conv / dense layers, in call order,
+  with the first / last layer rules of `layer_weight_bits` (which is its 'stored_bits')."""
   from mdsnn_jax.nn.layers import SAME  # local: only this needs the layer definitions
 
   if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
     raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
   quant = model_cfg.get("quant", None) or {}
-  net_bits = hardware_bits(model_cfg)[0]
+  net = weight_grid_info(quant.get("weight", None) or {"kind": "none"})
 
-  def override(key: str) -> int:
+  def override(key: str) -> dict:
     cfg = quant.get(key, None) or {"kind": "none"}
-    return net_bits if cfg.get("kind", "none") == SAME else weight_bits_of(cfg)
+    return net if cfg.get("kind", "none") == SAME else weight_grid_info(cfg)
 
-  bits = [net_bits] * int(n_layers)
+  infos = [net] * int(n_layers)
   first, last = override("first_layer"), override("last_layer")
   if n_layers == 1:
-    return [max(first, last)]
-  bits[0], bits[-1] = first, last
-  return bits
+    return [max(first, last, key=lambda i: i["stored_bits"])]
+  infos[0], infos[-1] = first, last
+  return infos
 
 
 def _has_kernel(mod) -> bool:
@@ -482,10 +505,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
   out = [f"# Beyond-accuracy report: {report['model']} on {report['dataset']}", "",
          f"workdir `{report['workdir']}`; T = {report['timesteps']}; test examples evaluated per "
          f"stage: {counts}{limit}.", "", "## Accuracy", ""]
-  out += _table(["stage", "weight bits", "membrane bits", "test accuracy (%), end of training",
-                 "test accuracy (%), re-measured here", "examples"],
-                [[s, v["weight_bits"], v["membrane_bits"], v["accuracy_trained"],
-                  v["accuracy_measured"], v["examples"]] for s, v in stages.items()])
+  out += _table(["stage", "weight bits", "weight grid", "weight levels", "membrane bits",
+                 "test accuracy (%), end of training", "test accuracy (%), re-measured here",
+                 "examples"],
+                [[s, v["weight_bits"], v.get("weight_grid") or "–", v.get("weight_levels"),
+                  v["membrane_bits"], v["accuracy_trained"], v["accuracy_measured"],
+                  v["examples"]] for s, v in stages.items()])
 
   out += ["## Firing behaviour", "",
           "Per-neuron rate r = spikes / (examples · T); dead = fraction of neurons that never fired.",
@@ -596,9 +621,11 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                                   num_epochs=1, drop_remainder=False)
     fr = collect_firing(model, variables, loader, timesteps, max_batches)
     w_bits, u_bits = hardware_bits(model_cfg)
+    w_grid = weight_grid_info(model_cfg.get("quant", {}).get("weight", None) or {"kind": "none"})
     hwr = hardware_for(model, variables, sample, weight_bits=w_bits, membrane_bits=u_bits,
                        timesteps=hw_timesteps, spike_rates=fr.rates,
                        layer_bits=functools.partial(layer_weight_bits, model_cfg))
+    grids = layer_weight_grids(model_cfg, len(hwr.layers))
     stage_summary = summary.get("stages", {}).get(stage)
     if stage_summary is None and (workdir / stage / "summary.json").is_file():
       stage_summary = _read_json(workdir / stage / "summary.json")
@@ -607,14 +634,16 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     results[stage] = dict(
         accuracy_trained=(stage_summary or {}).get("test_accuracy"),  # percent
         accuracy_measured=100.0 * fr.accuracy, examples=fr.examples,
-        weight_bits=w_bits, membrane_bits=u_bits,
+        weight_bits=w_bits, weight_grid=w_grid["grid"], weight_levels=w_grid["levels"],
+        membrane_bits=u_bits,
         firing=firing.layer_summary(fr.rates),
         mean_rate=float(np.concatenate([r.ravel() for r in fr.rates.values()]).mean()),
         hardware=dict(dense=cost_summary(hwr.dense),
                       event=cost_summary(hwr.event) if hwr.event is not None else None),
         layers=[dict(c_in=l.c_in, c_out=l.c_out, h_in=l.h_in, h_out=l.h_out, kernel=l.kernel,
-                     macs=l.mac_count, weight_bits=l.weight_bits)
-                for l in hwr.layers],
+                     macs=l.mac_count, weight_bits=l.weight_bits, weight_grid=g["grid"],
+                     weight_levels=g["levels"])
+                for l, g in zip(hwr.layers, grids)],
         input_rates=hwr.input_rates, input_rate_sources=hwr.sources)
 
   emd, ratios = {}, {}

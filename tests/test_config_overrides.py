@@ -87,3 +87,22 @@ def test_issue_examples_parse():
   # The whole-dict form still works.
   cfg = _parse(path, ["--config.model.quant.weight={'kind': 'ternary', 'ratio': 0.1}"])
   assert quant_args("weight", cfg.model.quant.weight) == {"kind": "ternary", "ratio": 0.1}
+
+
+def test_weight_grid_is_set_from_the_command_line():
+  """`grid` is a quantizer argument like any other: set, it reaches the quantizer; a bad one
+  fails naming the value and the allowed grids."""
+  from mdsnn_jax.quant import grid_info, make_weight_quantizer
+  from mdsnn_jax.train.config import quant_args
+
+  path = next(p for p in CONFIGS if p.stem == "default")  # 2-bit LSQ, grid unset
+  levels = {}
+  for flag in ([], ["--config.model.quant.weight.grid=symmetric"],
+               ["--config.model.quant.weight.grid=full"]):
+    cfg = _parse(path, flag)
+    wq = make_weight_quantizer(quant_args("weight", cfg.model.quant.weight))
+    levels[tuple(flag)] = (grid_info(wq)["grid"], grid_info(wq)["levels"])
+  assert list(levels.values()) == [("full", 4), ("symmetric", 3), ("full", 4)]
+  cfg = _parse(path, ["--config.model.quant.weight.grid=ternaryish"])
+  with pytest.raises(ValueError, match=r"'ternaryish'.*allowed: \['symmetric', 'full'\]"):
+    make_weight_quantizer(quant_args("weight", cfg.model.quant.weight))

@@ -43,15 +43,18 @@ def _case(kind, seed, w_scale=0.6):
           jnp.asarray(spikes.astype(np.int32)), geometry)
 
 
+@pytest.mark.parametrize("grid", ["symmetric", "full"])
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_integer_forward_equals_fake_quant_forward(kind, bits, seed):
+def test_integer_forward_equals_fake_quant_forward(kind, bits, seed, grid):
   kernel, bias, spikes, geo = _case(kind, seed)
-  wq = Q.uniform(bits, per_channel=True, power_of_two=True)
+  wq = Q.uniform(bits, per_channel=True, power_of_two=True, grid=grid)
   mq = Q.ternary_membrane()
   layer = Q.export_layer(kernel, bias, wq, {}, {}, mq, decay=0.5, threshold=1.0, kind=kind, **geo)
   assert layer.exact
+  q_n, q_p = Q.grid_codes(bits, grid)
+  assert -q_n <= int(jnp.min(layer.int_weight)) and int(jnp.max(layer.int_weight)) <= q_p
   kq, bq = Q.quantize_folded(kernel, bias, wq, {}, {})
   ref_s, ref_h, ref_u = _float_forward(kq, bq, mq, spikes, kind, **geo)
   int_s, int_u = Q.integer_lif_forward(layer, spikes, return_state=True)
@@ -76,6 +79,30 @@ def test_integer_forward_with_wider_membrane_grid():
   assert set(np.unique(np.asarray(int_u))) <= {-3, -2, -1, 0, 1}
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("grid", ["symmetric", "full"])
+def test_lsq_integer_codes_span_the_grid_and_export_exactly(grid, bits):
+  """LSQ with a power-of-two step (a trained step rounded to a shift): the integer codes are
+  exactly −Q_n … Q_p of SPEC §2 and the integer forward reproduces the float spikes."""
+  kernel, bias, spikes, _ = _case("dense", 6)
+  wq = Q.lsq(bits, per_channel=False, grid=grid)
+  half = 2 ** (bits - 1)
+  want_codes = list(range(-(half - 1) if grid == "symmetric" else -half, half))
+  step = 2.0 ** np.floor(np.log2(float(jnp.max(jnp.abs(kernel))) / (half + 1)))  # some weights clip
+  params = {"step": jnp.float32(step)}
+  mq = Q.ternary_membrane()
+  layer = Q.export_layer(kernel, bias, wq, params, {}, mq, decay=0.5, threshold=1.0)
+  assert layer.exact
+  assert sorted(set(np.asarray(layer.int_weight).ravel().tolist())) == want_codes
+  kq, bq = Q.quantize_folded(kernel, bias, wq, params, {})
+  np.testing.assert_array_equal(np.asarray(layer.int_weight, np.float32) * step, kq)
+  ref_s, _, ref_u = _float_forward(kq, bq, mq, spikes, "dense")
+  int_s, int_u = Q.integer_lif_forward(layer, spikes, return_state=True)
+  np.testing.assert_array_equal(int_s, ref_s)
+  np.testing.assert_array_equal(int_u, ref_u)
+  assert 0 < float(ref_s.mean()) < 1
+
+
 def _exact_reference(layer, spikes, decay, threshold):
   """Integer accumulator first, then the LIF in float64 (exact for these magnitudes)."""
   x = np.asarray(spikes, np.int64)
@@ -95,7 +122,9 @@ def _exact_reference(layer, spikes, decay, threshold):
   return np.stack(out), u
 
 
-@pytest.mark.parametrize("wq", [Q.uniform(4, per_channel=True), Q.ternary(0.3), Q.lsq(2)], ids=["uniform", "ternary", "lsq"])
+@pytest.mark.parametrize("wq", [Q.uniform(4, per_channel=True), Q.uniform(4, per_channel=True, grid="full"),
+                                Q.ternary(0.3), Q.lsq(2), Q.lsq(2, grid="symmetric")],
+                         ids=["uniform", "uniform_full", "ternary", "lsq_full", "lsq_symmetric"])
 def test_arbitrary_scales_follow_exact_arithmetic(wq):
   kernel, bias, spikes, _ = _case("dense", 4)
   params, state = wq.init_params(kernel), wq.init_state(kernel)
@@ -158,16 +187,17 @@ def _mismatch(wq, seed=0):
   return layer.exact, int(jnp.sum(int_s != ref_s)), int(ref_s.size), float(ref_s.mean())
 
 
-def test_power_of_two_scales_export_exactly():
+@pytest.mark.parametrize("grid", ["symmetric", "full"])
+def test_power_of_two_scales_export_exactly(grid):
   # README's claim, where it holds: power-of-two weight scales (layer.exact).
-  exact, wrong, n, rate = _mismatch(Q.uniform(2, per_channel=True, power_of_two=True))
+  exact, wrong, n, rate = _mismatch(Q.uniform(2, per_channel=True, power_of_two=True, grid=grid))
   assert exact and wrong == 0 and 0.1 < rate < 0.5, (exact, wrong, n, rate)
 
 
 def test_lsq_export_mismatch_rate_is_small_but_not_zero():
   # Issue 17 (7): with LSQ's arbitrary step the float forward rounds Σ k·s, so the integer
   # forward (exact arithmetic) differs at near-ties: 81 of 262,144 spikes (0.031 %) here.
-  exact, wrong, n, rate = _mismatch(Q.lsq(2))
+  exact, wrong, n, rate = _mismatch(Q.lsq(2, grid="symmetric"))
   assert not exact
   assert 0 < wrong / n < 1e-3, (wrong, n)
   assert 0.1 < rate < 0.5

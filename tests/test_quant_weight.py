@@ -22,10 +22,17 @@ def _init(q, w):
   return q.init_params(w), q.init_state(w)
 
 
-def _np_uniform(w, step, n):
+def _np_uniform(w, step, n, n_neg=None):
   w = np.asarray(w, np.float32)
   step = np.asarray(step, np.float32)
-  return (step * np.clip(np.round(w / step), -n, n)).astype(np.float32)
+  lo = n if n_neg is None else n_neg
+  return (step * np.clip(np.round(w / step), -lo, n)).astype(np.float32)
+
+
+def _np_codes(bits, grid):
+  """(Q_n, Q_p) of SPEC §2, written out independently of the library."""
+  half = 2 ** (bits - 1)
+  return (half - 1, half - 1) if grid == "symmetric" else (half, half - 1)
 
 
 def _axes(w, per_channel):
@@ -39,8 +46,14 @@ FACTORIES = {
     "uniform_pct": (lambda b: Q.uniform(b, clip="percentile", percentile=99.0), False, range(2, 11)),
     "uniform_pow2": (lambda b: Q.uniform(b, per_channel=True, power_of_two=True), True, range(2, 11)),
     "sawb": (lambda b: Q.sawb(b), False, range(2, 11)),
-    "lsq": (lambda b: Q.lsq(b), False, range(2, 11)),
-    "lsq_pc": (lambda b: Q.lsq(b, per_channel=True), True, range(2, 11)),
+    "lsq": (lambda b: Q.lsq(b, grid="symmetric"), False, range(2, 11)),
+    "lsq_pc": (lambda b: Q.lsq(b, per_channel=True, grid="symmetric"), True, range(2, 11)),
+    "lsq_full": (lambda b: Q.lsq(b), False, range(2, 11)),
+    "lsq_full_pc": (lambda b: Q.lsq(b, per_channel=True), True, range(2, 11)),
+    "uniform_full": (lambda b: Q.uniform(b, grid="full"), False, range(2, 11)),
+    "uniform_full_pow2": (lambda b: Q.uniform(b, per_channel=True, power_of_two=True, grid="full"),
+                          True, range(2, 11)),
+    "sawb_full": (lambda b: Q.sawb(b, grid="full"), False, range(2, 11)),
     "mint": (lambda b: Q.mint(b), False, range(2, 11)),
     "mint_none": (lambda b: Q.mint(b, squash="none"), False, range(2, 11)),
     "lqnet": (lambda b: Q.lqnet(b), True, range(1, 6)),
@@ -93,15 +106,74 @@ def test_sawb_matches_numpy():
   np.testing.assert_allclose(Q.sawb(4).apply({}, {}, w), _np_uniform(w, step, 7), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("grid", ["symmetric", "full"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_lsq_init_and_forward_match_numpy(per_channel):
+def test_lsq_init_and_forward_match_numpy(per_channel, grid):
   w = _w(5)
-  q = Q.lsq(4, per_channel=per_channel)
+  q = Q.lsq(4, per_channel=per_channel, grid=grid)
   params = q.init_params(w)
+  # LSQ paper: s0 = 2·E|w|/√Q_p, Q_p = 7 on both 4-bit grids; Q_n = 7 (symmetric) or 8 (full).
   want = 2 * np.mean(np.abs(np.asarray(w)), axis=_axes(w, per_channel)) / math.sqrt(7)
   np.testing.assert_allclose(params["step"], want, rtol=1e-6)
   step = np.asarray(params["step"]) * 1.3  # a trained step, away from the init
-  np.testing.assert_allclose(q.apply({"step": jnp.asarray(step)}, {}, w), _np_uniform(w, step, 7), rtol=1e-6, atol=1e-7)
+  q_n = 7 if grid == "symmetric" else 8
+  np.testing.assert_allclose(q.apply({"step": jnp.asarray(step)}, {}, w), _np_uniform(w, step, 7, q_n),
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_lsq_defaults_to_the_full_grid_uniform_and_sawb_to_symmetric():
+  assert (Q.lsq(2).grid, Q.lsq(2).levels) == ("full", 4)
+  assert (Q.uniform(2).grid, Q.uniform(2).levels) == ("symmetric", 3)
+  assert (Q.sawb(4).grid, Q.sawb(4).levels) == ("symmetric", 15)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("grid", ["symmetric", "full"])
+@pytest.mark.parametrize("kind", ["uniform", "sawb", "lsq"])
+def test_level_sets_of_both_grids_match_numpy(kind, grid, bits):
+  """Every integer code −Q_n … Q_p is reached, nothing else, and apply == NumPy's grid."""
+  q_n, q_p = _np_codes(bits, grid)
+  # A ramp well past both ends of the grid, so every level and both clips are hit.
+  w = jnp.asarray(np.linspace(-3.0, 3.0, 601), jnp.float32).reshape(-1, 1)
+  factory = {"uniform": Q.uniform, "sawb": Q.sawb, "lsq": Q.lsq}[kind]
+  q = factory(bits, grid=grid)
+  if kind == "lsq":
+    params = {"step": jnp.float32(2.0 / (q_p + 1))}  # range narrower than the ramp: clips
+  else:
+    params = q.init_params(w)
+  ints, step = q.to_integer(params, {}, w)
+  codes = sorted(set(np.asarray(ints).ravel().tolist()))
+  assert codes == list(range(-q_n, q_p + 1))
+  assert q.levels == len(codes) == (2**bits - 1 if grid == "symmetric" else 2**bits)
+  if kind == "uniform":  # Δ = max|w| / Q_n
+    np.testing.assert_allclose(step, 3.0 / q_n, rtol=1e-6)
+  elif kind == "sawb":  # Δ = 2·E|w| / Q_n
+    np.testing.assert_allclose(step, 2 * np.mean(np.abs(np.asarray(w))) / q_n, rtol=1e-6)
+  got = np.asarray(q.apply(params, {}, w))
+  np.testing.assert_array_equal(got, _np_uniform(w, step, q_p, q_n))
+  np.testing.assert_allclose(sorted(set(got.ravel().tolist())), np.float32(step) * np.arange(-q_n, q_p + 1),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [Q.uniform, Q.sawb, Q.lsq])
+@pytest.mark.parametrize("bad", ["asymmetric", "Full", "", None, 2])
+def test_bad_grid_is_rejected_naming_value_and_allowed(factory, bad):
+  with pytest.raises(ValueError, match=r"grid .*allowed: \['symmetric', 'full'\]") as err:
+    factory(4, grid=bad)
+  assert repr(bad) in str(err.value)
+
+
+@pytest.mark.parametrize("wq,want", [
+    (Q.lsq(2), ("full", 4, 2)), (Q.lsq(2, grid="symmetric"), ("symmetric", 3, 2)),
+    (Q.uniform(4), ("symmetric", 15, 4)), (Q.uniform(4, grid="full"), ("full", 16, 4)),
+    (Q.sawb(8, grid="full"), ("full", 256, 8)), (Q.ternary(), ("ternary", 3, 2)),
+    (Q.mint(3), ("symmetric", 7, 3)), (Q.lqnet(3), ("learned", 8, 3)),
+    (Q.identity_weight(), ("float", None, 32))])
+def test_grid_info(wq, want):
+  info = Q.grid_info(wq)
+  assert (info["grid"], info["levels"], info["stored_bits"]) == want
+  if info["levels"] is not None:
+    assert info["stored_bits"] == math.ceil(math.log2(info["levels"])) == wq.bits
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -171,7 +243,8 @@ def test_at_most_2_to_the_bits_outputs(name, bits):
   assert _distinct(q.apply(params, state, w), per_channel) <= 2**bits
 
 
-@pytest.mark.parametrize("name", ["uniform", "uniform_pc", "uniform_pow2", "lsq", "lsq_pc", "mint_none", "lqnet"])
+@pytest.mark.parametrize("name", ["uniform", "uniform_pc", "uniform_pow2", "lsq", "lsq_pc", "mint_none", "lqnet",
+                                  "lsq_full", "lsq_full_pc"])
 def test_idempotent(name):
   factory, _, _ = FACTORIES[name]
   w = _w(12)
@@ -188,16 +261,18 @@ def test_ternary_idempotent():
   np.testing.assert_allclose(q.apply({}, {}, once), once, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("name", ["uniform_pct", "sawb"])
+@pytest.mark.parametrize("name", ["uniform_pct", "sawb", "uniform_full", "uniform_full_pow2", "sawb_full"])
 def test_calibrated_grid_projection_is_idempotent(name):
-  # The scale is recalibrated from its input, so Q(Q(w)) re-grids; the projection with the
-  # same scale must leave Q(w) unchanged.
+  # The scale is recalibrated from its input, so Q(Q(w)) re-grids (on the full grid even
+  # with clip='max': the positive side clips at c − Δ); the projection with the same scale
+  # must leave Q(w) unchanged.
   factory, _, _ = FACTORIES[name]
   w = _w(14)
   q = factory(4)
   once = np.asarray(q.apply({}, {}, w))
   _, step = q.to_integer({}, {}, w)
-  np.testing.assert_allclose(_np_uniform(once, step, 7), once, rtol=1e-6, atol=0)
+  q_n, q_p = _np_codes(4, "full" if "full" in name else "symmetric")
+  np.testing.assert_allclose(_np_uniform(once, step, q_p, q_n), once, rtol=1e-6, atol=0)
 
 
 def test_mint_tanh_outputs_are_grid_fixed_points():
@@ -222,14 +297,16 @@ def test_error_decreases_with_bits(name):
   assert all(b < a for a, b in zip(errors, errors[1:])), errors
 
 
-@pytest.mark.parametrize("name", ["uniform", "uniform_pc", "uniform_pow2", "lsq", "mint_none"])
+@pytest.mark.parametrize("name", ["uniform", "uniform_pc", "uniform_pow2", "lsq", "mint_none",
+                                  "lsq_full", "uniform_full", "uniform_full_pow2", "sawb_full"])
 def test_to_integer_reproduces_apply(name):
   factory, _, _ = FACTORIES[name]
   w = _w(17)
   q = factory(4)
   params, state = _init(q, w)
   ints, scale = q.to_integer(params, state, w)
-  assert ints.dtype == jnp.int32 and int(jnp.max(jnp.abs(ints))) <= 7
+  q_n, q_p = _np_codes(4, "full" if "full" in name else "symmetric")
+  assert ints.dtype == jnp.int32 and -q_n <= int(jnp.min(ints)) and int(jnp.max(ints)) <= q_p
   np.testing.assert_array_equal(np.asarray(ints, np.float32) * np.asarray(scale), q.apply(params, state, w))
 
 
@@ -251,7 +328,8 @@ def _grad_w(q, params, state, w, r):
   return jax.grad(lambda x: jnp.sum(r * q.apply(params, state, x)))(w)
 
 
-@pytest.mark.parametrize("name,inclusive", [("uniform", True), ("uniform_pct", True), ("sawb", True), ("lsq", False)])
+@pytest.mark.parametrize("name,inclusive", [("uniform", True), ("uniform_pct", True), ("sawb", True), ("lsq", False),
+                                            ("uniform_full", True), ("sawb_full", True), ("lsq_full", False)])
 def test_ste_mask_inside_clip_range(name, inclusive):
   factory, _, _ = FACTORIES[name]
   w = _w(19)
@@ -260,8 +338,9 @@ def test_ste_mask_inside_clip_range(name, inclusive):
   params, state = _init(q, w)
   ints, step = q.to_integer(params, state, w)
   v = np.asarray(w) / np.asarray(step)
-  inside = np.abs(v) <= 3 if inclusive else np.abs(v) < 3
-  if name in ("sawb", "uniform_pct"):
+  q_n, q_p = _np_codes(3, "full" if "full" in name else "symmetric")
+  inside = (v >= -q_n) & (v <= q_p) if inclusive else (v > -q_n) & (v < q_p)
+  if name in ("sawb", "uniform_pct", "sawb_full", "uniform_full"):
     assert 0 < inside.sum() < inside.size  # the mask is not trivial
   np.testing.assert_allclose(_grad_w(q, params, state, w, r), np.asarray(r) * inside, rtol=1e-6)
 
@@ -274,21 +353,26 @@ def test_ste_identity_without_clip_range(q):
   np.testing.assert_allclose(_grad_w(q, params, state, w, r), r, rtol=1e-6)
 
 
+@pytest.mark.parametrize("grid", ["symmetric", "full"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_lsq_step_gradient_matches_paper(per_channel):
+def test_lsq_step_gradient_matches_paper(per_channel, grid):
+  """Esser et al. 2020, eq. 3: ∂q/∂s = −Q_N below, Q_P above, round(v) − v inside (v = w/s);
+  gradient scale g = 1/√(N·Q_P)."""
   w = _w(23)
   r = np.asarray(_w(24, scale=1.0))
-  bits, n = 3, 3
-  q = Q.lsq(bits, per_channel=per_channel)
+  bits = 3
+  q_n, q_p = (4, 3) if grid == "full" else (3, 3)
+  q = Q.lsq(bits, per_channel=per_channel, grid=grid)
   step = np.asarray(q.init_params(w)["step"]) * 0.8  # some weights fall outside the range
   got = jax.grad(lambda s: jnp.sum(r * q.apply({"step": s}, {}, w)))(jnp.asarray(step))
   v = np.asarray(w, np.float64) / step
-  inside = np.abs(v) < n
-  dq = np.where(inside, np.round(v) - v, np.sign(v) * n)
+  below, above = v <= -q_n, v >= q_p
+  inside = ~below & ~above
+  dq = np.where(below, -q_n, np.where(above, q_p, np.round(v) - v))
   per_step = w.size // (w.shape[-1] if per_channel else 1)
-  g = 1 / math.sqrt(per_step * n)
+  g = 1 / math.sqrt(per_step * q_p)
   want = g * np.sum(r * dq, axis=_axes(w, per_channel))
-  assert 0 < inside.sum() < inside.size
+  assert 0 < inside.sum() < inside.size and below.any() and above.any()
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -202,6 +203,39 @@ def test_hardware_bits(cfg, want):
 def test_hardware_bits_rejects_unknown_kind():
   with pytest.raises(ValueError, match="bogus"):
     rep.hardware_bits({"quant": {"membrane": {"kind": "bogus"}}})
+
+
+@pytest.mark.parametrize("cfg, want", [
+    ({"kind": "none"}, ("float", None, 16)),
+    ({"kind": "lsq", "bits": 2}, ("full", 4, 2)),  # LSQ's default grid (its paper's)
+    ({"kind": "lsq", "bits": 2, "grid": "symmetric"}, ("symmetric", 3, 2)),  # ternary levels
+    ({"kind": "uniform", "bits": 8}, ("symmetric", 255, 8)),
+    ({"kind": "sawb", "bits": 4, "grid": "full"}, ("full", 16, 4)),
+    ({"kind": "ternary"}, ("ternary", 3, 2)),
+])
+def test_weight_grid_info(cfg, want):
+  import ml_collections
+
+  for c in (cfg, ml_collections.ConfigDict(cfg)):
+    info = rep.weight_grid_info(c)
+    assert (info["grid"], info["levels"], info["stored_bits"]) == want
+    assert rep.weight_bits_of(c) == want[2]
+  if want[1] is not None:  # stored bits = ceil(log2 levels), by hand
+    assert want[2] == math.ceil(math.log2(want[1]))
+
+
+def test_bad_grid_in_config_names_value_and_allowed():
+  with pytest.raises(ValueError, match=r"'half'.*allowed: \['symmetric', 'full'\]"):
+    rep.weight_grid_info({"kind": "lsq", "bits": 2, "grid": "half"})
+
+
+def test_layer_weight_grids_follow_first_and_last_layer_rules():
+  quant = {"weight": {"kind": "lsq", "bits": 2}, "first_layer": {"kind": "uniform", "bits": 8},
+           "last_layer": {"kind": "same"}}
+  infos = rep.layer_weight_grids({"quant": quant}, 3)
+  assert [(i["grid"], i["levels"], i["stored_bits"]) for i in infos] == [
+      ("symmetric", 255, 8), ("full", 4, 2), ("full", 4, 2)]
+  assert [i["stored_bits"] for i in infos] == rep.layer_weight_bits({"quant": quant}, 3)
 
 
 LSQ2 = {"kind": "lsq", "bits": 2}
@@ -417,9 +451,9 @@ def test_report_files_and_contents(trained):
     # Same test split and forward as the training loop's evaluation.
     assert s["accuracy_trained"] == summaries[stage]["test_accuracy"]
     assert s["accuracy_measured"] == pytest.approx(s["accuracy_trained"], abs=2.5 / s["examples"])
-    assert _row(md, "## Accuracy", [stage])[1:] == [rep.fmt(v) for v in (
-        s["weight_bits"], s["membrane_bits"], s["accuracy_trained"], s["accuracy_measured"],
-        s["examples"])]
+    assert _row(md, "## Accuracy", [stage])[1:] == [rep.fmt(s["weight_bits"]), s["weight_grid"]] + [
+        rep.fmt(v) for v in (s["weight_levels"], s["membrane_bits"], s["accuracy_trained"],
+                             s["accuracy_measured"], s["examples"])]
     for mode in ("dense", "event"):
       h = s["hardware"][mode]
       assert _row(md, "## Hardware", [stage, mode])[2:] == [rep.fmt(h[k]) for k in rep.HARDWARE_FIELDS]
@@ -432,6 +466,12 @@ def test_report_files_and_contents(trained):
   assert report["stages"]["fp"]["firing"].keys() == report["stages"]["qat"]["firing"].keys()
   assert (report["stages"]["fp"]["weight_bits"], report["stages"]["fp"]["membrane_bits"]) == (16, 22)
   assert (report["stages"]["qat"]["weight_bits"], report["stages"]["qat"]["membrane_bits"]) == (2, 2)
+  # Every stage states its weight grid and levels: LSQ 2-bit on its default (full) grid.
+  assert [(report["stages"][st]["weight_grid"], report["stages"][st]["weight_levels"])
+          for st in ("fp", "qat")] == [("float", None), ("full", 4)]
+  assert "| stage | weight bits | weight grid | weight levels | membrane bits |" in md
+  assert [(l["weight_grid"], l["weight_levels"]) for l in report["stages"]["qat"]["layers"]] == [
+      ("float", None), ("full", 4), ("float", None)]
   # digits_cnn conv0, conv1, fc; base_config keeps the first / last layer full precision.
   assert [l["weight_bits"] for l in report["stages"]["fp"]["layers"]] == [16, 16, 16]
   assert [l["weight_bits"] for l in report["stages"]["qat"]["layers"]] == [16, 2, 16]

@@ -2,9 +2,12 @@
 
 CIFAR-10 subset of ../shared/data (10,000 train / 10,000 test), VGG-9 narrowed to a quarter
 width (16–64 channels) to fit a 2-core CPU, T = 2, direct encoding. Teacher: full precision.
-Student: 2-bit LSQ weights with batch norm folded into the weights and quantized (folded bias
-at 16 bits), ternary integer membranes {−1, 0, 1}, first and last layer 8-bit, initialised
-from the teacher. The same student is trained with the same steps and seeds three ways
+Student: 2-bit LSQ weights on the SYMMETRIC grid (3 levels {−1, 0, 1}·Δ, i.e. ternary
+weights stored in 2 bits; README's MD tables were made with it, before `grid` existed and
+LSQ's default became the 4-level full grid) with batch norm folded into the weights and
+quantized (folded bias at 16 bits), ternary integer membranes {−1, 0, 1}, first and last
+layer 8-bit, initialised from the teacher. `--config.model.quant.weight.grid=full` gives the
+real 2-bit (4-level) student. The same student is trained with the same steps and seeds three ways
 (`launch/md_table.py`): no KD, logit KD only, MD (membrane + logit KD).
 
     python launch/md_table.py --config=launch/configs/md_cifar10.py --workdir=runs/md_cifar10
@@ -31,7 +34,7 @@ def get_config(first_last_bits: str = "8"):
   c.model.width = 0.25
   c.model.timesteps = 2
   c.model.conv_impl = "auto"
-  low_bit_student(c)
+  low_bit_student(c, grid="symmetric")  # reproduces README's MD tables (see above)
   c.model.quant.bias_bits = 16
   if first_last_bits == "2":
     set_quant(c, "first_layer", "same")

@@ -22,7 +22,11 @@ from mdsnn_jax.quant.registry import (
     make_weight_quantizer,
 )
 from mdsnn_jax.quant.weight import (
+    GRIDS,
     check_bits,
+    check_grid,
+    grid_codes,
+    grid_info,
     identity_weight,
     lqnet,
     lqnet_encode,
@@ -42,6 +46,7 @@ __all__ = [
     "WeightQuantizer", "MembraneQuantizer",
     "identity_weight", "uniform", "sawb", "lsq", "ternary", "mint", "mint_quantize", "lqnet",
     "lqnet_levels", "lqnet_encode", "lqnet_init_basis", "qem_update", "check_bits", "signed_levels",
+    "GRIDS", "check_grid", "grid_codes", "grid_info",
     "identity_membrane", "integer_membrane", "ternary_membrane", "uniform_membrane",
     "integer_levels", "stacked_sigmoid_grad",
     "fold_batchnorm", "quantize_folded", "quantize_bias", "bias_scale",

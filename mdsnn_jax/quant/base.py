@@ -27,6 +27,10 @@ class WeightQuantizer(NamedTuple):
                                per-output-channel (or scalar) float scale such that
                                apply(...) == int_w * scale. Raises NotImplementedError
                                for non-uniform grids (LQ-Net).
+  grid: the integer grid: 'symmetric' (codes −n … n, n = 2^(b−1) − 1), 'full'
+        (−2^(b−1) … 2^(b−1) − 1), 'ternary', 'learned' (LQ-Net) or 'float' (identity).
+  levels: the number of values a weight can take (None for 'float'); the stored bits are
+        ⌈log2 levels⌉ (`quant.grid_info`).
   """
   init_params: Callable[[jax.Array], PyTree]
   init_state: Callable[[jax.Array], PyTree]
@@ -35,6 +39,8 @@ class WeightQuantizer(NamedTuple):
   to_integer: Callable[[PyTree, PyTree, jax.Array], tuple[jax.Array, jax.Array]]
   kind: str
   bits: int
+  grid: str = "symmetric"
+  levels: int | None = None
 
 
 class MembraneQuantizer(NamedTuple):

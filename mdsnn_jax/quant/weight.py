@@ -1,11 +1,17 @@
 """Weight fake-quantizers (SPEC §2) as `WeightQuantizer` tuples of pure functions.
 
 The output channel is the LAST axis of a kernel (flax layout: conv HWIO, dense (in, out)).
-Signed symmetric grids use n = 2^(b−1) − 1 positive levels:
+Two signed b-bit integer grids (`grid`, SPEC §2), codes −Q_n … Q_p:
 
-    uniform   q(w) = Δ·clip(round(w/Δ), −n, n),  Δ = c/n,  c = max|w| or a percentile of |w|
+    symmetric   Q_n = Q_p = n = 2^(b−1) − 1   2^b − 1 levels (2 bits: ternary {−1, 0, 1})
+    full        Q_n = 2^(b−1), Q_p = 2^(b−1) − 1   2^b levels (2 bits: {−2, −1, 0, 1})
+
+    uniform   q(w) = Δ·clip(round(w/Δ), −Q_n, Q_p),  Δ = c/Q_n,  c = max|w| or a percentile
+              of |w| (symmetric: Δ = c/n; full: the most negative code is −c, the most
+              positive c − Δ)
     sawb      the same grid with c = 2·E|w|
-    lsq       the same grid with a learned Δ (init 2·E|w|/√n), Δ-gradient scaled by 1/√(N·n)
+    lsq       the same grid with a learned Δ (init 2·E|w|/√Q_p), Δ-gradient scaled by
+              1/√(N·Q_p); default grid 'full' as in the LSQ paper (uniform, SAWB: 'symmetric')
     ternary   q(w) = W̄·sign(w)·1[|w| ≥ r·max|w|],  W̄ = mean(|w| : |w| ≥ r·max|w|)
     mint      q(x) = α/n·round(clip(tanh(x)/α, −1, 1)·n), learned α
     lqnet     learned non-uniform levels vᵀe, e ∈ {−1,+1}^K, basis v updated by QEM
@@ -35,6 +41,7 @@ PyTree = Any
 MAX_BITS = 16
 CLIP_MODES = ("max", "percentile")
 SQUASHES = ("tanh", "none")
+GRIDS = ("symmetric", "full")
 
 
 def check_bits(bits: Any, low: int = 2, high: int = MAX_BITS, what: str = "bits") -> int:
@@ -49,6 +56,40 @@ def check_bits(bits: Any, low: int = 2, high: int = MAX_BITS, what: str = "bits"
 def signed_levels(bits: int) -> int:
   """n = 2^(b−1) − 1, the largest integer code of a signed symmetric b-bit grid."""
   return 2 ** (bits - 1) - 1
+
+
+def check_grid(grid: Any) -> str:
+  """Returns `grid`, or raises ValueError naming the value and the allowed grids."""
+  if not isinstance(grid, str) or grid not in GRIDS:
+    raise ValueError(f"unknown weight grid {grid!r}; allowed: {list(GRIDS)}")
+  return grid
+
+
+def grid_codes(bits: int, grid: str = "symmetric") -> tuple[int, int]:
+  """(Q_n, Q_p): the codes of a signed b-bit grid are −Q_n … Q_p.
+
+  symmetric: Q_n = Q_p = 2^(b−1) − 1 (2^b − 1 levels); full: Q_n = 2^(b−1),
+  Q_p = 2^(b−1) − 1 (2^b levels).
+  """
+  grid = check_grid(grid)
+  n = signed_levels(bits)
+  return (n + 1 if grid == "full" else n), n
+
+
+def grid_info(wq: WeightQuantizer) -> dict:
+  """{'grid', 'levels', 'stored_bits'} of a weight quantizer.
+
+  grid: 'symmetric' / 'full' (uniform, SAWB, LSQ, MINT: symmetric), 'ternary', 'learned'
+  (LQ-Net: 2^K levels vᵀe), 'float' (the identity: levels None, stored_bits its `bits`).
+  stored_bits = ⌈log2 levels⌉ (ternary: 3 levels in 2 bits).
+  """
+  if not isinstance(wq, WeightQuantizer):
+    raise ValueError(f"grid_info needs a WeightQuantizer (e.g. quant.lsq(2)), got {type(wq).__name__}")
+  if wq.levels is None:
+    return {"grid": wq.grid, "levels": None, "stored_bits": int(wq.bits)}
+  levels = int(wq.levels)
+  return {"grid": wq.grid, "levels": levels,
+          "stored_bits": max(1, math.ceil(math.log2(levels) - 1e-9))}
 
 
 def _channel_axes(w: jax.Array, per_channel: bool) -> tuple[int, ...] | None:
@@ -73,23 +114,26 @@ def _power_of_two_ceil(x: jax.Array) -> jax.Array:
 
 
 def _round_clip_ste(
-    x: jax.Array, step: jax.Array, n: int, *, inclusive: bool = True, ties: str = "even"
+    x: jax.Array, step: jax.Array, n: int, *, inclusive: bool = True, ties: str = "even",
+    n_neg: int | None = None,
 ) -> jax.Array:
-  """step·clip(round(x/step), −n, n) with the LSQ straight-through backward.
+  """step·clip(round(x/step), −Q_n, Q_p) with the LSQ straight-through backward.
 
-  d/dx = 1 inside the clip range |x/step| <= n (strict < when `inclusive=False`), else 0.
-  d/dstep = round(x/step) − x/step inside, −n or +n outside (the LSQ paper's formula).
-  The forward value is exactly `step * k` with integer k, like `to_integer`.
+  Q_p = n, Q_n = n_neg (None: n, the symmetric grid).
+  d/dx = 1 inside the clip range −Q_n <= x/step <= Q_p (strict < when `inclusive=False`),
+  else 0. d/dstep = round(x/step) − x/step inside, −Q_n or +Q_p outside (the LSQ paper's
+  formula). The forward value is exactly `step * k` with integer k, like `to_integer`.
   ties: 'even' (jnp.round, half to even) or 'toward_zero' (the smaller-magnitude level).
   """
+  lo = n if n_neg is None else n_neg
   v = x / step
-  inside = jnp.abs(v) <= n if inclusive else jnp.abs(v) < n
-  vc = jnp.where(inside, v, jnp.clip(v, -n, n))
+  inside = (v >= -lo) & (v <= n) if inclusive else (v > -lo) & (v < n)
+  vc = jnp.where(inside, v, jnp.clip(v, -lo, n))
   if ties == "even":
     k = jnp.round(v)
   else:
     k = jnp.where(v > 0, jnp.ceil(v - 0.5), jnp.floor(v + 0.5))
-  k = jax.lax.stop_gradient(jnp.clip(k, -n, n))
+  k = jax.lax.stop_gradient(jnp.clip(k, -lo, n))
   # vc − sg(vc) is exactly 0 forward and carries the straight-through gradient backward.
   return step * (k + (vc - jax.lax.stop_gradient(vc)))
 
@@ -119,8 +163,9 @@ def _param_shape(w: jax.Array, per_channel: bool) -> tuple[int, ...]:
   return (jnp.shape(w)[-1],) if per_channel else ()
 
 
-def _integer_codes(w: jax.Array, step: jax.Array, n: int) -> jax.Array:
-  return jnp.clip(jnp.round(w / step), -n, n).astype(jnp.int32)
+def _integer_codes(w: jax.Array, step: jax.Array, n: int, n_neg: int | None = None) -> jax.Array:
+  lo = n if n_neg is None else n_neg
+  return jnp.clip(jnp.round(w / step), -lo, n).astype(jnp.int32)
 
 
 def _no_state(w: jax.Array) -> PyTree:
@@ -147,34 +192,37 @@ def identity_weight() -> WeightQuantizer:
   def to_integer(params, state, w):
     raise NotImplementedError("the identity weight quantizer has no integer form")
 
-  return WeightQuantizer(_no_state, _no_state, apply, _keep_state, to_integer, "none", 32)
+  return WeightQuantizer(_no_state, _no_state, apply, _keep_state, to_integer, "none", 32,
+                         "float", None)
 
 
 # ----------------------------------------------------------------------------------------
 # Calibrated uniform grids: uniform (max / percentile) and SAWB.
 
 
-def _calibrated(kind: str, bits: int, clip_fn, per_channel: bool, power_of_two: bool) -> WeightQuantizer:
-  n = signed_levels(bits)
+def _calibrated(kind: str, bits: int, clip_fn, per_channel: bool, power_of_two: bool,
+                grid: str) -> WeightQuantizer:
+  q_n, q_p = grid_codes(bits, grid)
 
   def step_of(w):
     axes = _channel_axes(w, per_channel)
     c = clip_fn(jnp.abs(w), axes)
-    step = _positive(c / n)
+    step = _positive(c / q_n)
     if power_of_two:
       step = _power_of_two_ceil(step)
     return jax.lax.stop_gradient(step.astype(w.dtype))
 
   def apply(params, state, w):
     del params, state
-    return _round_clip_ste(w, step_of(w), n)
+    return _round_clip_ste(w, step_of(w), q_p, n_neg=q_n)
 
   def to_integer(params, state, w):
     del params, state
     step = step_of(w)
-    return _integer_codes(w, step, n), step
+    return _integer_codes(w, step, q_p, q_n), step
 
-  return WeightQuantizer(_no_state, _no_state, apply, _keep_state, to_integer, kind, bits)
+  return WeightQuantizer(_no_state, _no_state, apply, _keep_state, to_integer, kind, bits,
+                         grid, q_n + q_p + 1)
 
 
 def uniform(
@@ -183,9 +231,12 @@ def uniform(
     clip: str = "max",
     percentile: float = 99.9,
     power_of_two: bool = False,
+    grid: str = "symmetric",
 ) -> WeightQuantizer:
-  """Signed symmetric uniform quantizer q(w) = Δ·clip(round(w/Δ), −n, n), Δ = c/n.
+  """Signed uniform quantizer q(w) = Δ·clip(round(w/Δ), −Q_n, Q_p), Δ = c/Q_n.
 
+  grid: 'symmetric' (Q_n = Q_p = 2^(b−1) − 1, Δ = c/n) or 'full' (Q_n = 2^(b−1),
+  Q_p = Q_n − 1: one more negative level, so Δ = c/Q_n and positive values clip at c − Δ).
   c = max|w| (clip='max') or the `percentile`-th percentile of |w| (clip='percentile'),
   per tensor or per output channel, recomputed from `w` at every call (no gradient).
   power_of_two: round Δ up to the next power of two (hardware-friendly shift scales; makes
@@ -193,6 +244,7 @@ def uniform(
   bits in 2..16 (bits=1 has n = 0; use `ternary` for 1.58 bits).
   """
   bits = check_bits(bits, 2, MAX_BITS)
+  grid = check_grid(grid)
   if clip not in CLIP_MODES:
     raise ValueError(f"unknown clip {clip!r}; allowed: {list(CLIP_MODES)}")
   percentile = float(percentile)
@@ -203,54 +255,61 @@ def uniform(
     clip_fn = lambda a, axes: jnp.max(a, axis=axes)
   else:
     clip_fn = lambda a, axes: jnp.percentile(a, percentile, axis=axes)
-  return _calibrated("uniform", bits, clip_fn, per_channel, power_of_two)
+  return _calibrated("uniform", bits, clip_fn, per_channel, power_of_two, grid)
 
 
-def sawb(bits: int, per_channel: bool = False, power_of_two: bool = False) -> WeightQuantizer:
-  """SAWB (SpQuant's 'asymm' variant): the uniform grid with clip c = 2·E|w|.
+def sawb(bits: int, per_channel: bool = False, power_of_two: bool = False,
+         grid: str = "symmetric") -> WeightQuantizer:
+  """SAWB (SpQuant's 'asymm' variant): the uniform grid (see `uniform`, `grid` too) with
+  clip c = 2·E|w|.
 
   Published for 4 and 8 bits; any bits in 2..16 is accepted.
   """
   bits = check_bits(bits, 2, MAX_BITS)
+  grid = check_grid(grid)
   clip_fn = lambda a, axes: 2.0 * jnp.mean(a, axis=axes)
-  return _calibrated("sawb", bits, clip_fn, per_channel, power_of_two)
+  return _calibrated("sawb", bits, clip_fn, per_channel, power_of_two, grid)
 
 
 # ----------------------------------------------------------------------------------------
 # LSQ: learned step size.
 
 
-def lsq(bits: int, per_channel: bool = False) -> WeightQuantizer:
-  """Learned step size quantization (Esser et al. 2020): q = Δ·clip(round(w/Δ), −n, n).
+def lsq(bits: int, per_channel: bool = False, grid: str = "full") -> WeightQuantizer:
+  """Learned step size quantization (Esser et al. 2020): q = Δ·clip(round(w/Δ), −Q_n, Q_p).
 
-  params = {'step': Δ} (scalar, or shape (C,) per channel), init 2·E|w|/√n.
-  Backward: dq/dw = 1[−n < w/Δ < n]; dq/dΔ = round(w/Δ) − w/Δ inside, −n / +n outside,
-  multiplied by g = 1/√(N·n), N = number of weights sharing one Δ. A missing 'step', one of
-  the wrong shape, or (outside jit) a non-positive one raises ValueError.
+  grid: 'full' (the paper's: Q_n = 2^(b−1), Q_p = 2^(b−1) − 1, 2^b levels) or 'symmetric'
+  (Q_n = Q_p = 2^(b−1) − 1; 2 bits is ternary).
+  params = {'step': Δ} (scalar, or shape (C,) per channel), init 2·E|w|/√Q_p.
+  Backward: dq/dw = 1[−Q_n < w/Δ < Q_p]; dq/dΔ = round(w/Δ) − w/Δ inside, −Q_n / +Q_p
+  outside, multiplied by g = 1/√(N·Q_p), N = number of weights sharing one Δ. A missing
+  'step', one of the wrong shape, or (outside jit) a non-positive one raises ValueError.
   """
   bits = check_bits(bits, 2, MAX_BITS)
-  n = signed_levels(bits)
+  grid = check_grid(grid)
+  q_n, q_p = grid_codes(bits, grid)
 
   def init_params(w):
     axes = _channel_axes(w, per_channel)
-    step = 2.0 * jnp.mean(jnp.abs(w), axis=axes) / math.sqrt(n)
+    step = 2.0 * jnp.mean(jnp.abs(w), axis=axes) / math.sqrt(q_p)
     return {"step": _positive(step).astype(w.dtype)}
 
   def apply(params, state, w):
     del state
     step = check_param(params, "step", _param_shape(w, per_channel), f"LSQ ({bits}-bit)")
     per_step = max(1, int(np.prod(jnp.shape(w))) // max(1, int(np.prod(jnp.shape(step)))))
-    g = 1.0 / math.sqrt(per_step * n)
+    g = 1.0 / math.sqrt(per_step * q_p)
     # Forward value exactly `step`; backward scaled by g.
     step = jax.lax.stop_gradient(step) + g * (step - jax.lax.stop_gradient(step))
-    return _round_clip_ste(w, step, n, inclusive=False)
+    return _round_clip_ste(w, step, q_p, inclusive=False, n_neg=q_n)
 
   def to_integer(params, state, w):
     del state
     step = check_param(params, "step", _param_shape(w, per_channel), f"LSQ ({bits}-bit)")
-    return _integer_codes(w, step, n), step
+    return _integer_codes(w, step, q_p, q_n), step
 
-  return WeightQuantizer(init_params, _no_state, apply, _keep_state, to_integer, "lsq", bits)
+  return WeightQuantizer(init_params, _no_state, apply, _keep_state, to_integer, "lsq", bits,
+                         grid, q_n + q_p + 1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -288,7 +347,8 @@ def ternary(ratio: float = 0.05, per_channel: bool = False) -> WeightQuantizer:
     keep, w_bar = _ternary_parts(w, ratio, per_channel)
     return (jnp.sign(w) * keep).astype(jnp.int32), w_bar
 
-  return WeightQuantizer(_no_state, _no_state, apply, _keep_state, to_integer, "ternary", 2)
+  return WeightQuantizer(_no_state, _no_state, apply, _keep_state, to_integer, "ternary", 2,
+                         "ternary", 3)
 
 
 # ----------------------------------------------------------------------------------------
@@ -342,7 +402,8 @@ def mint(bits: int, per_channel: bool = False, squash: str = "tanh") -> WeightQu
     step = jnp.asarray(alpha, w.dtype) / n
     return _integer_codes(squashed(w), step, n), step
 
-  return WeightQuantizer(init_params, _no_state, apply, _keep_state, to_integer, "mint", bits)
+  return WeightQuantizer(init_params, _no_state, apply, _keep_state, to_integer, "mint", bits,
+                         "symmetric", 2 * n + 1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -455,4 +516,5 @@ def lqnet(bits: int, delta: float = 1e-4, momentum: float = 0.9) -> WeightQuanti
   def to_integer(params, state, w):
     raise NotImplementedError("LQ-Net levels are non-uniform; there is no integer grid with one scale")
 
-  return WeightQuantizer(_no_state, init_state, apply, update_state, to_integer, "lqnet", bits)
+  return WeightQuantizer(_no_state, init_state, apply, update_state, to_integer, "lqnet", bits,
+                         "learned", 2**bits)

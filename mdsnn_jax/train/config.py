@@ -143,10 +143,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def low_bit_student(c: ml_collections.ConfigDict, weight_bits: int = 2) -> None:
+def low_bit_student(c: ml_collections.ConfigDict, weight_bits: int = 2,
+                    grid: str | None = None) -> None:
   """MD-SNN's low-bit student, in place: LSQ weights, batch norm folded and quantized,
-  ternary integer membranes, 8-bit first and last layers."""
-  set_quant(c, "weight", "lsq", bits=weight_bits)
+  ternary integer membranes, 8-bit first and last layers.
+
+  grid: the LSQ weight grid, 'full' (2^b levels) or 'symmetric' (2^b − 1: 2 bits is
+  ternary); None leaves LSQ's default, 'full' (SPEC §2)."""
+  set_quant(c, "weight", "lsq", bits=weight_bits, grid=grid)
   set_quant(c, "membrane", "ternary")
   set_quant(c, "first_layer", "uniform", bits=8)
   set_quant(c, "last_layer", "uniform", bits=8)
