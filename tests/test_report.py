@@ -599,3 +599,20 @@ def test_report_saliency_for_qat_and_off_switch(trained, tmp_path):
 def test_report_rejects_bad_saliency_args_before_work(kwargs, match, tmp_path):
   with pytest.raises(ValueError, match=match):
     rep.build_report(tmp_path / "nothing_here", **kwargs)  # no workdir: the check comes first
+
+
+def test_report_saliency_with_teacher_from_another_workdir(distilled, tmp_path):
+  """A workdir holding only 'md', whose teacher is distill.teacher_workdir: same numbers."""
+  workdir, _, report = distilled
+  summary = json.loads((workdir / "summary.json").read_text())
+  summary["config"]["distill"]["teacher_workdir"] = str(workdir)
+  only_md = tmp_path / "only_md"
+  shutil.copytree(workdir / "md" / "final_variables", only_md / "md" / "final_variables")
+  (only_md / "summary.json").write_text(json.dumps(summary))
+  got = rep.build_report(only_md, max_batches=1, saliency_examples=40, saliency_k=20)
+  assert list(got["stages"]) == ["md"] and list(got["saliency"]) == ["md"]
+  entry = got["saliency"]["md"]
+  assert entry["teacher"] == str(workdir / "fp")
+  assert entry["spearman"] == pytest.approx(report["saliency"]["md"]["spearman"], abs=1e-9)
+  assert entry["iou"] == pytest.approx(report["saliency"]["md"]["iou"], abs=1e-12)
+  assert (only_md / "report" / rep.SALIENCY_PLOT).read_bytes()[:8] == PNG_MAGIC
