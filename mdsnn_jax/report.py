@@ -33,6 +33,12 @@ Bits charged to the crossbar model (SPEC §6 extensions):
   per-layer bits are in each stage's `layers[i]['weight_bits']`; the stage's `weight_bits`
   is the network's.
 
+Saliency consistency **[reconstruction]** (`mdsnn_jax.saliency`): for every student stage
+('qat', 'md') when a teacher is found (workdir/fp, else `distill.teacher_workdir`), the
+input-gradient saliency maps of teacher and student on the first `saliency_examples` test
+images (64 by default; 0 turns the section off), compared by the mean Spearman rank
+correlation and the mean IoU of their top-k % pixels (k = `saliency_k`, 10 by default).
+
 Event-mode input rates: a conv / dense layer's input rate is the mean rate of the LIF
 layer whose output it reads (matched by identity of the traced array), else of the LIF
 layer that most recently finished before it in call order. The latter is an approximation
@@ -42,7 +48,9 @@ charged dense, rate 1.0.
 
 Outputs in `out_dir`, all written atomically (temporary file in the same folder, then
 `os.replace`): report.json, report.md (markdown tables), firing_rates.png (per-layer
-rate histograms FP vs quantized), emd_per_layer.png, energy_breakdown.png.
+rate histograms FP vs quantized), emd_per_layer.png, energy_breakdown.png, and
+saliency.png (input images with the teacher's and students' saliency maps) when there is a
+saliency section.
 """
 from __future__ import annotations
 
@@ -64,6 +72,7 @@ import numpy as np
 from mdsnn_jax import distill
 from mdsnn_jax import firing
 from mdsnn_jax import hardware as hw
+from mdsnn_jax import saliency as sal
 
 FP_WEIGHT_BITS = 16
 FP_MEMBRANE_BITS = 22  # SpikeSim's neuron memory width
@@ -79,6 +88,9 @@ BITS_NOTE = (f"Bits: FP teacher {FP_WEIGHT_BITS}-bit weights and {FP_MEMBRANE_BI
 PLOT_FILES = ("firing_rates.png", "emd_per_layer.png", "energy_breakdown.png")
 HARDWARE_FIELDS = ("energy_uj", "latency_ms", "area_mm2", "edp_js", "edap_js_mm2", "tops_per_w",
                    "tops_per_mm2")
+SALIENCY_PLOT = "saliency.png"
+SALIENCY_EXAMPLES = 64  # test images per student stage: one jitted backward each, cheap
+SALIENCY_SHOWN = 4  # images drawn in saliency.png
 RATIO_FIELDS = ("energy_reduction", "latency_reduction", "area_reduction", "edp_reduction",
                 "edap_reduction", "tops_per_w_gain", "tops_per_mm2_gain")
 
@@ -473,6 +485,135 @@ def plot_energy_breakdown(hardware_by_stage: Mapping[str, Mapping[str, Any]], pa
 
 
 # ----------------------------------------------------------------------------------------
+# Saliency consistency (teacher vs student).
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _saliency_step(model, timesteps, variables, x):
+  return sal.saliency_maps(
+      lambda v: model.apply(variables, v, train=False, timesteps=timesteps), x)
+
+
+def saliency_maps_of(model, variables, images, timesteps: int | None) -> np.ndarray:
+  """`saliency.saliency_maps` of a linen model in eval mode, jitted: [N, H, W] float."""
+  return np.asarray(_saliency_step(model, timesteps, variables, jnp.asarray(images, jnp.float32)))
+
+
+def first_test_images(loader: Iterable[Mapping[str, Any]], n: int) -> np.ndarray:
+  """The first `n` images of `loader` (fewer when the split is smaller), float32."""
+  out, have = [], 0
+  for batch in loader:
+    out.append(np.asarray(batch["image"], np.float32)[:n - have])
+    have += len(out[-1])
+    if have >= n:
+      break
+  if not out:
+    raise ValueError("the loader yielded no batch; allowed: at least one {'image', 'label'} batch")
+  return np.concatenate(out)
+
+
+def saliency_summary(teacher_maps: np.ndarray, student_maps: np.ndarray, k: float,
+                     teacher: str) -> dict[str, Any]:
+  """The report's saliency entry of one student: mean Spearman ρ, mean top-k IoU, counts."""
+  c = sal.consistency(teacher_maps, student_maps, k)
+  return dict(teacher=teacher, spearman=c.spearman, iou=c.iou, k=c.k,
+              examples=int(len(c.per_image_iou)), spearman_defined=c.spearman_defined)
+
+
+def plot_saliency(images: np.ndarray, maps_by_stage: Mapping[str, np.ndarray],
+                  summary: Mapping[str, Mapping[str, Any]], path, shown: int = SALIENCY_SHOWN):
+  """Grid: one row per image; columns the input, then each stage's saliency map (teacher
+  first), each map scaled to its own maximum (saliency is compared by rank, not value)."""
+  plt = _pyplot()
+  n = min(int(shown), len(images))
+  stages = list(maps_by_stage)
+  fig, axes = plt.subplots(n, 1 + len(stages), figsize=(1.9 * (1 + len(stages)), 1.9 * n),
+                           squeeze=False)
+  for i in range(n):
+    img = images[i]
+    if img.ndim == 4:  # events [T, H, W, 2]: all frames' counts of both polarities
+      img = img.sum((0, -1))
+    elif img.shape[-1] == 1:
+      img = img[..., 0]
+    else:
+      img = img[..., :3]
+      img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+    axes[i, 0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+    for j, stage in enumerate(stages):
+      m = maps_by_stage[stage][i]
+      axes[i, 1 + j].imshow(m / max(float(m.max()), 1e-12), cmap="inferno", vmin=0, vmax=1)
+  axes[0, 0].set_title("input", fontsize=8)
+  for j, stage in enumerate(stages):
+    s = summary.get(stage)
+    title = (f"{stage}\nρ={fmt(s['spearman'])}, IoU@{fmt(s['k'])}%={fmt(s['iou'])}" if s
+             else f"{stage} (teacher)")
+    axes[0, 1 + j].set_title(title, fontsize=8)
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle("Input-gradient saliency of the predicted class (|∂Σ_t z_c/∂x|, max over channels)",
+               fontsize=9)
+  fig.tight_layout()
+  save_figure_atomic(fig, path)
+  plt.close(fig)
+
+
+def stage_saliency(config, workdir: pathlib.Path, info, loaded: Mapping[str, tuple[Any, Any]],
+                   timesteps: int, n_images: int, k: float
+                   ) -> tuple[dict[str, dict], tuple[np.ndarray, dict[str, np.ndarray]] | None]:
+  """({student stage: `saliency_summary`}, (images, {stage: maps}) for `plot_saliency`).
+
+  The teacher is workdir's 'fp' stage when it was trained there, else the FP stage that
+  `distill.teacher_workdir` names (loaded with its stored model config); every other loaded
+  stage is compared with it. Empty ({} , None) when n_images is 0, no teacher is found or
+  no student stage was trained.
+  """
+  from mdsnn_jax import data as data_lib
+  from mdsnn_jax import nn as nn_lib
+  from mdsnn_jax.train import stages as stages_lib
+
+  students = [s for s in loaded if s != "fp"]
+  if n_images == 0 or not students:
+    return {}, None
+  if "fp" in loaded:
+    teacher_name, (t_model, t_vars) = "fp", loaded["fp"]
+  else:
+    tdir = stages_lib.teacher_stage_dir(config, workdir)
+    if not (tdir / "final_variables").is_dir():
+      return {}, None
+    t_model = nn_lib.create_model(stages_lib.teacher_model_config(config, tdir), info.num_classes)
+    t_vars = stages_lib.load_trained_variables(
+        t_model, stages_lib.sample_input(info, timesteps), tdir / "final_variables")
+    teacher_name = str(tdir)
+  loader = data_lib.make_loader(config.data, "test", batch_size=int(n_images), seed=0,
+                                shuffle=False, num_epochs=1, drop_remainder=False)
+  images = first_test_images(loader, int(n_images))
+  maps = {"fp": saliency_maps_of(t_model, t_vars, images, timesteps)}
+  out = {}
+  for stage in students:
+    maps[stage] = saliency_maps_of(*loaded[stage], images, timesteps)
+    out[stage] = saliency_summary(maps["fp"], maps[stage], k, teacher_name)
+  return out, (images, maps)
+
+
+def _saliency_markdown(report: Mapping[str, Any]) -> list[str]:
+  entries = report.get("saliency") or {}
+  if not entries:
+    return []
+  first = next(iter(entries.values()))
+  out = ["## Saliency consistency vs the teacher **[reconstruction]**", "",
+         f"Input-gradient saliency of the predicted class (|∂Σ_t z_c/∂x|, max over channels; "
+         f"`mdsnn_jax.saliency`) on the first {fmt(first['examples'])} test images. Spearman: "
+         f"mean rank correlation of the teacher's and the student's maps; IoU: mean overlap of "
+         f"their top-{fmt(first['k'])} % pixels. 1 = the same pixels matter, in the same order.",
+         ""]
+  out += _table(["stage", "teacher", "mean Spearman ρ", "mean top-k IoU", "k (%)", "images"],
+                [[s, v["teacher"], v["spearman"], v["iou"], v["k"], v["examples"]]
+                 for s, v in entries.items()])
+  return out
+
+
+# ----------------------------------------------------------------------------------------
 # Markdown.
 
 
@@ -530,6 +671,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     rows.append(["**pooled**"] + [report["emd"][q]["pooled"] for q in q_stages])
     out += _table(["layer"] + [f"EMD fp vs {q}" for q in q_stages], rows)
 
+  out += _saliency_markdown(report)
+
   out += ["## Hardware (SpikeSim-style crossbar model)", "",
           "Dense: every crossbar read charged (SpikeSim reference). Event: crossbar reads charged "
           "at each layer's input spike rate (first layer dense). " + report["bits_note"], ""]
@@ -576,14 +719,18 @@ def _read_json(path: pathlib.Path) -> dict:
 
 
 def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 max_batches: int | None = None, eval_batch: int | None = None) -> dict:
+                 max_batches: int | None = None, eval_batch: int | None = None,
+                 saliency_examples: int = SALIENCY_EXAMPLES,
+                 saliency_k: float = sal.DEFAULT_TOP_K) -> dict:
   """Evaluates every trained stage of `workdir` and writes report.{json,md} and plots to `out_dir`.
 
   out_dir defaults to workdir/report. In a multi-process run every process calls this (the
   variable restores are collective) and process 0 writes the files. A stage counts as trained when workdir/<stage>/
   final_variables exists. EMD and hardware ratios are against the 'fp' stage and are left
   out when it is absent. max_batches limits the test batches per stage (None: all);
-  eval_batch defaults to config.train.eval_batch. Returns the dict written to report.json.
+  eval_batch defaults to config.train.eval_batch. saliency_examples / saliency_k: test images
+  and top-k percent of the saliency section (`stage_saliency`; 0 images: no section).
+  Returns the dict written to report.json.
   """
   import ml_collections
 
@@ -592,6 +739,11 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   from mdsnn_jax.train import checkpoint as ckpt
   from mdsnn_jax.train.stages import load_trained_variables, sample_input, stage_model_config
 
+  if (isinstance(saliency_examples, bool) or not isinstance(saliency_examples, (int, np.integer))
+      or saliency_examples < 0):
+    raise ValueError(f"saliency_examples must be an int >= 0 (0: no saliency section), got "
+                     f"{saliency_examples!r}")
+  saliency_k = sal.check_k(saliency_k)
   workdir = pathlib.Path(workdir)
   out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
   summary_path = workdir / "summary.json"
@@ -613,6 +765,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   results: dict[str, dict] = {}
   rates_by_stage: dict[str, dict] = {}
   costs: dict[str, HardwareResult] = {}
+  loaded: dict[str, tuple[Any, Any]] = {}  # stage -> (model, variables), for the saliency
   for stage in stages:
     model_cfg = stage_model_config(config, stage)
     model = nn_lib.create_model(model_cfg, info.num_classes)
@@ -629,6 +782,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     stage_summary = summary.get("stages", {}).get(stage)
     if stage_summary is None and (workdir / stage / "summary.json").is_file():
       stage_summary = _read_json(workdir / stage / "summary.json")
+    loaded[stage] = (model, variables)
     rates_by_stage[stage] = fr.rates
     costs[stage] = hwr
     results[stage] = dict(
@@ -657,10 +811,14 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
       if costs["fp"].event is not None and costs[stage].event is not None:
         ratios[stage]["event"] = hw.compare_costs(costs["fp"].event, costs[stage].event)
 
+  saliency, saliency_plot = stage_saliency(config, workdir, info, loaded, timesteps,
+                                           saliency_examples, saliency_k)
+
   plots = [PLOT_FILES[0]] + ([PLOT_FILES[1]] if emd else []) + [PLOT_FILES[2]]
+  plots += [SALIENCY_PLOT] if saliency else []
   report = dict(
       workdir=str(workdir), dataset=info.name, model=str(config.model.name), timesteps=hw_timesteps,
-      max_batches=max_batches, stages=results, emd=emd, ratios=ratios,
+      max_batches=max_batches, stages=results, emd=emd, ratios=ratios, saliency=saliency,
       bits_note=BITS_NOTE,
       files=dict(json="report.json", markdown="report.md", plots=plots))
   report = _to_jsonable(report)
@@ -674,6 +832,8 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     plot_emd(emd, out_dir / PLOT_FILES[1])
   plot_energy_breakdown({s: v["hardware"] for s, v in report["stages"].items()},
                         out_dir / PLOT_FILES[2])
+  if saliency:
+    plot_saliency(*saliency_plot, report["saliency"], out_dir / SALIENCY_PLOT)
   write_text_atomic(out_dir / "report.md", render_markdown(report))
   ckpt.write_json_atomic(out_dir / "report.json", report)
   return report

@@ -491,8 +491,8 @@ def test_report_files_and_contents(trained):
 
 def test_report_plots_are_pngs(trained):
   _, out, report = trained
-  assert report["files"]["plots"] == list(rep.PLOT_FILES)
-  for name in rep.PLOT_FILES:
+  assert report["files"]["plots"] == list(rep.PLOT_FILES) + [rep.SALIENCY_PLOT]
+  for name in report["files"]["plots"]:
     data = (out / name).read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 1000, name
   assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
@@ -556,3 +556,103 @@ def test_launcher_prints_report_path(trained, tmp_path):
   assert proc.stdout.strip().splitlines()[-1] == str(out / "report.md")
   report = json.loads((out / "report.json").read_text())
   assert report["max_batches"] == 1 and list(report["stages"]) == ["fp"]
+
+
+# ----------------------------------------------------------------------------------------
+# Saliency consistency of the distilled stages.
+
+
+@pytest.fixture(scope="module")
+def distilled(trained, tmp_path_factory):
+  """A workdir with 'fp' (copied from `trained`: the loop finds it finished) and 'md'."""
+  from mdsnn_jax.train.loop import train_and_evaluate
+  import ml_collections
+
+  workdir, _, _ = trained
+  config = ml_collections.ConfigDict(json.loads((workdir / "summary.json").read_text())["config"])
+  config.stages = "fp,md"
+  dest = tmp_path_factory.mktemp("md_workdir")
+  shutil.copytree(workdir / "fp", dest / "fp")
+  train_and_evaluate(config, str(dest))
+  out = dest / "report"
+  return dest, out, rep.build_report(dest, out, saliency_examples=40, saliency_k=20)
+
+
+def test_report_saliency_section_for_distilled_stage(distilled):
+  from mdsnn_jax import saliency as sal
+
+  workdir, out, report = distilled
+  assert set(report["stages"]) == {"fp", "md"}
+  s = report["saliency"]
+  assert list(s) == ["md"]
+  md_entry = s["md"]
+  assert md_entry["teacher"] == "fp" and md_entry["examples"] == 40 and md_entry["k"] == 20.0
+  assert md_entry["spearman_defined"] == 40
+  assert -1.0 <= md_entry["spearman"] <= 1.0 and 0.0 <= md_entry["iou"] <= 1.0
+  # Recomputed from the two stages' maps on the first 40 test images.
+  from mdsnn_jax import data as data_lib
+  from mdsnn_jax import nn as nn_lib
+  from mdsnn_jax.train.stages import load_trained_variables, sample_input, stage_model_config
+  import ml_collections
+
+  config = ml_collections.ConfigDict(json.loads((workdir / "summary.json").read_text())["config"])
+  info = data_lib.dataset_info(config.data)
+  images = next(iter(data_lib.make_loader(config.data, "test", batch_size=40, seed=0,
+                                          shuffle=False, num_epochs=1)))["image"]
+  maps = {}
+  for stage in ("fp", "md"):
+    model = nn_lib.create_model(stage_model_config(config, stage), info.num_classes)
+    variables = load_trained_variables(model, sample_input(info, 2), workdir / stage / "final_variables")
+    maps[stage] = sal.saliency_maps(lambda x: model.apply(variables, x, train=False), jnp.asarray(images))
+  want = sal.consistency(maps["fp"], maps["md"], k=20)
+  assert md_entry["spearman"] == pytest.approx(want.spearman, abs=1e-5)
+  assert md_entry["iou"] == pytest.approx(want.iou, abs=1e-6)
+  # Two different models: agreement is partial, not trivially perfect or absent.
+  assert 0.0 < md_entry["spearman"] < 1.0 and 0.0 < md_entry["iou"] < 1.0
+  text = (out / "report.md").read_text()
+  assert "## Saliency consistency vs the teacher" in text
+  assert _row(text, "## Saliency consistency", ["md"])[1:] == [
+      "fp", rep.fmt(md_entry["spearman"]), rep.fmt(md_entry["iou"]), "20", "40"]
+  assert f"![{rep.SALIENCY_PLOT}]({rep.SALIENCY_PLOT})" in text
+  data = (out / rep.SALIENCY_PLOT).read_bytes()
+  assert data[:8] == PNG_MAGIC and len(data) > 1000
+  assert report["files"]["plots"][-1] == rep.SALIENCY_PLOT
+
+
+def test_report_saliency_for_qat_and_off_switch(trained, tmp_path):
+  workdir, out, report = trained
+  assert list(report["saliency"]) == ["qat"] and report["saliency"]["qat"]["examples"] == 64
+  assert report["saliency"]["qat"]["k"] == 10.0
+  assert "## Saliency consistency" in (out / "report.md").read_text()
+  off = rep.build_report(workdir, tmp_path / "off", max_batches=1, eval_batch=100,
+                         saliency_examples=0)
+  assert off["saliency"] == {} and rep.SALIENCY_PLOT not in off["files"]["plots"]
+  assert not (tmp_path / "off" / rep.SALIENCY_PLOT).exists()
+  assert "## Saliency consistency" not in (tmp_path / "off" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(saliency_k=0), r"k must be a percentage of pixels in \(0, 100\], got 0"),
+    (dict(saliency_k=101), r"k must be a percentage.*101"),
+    (dict(saliency_examples=-1), r"saliency_examples must be an int >= 0.*-1"),
+])
+def test_report_rejects_bad_saliency_args_before_work(kwargs, match, tmp_path):
+  with pytest.raises(ValueError, match=match):
+    rep.build_report(tmp_path / "nothing_here", **kwargs)  # no workdir: the check comes first
+
+
+def test_report_saliency_with_teacher_from_another_workdir(distilled, tmp_path):
+  """A workdir holding only 'md', whose teacher is distill.teacher_workdir: same numbers."""
+  workdir, _, report = distilled
+  summary = json.loads((workdir / "summary.json").read_text())
+  summary["config"]["distill"]["teacher_workdir"] = str(workdir)
+  only_md = tmp_path / "only_md"
+  shutil.copytree(workdir / "md" / "final_variables", only_md / "md" / "final_variables")
+  (only_md / "summary.json").write_text(json.dumps(summary))
+  got = rep.build_report(only_md, max_batches=1, saliency_examples=40, saliency_k=20)
+  assert list(got["stages"]) == ["md"] and list(got["saliency"]) == ["md"]
+  entry = got["saliency"]["md"]
+  assert entry["teacher"] == str(workdir / "fp")
+  assert entry["spearman"] == pytest.approx(report["saliency"]["md"]["spearman"], abs=1e-9)
+  assert entry["iou"] == pytest.approx(report["saliency"]["md"]["iou"], abs=1e-12)
+  assert (only_md / "report" / rep.SALIENCY_PLOT).read_bytes()[:8] == PNG_MAGIC
