@@ -101,21 +101,29 @@ def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLay
     key = tuple(mod.scope.path)
     name = "/".join(key)
     x = fargs[0]
-    is_kernel = report_lib._has_kernel(mod) and key not in seen
-    if is_kernel:
+    direct = [n for n, o, _ in lif_out if o is x]
+    last_lif = lif_out[-1] if lif_out else None
+    before = len(kernels)
+    if report_lib._has_kernel(mod) and key not in seen:
       seen.add(key)
       kshape = tuple(mod.variables["params"]["kernel"].shape)
-      direct = [n for n, o, _ in lif_out if o is x]
-      in_lif = direct[-1] if direct else None
-      if in_lif is None and vgg and len(kshape) == 4 and lif_out and lif_out[-1][2] == kshape[-2]:
-        in_lif = lif_out[-1][0]  # read through the average pooling
+      kernels.append(dict(name=name, k=kshape[0] if len(kshape) == 4 else 1, c_in=kshape[-2],
+                          c_out=kshape[-1], h=1, w=1, in_lif=None, out_lif=None,
+                          conv=len(kshape) == 4))
     out = next_fun(*fargs, **fkwargs)
-    if is_kernel:
-      k = kshape[0] if len(kshape) == 4 else 1
-      h, w = (out.shape[-3], out.shape[-2]) if len(kshape) == 4 else (1, 1)
-      kernels.append(dict(name=name, k=k, c_in=kshape[-2], c_out=kshape[-1], h=h, w=w,
-                          in_lif=in_lif, out_lif=None))
-      kernel_out.append((len(kernels) - 1, out))
+    if len(kernels) > before:
+      # A wrapper (conv + BN) and the conv inside it: the layer's input is the outermost
+      # call's input, its output the outermost call's output.
+      first = kernels[before]
+      if first["conv"] and len(kernels) - before == 1:
+        first["h"], first["w"] = int(out.shape[-3]), int(out.shape[-2])
+      if first["in_lif"] is None and direct:
+        first["in_lif"] = direct[-1]
+      elif (first["in_lif"] is None and vgg and last_lif is not None
+            and first["conv"] and last_lif[2] == first["c_in"]):
+        first["in_lif"] = last_lif[0]  # read through the average pooling
+      if len(kernels) - before == 1:
+        kernel_out.append((before, out))
     if report_lib._sows_spikes(mod):
       feeding = [i for i, o in kernel_out if o is x]
       if feeding:
@@ -128,7 +136,7 @@ def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLay
   with fnn.intercept_methods(interceptor):
     jax.eval_shape(lambda v, x: model.apply(v, x, train=False, timesteps=timesteps,
                                             mutable=["spikes", "prune_masks"]), variables, sample)
-  return [KernelLayer(**k) for k in kernels], lifs
+  return [KernelLayer(**{f: v for f, v in k.items() if f != "conv"}) for k in kernels], lifs
 
 
 class FlopsCounter:

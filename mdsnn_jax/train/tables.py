@@ -211,9 +211,15 @@ def _md_snn_datasets(scale: str) -> tuple[Dataset, ...]:
 
 def _spquant_datasets(scale: str) -> tuple[Dataset, ...]:
   if scale == "smoke":
-    return (Dataset("digits", "sklearn digits, digits MLP, T = 4, 40 teacher / 20 student steps: "
-                    "a pipeline check, not a result", False,
-                    lambda: _spquant_student(_smoke(base_config(), 4))),)
+    def smoke():
+      c = _spquant_student(_smoke(base_config(), 4))
+      set_quant(c, "first_layer", "same")  # the MLP has only a first and a last layer
+      set_quant(c, "last_layer", "same")
+      return c
+
+    return (Dataset("digits", "sklearn digits, digits MLP (both layers at the body's bits), T = 4, "
+                    "40 teacher / 20 student steps: a pipeline check, not a result", False,
+                    smoke),)
   if scale == "cpu":
     ts, ss = CPU_STEPS["spquant"]["cifar10"]
     tn, sn = CPU_STEPS["spquant"]["nmnist"]
