@@ -654,7 +654,9 @@ def describe_tables() -> str:
       est = tables_lib.ESTIMATES_S[t.name][scale]
       lines.append(f"  --scale={scale} ({_fmt_s(est)}, seeds >= {tables_lib.MIN_SEEDS[scale]}):")
       for ds in t.datasets(scale):
-        lines.append(f"    {ds.key}: {ds.description}")
+        ts, ss = tables_lib.training_steps(t, ds)
+        lines.append(f"    {ds.key}: {ds.description} [per seed: {ts} teacher + {ss} student "
+                     "training steps]")
     lines.append("")
   lines.append(tables_lib.ESTIMATE_NOTE)
   return "\n".join(lines)

@@ -322,10 +322,23 @@ TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT)}
 
 # Seconds per table at each scale, measured (smoke) or extrapolated (cpu): see ESTIMATE_NOTE.
 ESTIMATES_S: dict[str, dict[str, float | None]] = {
-    "md_snn": {"smoke": 120.0, "cpu": None, "full": None},
-    "spquant": {"smoke": 120.0, "cpu": None, "full": None},
+    "md_snn": {"smoke": 65.0, "cpu": None, "full": None},
+    "spquant": {"smoke": 70.0, "cpu": None, "full": None},
 }
-ESTIMATE_NOTE = ""
+ESTIMATE_NOTE = (
+    "Times: smoke was measured (3 seeds, one run each, on a 2-core Xeon shared with other jobs, "
+    "load ~4). cpu and full are not estimated: no cpu-scale table has been run yet, and digits "
+    "step times do not extrapolate to CIFAR-10 / N-MNIST models. Each table's training steps "
+    "per seed are listed above; the first run's wall time (in <table>.md) is the estimate to use.")
+
+
+def training_steps(table: "Table", dataset: "Dataset") -> tuple[int, int]:
+  """(teacher steps, student steps) per seed of `table` on `dataset`, from its configs."""
+  cfgs = row_configs(table, dataset)
+  teachers = sum(int(c.get("teacher_steps", c.train.steps)) for k, c in cfgs.items()
+                 if k.startswith("teacher"))
+  students = sum(int(c.train.steps) for k, c in cfgs.items() if not k.startswith("teacher"))
+  return teachers, students
 
 
 # ----------------------------------------------------------------------------- checking
