@@ -39,18 +39,24 @@ def parse_methods(text: str) -> list[str]:
   return methods
 
 
-def run_teacher(base, root: pathlib.Path, *, overwrite: bool = False) -> dict:
-  """The FP teacher of the table, trained once in root/teacher (`teacher_steps` steps)."""
+def run_teacher(base, root: pathlib.Path, *, overwrite: bool = False, name: str = "teacher",
+                seed: int | None = None) -> dict:
+  """The FP teacher of the table, trained once in root/<name> (`teacher_steps` steps; seed:
+  the config's unless given)."""
   teacher_cfg = copy.deepcopy(base)
   with teacher_cfg.unlocked():
     teacher_cfg.stages = "fp"
     teacher_cfg.train.steps = int(base.get("teacher_steps", base.train.steps))
-  return read_or_run(teacher_cfg, root / "teacher", "fp", overwrite=overwrite, tag="teacher")
+    if seed is not None:
+      teacher_cfg.seed = int(seed)
+  return read_or_run(teacher_cfg, root / name, "fp", overwrite=overwrite, tag=name)
 
 
 def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str | None = None,
-                eval_ptq: bool = False, overwrite: bool = False) -> dict:
-  """One quantized student in root/<name or method>_seed<seed>, distilled from root/teacher.
+                eval_ptq: bool = False, overwrite: bool = False,
+                teacher_dir: pathlib.Path | None = None) -> dict:
+  """One quantized student in root/<name or method>_seed<seed>, started from and distilled
+  from the FP teacher in `teacher_dir` (default root/teacher/fp).
 
   The method switches the membrane (α), logit (β) and feature (γ) terms on or off; their
   weights, temperature, layers etc. are the config's."""
@@ -66,7 +72,7 @@ def run_student(base, root: pathlib.Path, method: str, seed: int, *, name: str |
       if term in terms and weight <= 0:
         raise ValueError(f"method {method!r} needs distill.{term} > 0, got {weight}")
       cfg.distill[term] = weight if term in terms else 0.0
-    cfg.distill.teacher_workdir = str(root / "teacher" / "fp")
+    cfg.distill.teacher_workdir = str(teacher_dir or root / "teacher" / "fp")
     cfg.train.eval_ptq = eval_ptq
   run = f"{name or method}_seed{seed}"
   return read_or_run(cfg, root / run, stage, overwrite=overwrite, tag=run)

@@ -1,0 +1,662 @@
+"""Runs a paper table (`tables.TABLES`) and writes it: <workdir>/<table>.{md,csv,json,png}.
+
+    result = run_table('md_snn', workdir, scale='smoke', seeds=[0, 1, 2])
+
+Every run goes through `loop.train_and_evaluate` (via `experiments`): a finished run with
+the same config is read back, an unfinished one resumes from its checkpoint, a changed one is
+refused unless `overwrite`. Runs live in <workdir>/<table>/<dataset>/<row>_seed<s>/; each
+seed has its own FP teacher (teacher_seed<s>), which its students start from and distil.
+After training, every row of every seed is measured on the whole test split from its saved
+variables: accuracy, per-neuron firing rates (EMD to the FP teacher of the same seed), the
+crossbar model in dense and event mode (`report.hardware_for`, first / last layers at their
+own bits), the FLOPs that the membrane-prior masks the model produced let it skip
+(`FlopsCounter`), and weight / membrane memory.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import math
+import pathlib
+import time
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mdsnn_jax import data as data_lib
+from mdsnn_jax import distill, firing
+from mdsnn_jax import hardware as hw
+from mdsnn_jax import nn as nn_lib
+from mdsnn_jax import prune
+from mdsnn_jax import provenance
+from mdsnn_jax import report as report_lib
+from mdsnn_jax.train import experiments, stages as stages_lib
+from mdsnn_jax.train import tables as tables_lib
+
+FP_BITS_MAIN = report_lib.FP_WEIGHT_BITS  # the FP weight width the headline gains assume
+FP_BITS_SHOWN = (8, 16, 32)
+MEMORY_FP_BITS = 32  # float32, as this library stores FP weights and membranes
+GAIN_FIELDS = ("edap_reduction", "tops_per_w_gain", "tops_per_mm2_gain")
+PTQ_SOURCE = "qat"  # the PTQ row is this row's student before training
+
+
+# ------------------------------------------------------------------- model structure
+@dataclasses.dataclass(frozen=True)
+class KernelLayer:
+  """A conv / dense layer for FLOPs: k×k kernel, c_in → c_out, output h × w (before any
+  pooling), and the LIF layers whose masks gate its input / output channels (None: dense)."""
+  name: str
+  k: int
+  c_in: int
+  c_out: int
+  h: int
+  w: int
+  in_lif: str | None = None
+  out_lif: str | None = None
+
+  @property
+  def macs(self) -> int:
+    return self.k * self.k * self.c_in * self.c_out * self.h * self.w
+
+
+@dataclasses.dataclass(frozen=True)
+class LifLayer:
+  """A LIF layer: C channels of h × w neurons (dense layers: 1 × 1)."""
+  name: str
+  c: int
+  h: int
+  w: int
+
+  @property
+  def neurons(self) -> int:
+    return self.c * self.h * self.w
+
+
+def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLayer], list[LifLayer]]:
+  """The conv / dense and LIF layers of `model` in call order, from one abstract forward.
+
+  A layer's input is gated by a LIF when it reads that LIF's spikes directly (or, in a VGG,
+  through the 2×2 average pooling, which keeps an inactive channel at zero); its output when
+  it is that LIF's input current. Anything else in between (a residual sum, a flatten, the
+  static stem's broadcast over T) is counted dense: conservative."""
+  import flax.linen as fnn
+
+  kernels: list[dict] = []
+  lifs: list[LifLayer] = []
+  lif_out: list[tuple[str, Any, int]] = []  # (name, returned array, channels)
+  kernel_out: list[tuple[int, Any]] = []
+  seen: set = set()
+  vgg = isinstance(model, nn_lib.models.SpikingVGG)
+
+  def interceptor(next_fun, fargs, fkwargs, context):
+    mod = context.module
+    if context.method_name != "__call__" or mod.scope is None or not fargs:
+      return next_fun(*fargs, **fkwargs)
+    key = tuple(mod.scope.path)
+    name = "/".join(key)
+    x = fargs[0]
+    direct = [n for n, o, _ in lif_out if o is x]
+    last_lif = lif_out[-1] if lif_out else None
+    before = len(kernels)
+    if report_lib._has_kernel(mod) and key not in seen:
+      seen.add(key)
+      kshape = tuple(mod.variables["params"]["kernel"].shape)
+      kernels.append(dict(name=name, k=kshape[0] if len(kshape) == 4 else 1, c_in=kshape[-2],
+                          c_out=kshape[-1], h=1, w=1, in_lif=None, out_lif=None,
+                          conv=len(kshape) == 4))
+    out = next_fun(*fargs, **fkwargs)
+    if len(kernels) > before:
+      # A wrapper (conv + BN) and the conv inside it: the layer's input is the outermost
+      # call's input, its output the outermost call's output.
+      first = kernels[before]
+      if first["conv"] and len(kernels) - before == 1:
+        first["h"], first["w"] = int(out.shape[-3]), int(out.shape[-2])
+      if first["in_lif"] is None and direct:
+        first["in_lif"] = direct[-1]
+      elif (first["in_lif"] is None and vgg and last_lif is not None
+            and first["conv"] and last_lif[2] == first["c_in"]):
+        first["in_lif"] = last_lif[0]  # read through the average pooling
+      if len(kernels) - before == 1:
+        kernel_out.append((before, out))
+    if report_lib._sows_spikes(mod):
+      feeding = [i for i, o in kernel_out if o is x]
+      if feeding:
+        kernels[feeding[-1]]["out_lif"] = name
+      spatial = x.shape[2:-1]
+      lifs.append(LifLayer(name, int(x.shape[-1]), int(np.prod(spatial)) if spatial else 1, 1))
+      lif_out.append((name, out, int(x.shape[-1])))
+    return out
+
+  with fnn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False, timesteps=timesteps,
+                                            mutable=["spikes", "prune_masks"]), variables, sample)
+  return [KernelLayer(**{f: v for f, v in k.items() if f != "conv"}) for k in kernels], lifs
+
+
+class FlopsCounter:
+  """FLOPs of a forward pass from the active-channel masks a model produced (SPEC §4).
+
+  Per timestep t and sample b, with n_in / n_out the active input / output channels (the
+  gating LIF's mask count, or all channels when the side is not gated):
+
+      conv / dense:  dense k²·H·W·C_in·C_out,   active k²·H·W·n_in·n_out
+      LIF:           dense 3·H·W·C,             active 3·H·W·n  (gated LIFs; else dense)
+      prior:         H·W·C + 2·C per gated LIF  (`prune.prior_mask_flops`), every (t, b)
+
+  reduction = (dense − active − prior) / dense; factor = dense / (active + prior)."""
+
+  def __init__(self, layers: list[KernelLayer], lifs: list[LifLayer], gated: Iterable[str] = ()):
+    self.layers, self.lifs, self.gated = list(layers), list(lifs), set(gated)
+    self.dense = self.active = self.gate = 0
+
+  def add(self, counts: Mapping[str, Any], t: int, b: int) -> None:
+    """counts: {gated LIF: active channels per (t, b), int [T, B]} of one batch."""
+    full = np.ones((t, b), np.int64)
+    n = {k: np.asarray(v, np.int64) for k, v in counts.items()}
+    for m in n.values():
+      if m.shape != (t, b):
+        raise ValueError(f"mask counts must be [T, B] = {(t, b)}, got {m.shape}")
+    for l in self.layers:
+      n_in = n.get(l.in_lif, full * l.c_in)
+      n_out = n.get(l.out_lif, full * l.c_out)
+      self.dense += t * b * l.macs
+      self.active += int(np.sum(l.k * l.k * l.h * l.w * n_in * n_out))
+    for l in self.lifs:
+      per_channel = prune.LIF_OPS_PER_NEURON * l.h * l.w
+      self.dense += t * b * per_channel * l.c
+      self.active += int(np.sum(per_channel * n.get(l.name, full * l.c)))
+      if l.name in self.gated:
+        self.gate += t * b * prune.prior_mask_flops(l.c, l.h, l.w)
+
+  def result(self) -> dict:
+    spent = self.active + self.gate
+    return dict(dense=float(self.dense), active=float(self.active), gate=float(self.gate),
+                reduction=prune.flops_reduction(self.dense, self.active, self.gate),
+                factor=float(self.dense / spent) if spent else math.inf)
+
+
+# ------------------------------------------------------------------------ measurement
+@dataclasses.dataclass
+class Run:
+  model: Any
+  variables: Any
+  model_cfg: dict
+  data_cfg: ml_collections.ConfigDict
+  info: Any
+  timesteps: int
+  sample: np.ndarray
+  eval_batch: int
+
+
+def load_run(stage_dir: pathlib.Path, *, ptq_teacher: pathlib.Path | None = None) -> Run:
+  """A finished stage's model and variables, from its stored config. With `ptq_teacher`: the
+  stage's student initialised from that teacher as its training started (PTQ), untrained."""
+  stored = stages_lib.read_stage_config(stage_dir)
+  if stored is None:
+    raise FileNotFoundError(f"no {stages_lib.CONFIG_FILE} in {stage_dir}; run the table first")
+  res = stored["result"]
+  model_cfg = res["model"]
+  data_cfg = ml_collections.ConfigDict(res["data"])
+  info = data_lib.dataset_info(data_cfg)
+  timesteps = int(model_cfg["timesteps"])
+  model = nn_lib.create_model(model_cfg, info.num_classes)
+  sample = stages_lib.sample_input(info, timesteps)
+  if ptq_teacher is None:
+    variables = stages_lib.load_trained_variables(model, sample, stage_dir / "final_variables")
+  else:  # as loop.run_stage builds a student before its first step
+    t_cfg = stages_lib.read_stage_config(ptq_teacher)["result"]["model"]
+    t_model = nn_lib.create_model(t_cfg, info.num_classes)
+    t_vars = stages_lib.load_trained_variables(t_model, sample, ptq_teacher / "final_variables")
+    key = jax.random.PRNGKey(int(res["seed"]))
+    variables = nn_lib.init_variables(model, key, sample)
+    variables = nn_lib.init_student_from_teacher(variables, t_vars, student_model=model,
+                                                 sample_input=sample, rng=jax.random.fold_in(key, 1))
+  eval_batch = int(stored["config"]["train"]["eval_batch"])
+  return Run(model, variables, model_cfg, data_cfg, info, timesteps, sample, eval_batch)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _eval_step(model, timesteps, with_masks, stats, variables, x, y):
+  cols = ["spikes"] + (["prune_masks"] if with_masks else [])
+  logits, c = model.apply(variables, x, train=False, timesteps=timesteps, mutable=cols)
+  counts = ({k: jnp.sum(m, -1).astype(jnp.int32)
+             for k, m in distill.flatten_taps(c["prune_masks"]).items()} if with_masks else {})
+  correct = jnp.sum(jnp.argmax(logits.mean(0), -1) == y)
+  return firing.update_rates(stats, distill.flatten_taps(c["spikes"])), correct, counts
+
+
+def evaluate_run(run: Run) -> dict:
+  """One pass over the whole test split: accuracy (%), per-neuron rates and (membrane-prior
+  models) the FLOPs counted from the masks of every test example."""
+  gated = run.model_cfg.get("neuron", {}).get("prune_prior") is not None
+  layers, lifs = model_structure(run.model, run.variables, run.sample, run.timesteps)
+  counter = FlopsCounter(layers, lifs, [l.name for l in lifs] if gated else ())
+  loader = data_lib.make_loader(run.data_cfg, "test", batch_size=run.eval_batch, seed=0,
+                                shuffle=False, num_epochs=1, drop_remainder=False)
+  stats = None
+  correct = examples = 0
+  t_steps = None
+  for batch in loader:
+    x = jnp.asarray(batch["image"], jnp.float32)
+    y = jnp.asarray(batch["label"], jnp.int32)
+    if stats is None:
+      spikes = jax.eval_shape(report_lib.spike_forward(run.model, run.timesteps), run.variables, x)[1]
+      stats = firing.init_rates(spikes)
+      t_steps = int(next(iter(spikes.values())).shape[0])
+    stats, c, counts = _eval_step(run.model, run.timesteps, gated, stats, run.variables, x, y)
+    counter.add(jax.device_get(counts), t_steps, int(y.shape[0]))
+    correct += int(c)
+    examples += int(y.shape[0])
+  if stats is None:
+    raise ValueError(f"the test split of {run.info.name!r} yielded no batch")
+  return dict(accuracy=100.0 * correct / examples, examples=examples,
+              rates=firing.finalize_rates(stats), flops=counter.result(), layers=layers,
+              lifs=lifs)
+
+
+def _hw_timesteps(run: Run) -> int:
+  return int(run.info.timesteps or run.timesteps) if run.info.is_event else run.timesteps
+
+
+def hardware(run: Run, rates, *, fp_bits: int | None = None) -> dict:
+  """{'dense', 'event'} crossbar costs (`report.cost_summary`) and the raw costs. fp_bits:
+  charge every layer at that weight width and 22-bit membranes (the FP teacher)."""
+  if fp_bits is None:
+    w_bits, u_bits = report_lib.hardware_bits(run.model_cfg)
+    layer_bits = functools.partial(report_lib.layer_weight_bits, run.model_cfg)
+  else:
+    w_bits, u_bits = fp_bits, report_lib.FP_MEMBRANE_BITS
+    layer_bits = lambda n: [fp_bits] * n  # noqa: E731
+  r = report_lib.hardware_for(run.model, run.variables, run.sample, weight_bits=w_bits,
+                              membrane_bits=u_bits, timesteps=_hw_timesteps(run),
+                              spike_rates=rates, layer_bits=layer_bits)
+  return {"dense": r.dense, "event": r.event, "weight_bits": w_bits, "membrane_bits": u_bits,
+          "layer_bits": [l.weight_bits for l in r.layers]}
+
+
+def memory_layer_bits(model_cfg: Mapping[str, Any], n: int) -> list[int]:
+  """Stored bits of each conv / dense layer's weights for the memory columns: as
+  `report.layer_weight_bits`, but full precision is float32 (32 bits), as stored here."""
+  quant = model_cfg.get("quant") or {}
+
+  def bits(cfg, net=None):
+    cfg = cfg or {"kind": "none"}
+    if cfg.get("kind") == "same":
+      return net
+    return MEMORY_FP_BITS if cfg.get("kind", "none") == "none" else report_lib.weight_bits_of(cfg)
+
+  net = bits(quant.get("weight"))
+  out = [net] * n
+  first, last = bits(quant.get("first_layer"), net), bits(quant.get("last_layer"), net)
+  if n == 1:
+    return [max(first, last)]
+  out[0], out[-1] = first, last
+  return out
+
+
+def memory(run: Run, layers: list[KernelLayer], lifs: list[LifLayer]) -> dict:
+  """Weight memory Σ_i k²·C_in·C_out·b_w,i and membrane memory Σ_LIF neurons·b_u, in MB
+  (10^6 bytes); FP is float32, a quantized membrane its stored bits ⌈log2 #levels⌉."""
+  bits = memory_layer_bits(run.model_cfg, len(layers))
+  counts = [l.k * l.k * l.c_in * l.c_out for l in layers]
+  mcfg = (run.model_cfg.get("quant") or {}).get("membrane") or {"kind": "none"}
+  u_bits = MEMORY_FP_BITS if mcfg.get("kind", "none") == "none" else report_lib.membrane_bits_of(mcfg)
+  neurons = sum(l.neurons for l in lifs)
+  return dict(weight_mb=sum(c * b for c, b in zip(counts, bits)) / 8e6, weight_count=sum(counts),
+              weight_bits=bits, membrane_mb=neurons * u_bits / 8e6, membrane_count=neurons,
+              membrane_bits=u_bits)
+
+
+# ------------------------------------------------------------------------------ driver
+def _mean_std(values) -> tuple[float, float]:
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)
+
+
+def _seed_mean(dicts: list[dict]) -> dict:
+  """Mean over seeds of every number in a list of equally shaped dicts."""
+  first = dicts[0]
+  if isinstance(first, Mapping):
+    return {k: _seed_mean([d[k] for d in dicts]) for k in first}
+  if isinstance(first, (int, float, np.floating, np.integer)) and not isinstance(first, bool):
+    return float(np.mean(dicts))
+  return first
+
+
+def _gains(fp_cost, q_cost) -> dict:
+  return hw.compare_costs(fp_cost, q_cost)
+
+
+def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: pathlib.Path,
+                seeds: list[int], *, overwrite: bool = False) -> dict:
+  """Trains (or reads back) every run of `table` on `dataset`, then measures every row."""
+  configs = tables_lib.row_configs(table, dataset)
+  rows = list(table.rows)
+  students = [r for r in rows if r.kind == "student" and r.available(dataset.is_event)[0]]
+  teachers = [k for k in configs if k in tables_lib.TEACHERS or k.startswith("teacher")]
+  for seed in seeds:
+    for key in teachers:
+      experiments.run_teacher(configs[key], root, overwrite=overwrite, name=f"{key}_seed{seed}",
+                              seed=seed)
+    for row in students:
+      experiments.run_student(configs[row.key], root, row.method, seed, name=row.key,
+                              teacher_dir=root / f"{row.teacher}_seed{seed}" / "fp",
+                              overwrite=overwrite)
+
+  out_rows = []
+  measured: dict[str, list[dict]] = {}
+  fp_rates: dict[int, dict] = {}
+  fp_hw: dict[int, dict] = {}
+  for row in rows:
+    ok, why = row.available(dataset.is_event)
+    if not ok:
+      out_rows.append(dict(key=row.key, label=row.label, available=False, note=why))
+      continue
+    per_seed = []
+    for seed in seeds:
+      teacher_dir = root / f"teacher_seed{seed}" / "fp"
+      if row.kind == "teacher":
+        stage_dir, run = teacher_dir, load_run(teacher_dir)
+      elif row.kind == "ptq":
+        stage_dir = root / f"{PTQ_SOURCE}_seed{seed}" / "qat"
+        run = load_run(stage_dir, ptq_teacher=teacher_dir)
+      else:
+        stage_dir = root / f"{row.key}_seed{seed}" / experiments.METHODS[row.method][0]
+        run = load_run(stage_dir)
+      ev = evaluate_run(run)
+      summary = json.loads((stage_dir / stages_lib.SUMMARY_FILE).read_text())
+      m = dict(seed=seed, accuracy=ev["accuracy"] if row.kind == "ptq" else summary["test_accuracy"],
+               accuracy_remeasured=ev["accuracy"], examples=ev["examples"],
+               steps=0 if row.kind == "ptq" else summary["steps"])
+      if row.kind == "teacher":
+        fp_rates[seed] = ev["rates"]
+      m["mean_rate"] = float(np.concatenate([r.ravel() for r in ev["rates"].values()]).mean())
+      if "emd_to_fp" in table.columns:
+        m["emd_to_fp"] = firing.pooled_emd(fp_rates[seed], ev["rates"])
+      if "hardware" in table.columns:
+        h = hardware(run, ev["rates"])
+        if row.kind == "teacher":
+          fp_hw[seed] = {b: hardware(run, ev["rates"], fp_bits=b) for b in FP_BITS_SHOWN}
+          h = fp_hw[seed][FP_BITS_MAIN]
+        m["weight_bits"], m["membrane_bits"] = h["weight_bits"], h["membrane_bits"]
+        m["layer_weight_bits"] = h["layer_bits"]
+        m["hardware"] = {mode: {k: report_lib.cost_summary(h[mode])[k]
+                                for k in report_lib.HARDWARE_FIELDS} for mode in ("dense", "event")}
+        m["gains"] = {f"fp{b}": {mode: _gains(fp_hw[seed][b][mode], h[mode])
+                                 for mode in ("dense", "event")} for b in FP_BITS_SHOWN}
+      if "flops_reduction" in table.columns:
+        m["flops"] = ev["flops"]
+      if "memory" in table.columns:
+        m["memory"] = memory(run, ev["layers"], ev["lifs"])
+      per_seed.append(m)
+    measured[row.key] = per_seed
+    acc = [m["accuracy"] for m in per_seed]
+    mean, std = _mean_std(acc)
+    entry = dict(key=row.key, label=row.label, available=True, seeds=list(seeds), accuracy=acc,
+                 accuracy_mean=mean, accuracy_std=std, per_seed=per_seed)
+    for col in ("emd_to_fp", "hardware", "gains", "flops", "memory", "weight_bits",
+                "membrane_bits", "mean_rate"):
+      if col in per_seed[0]:
+        entry[col] = _seed_mean([m[col] for m in per_seed])
+    out_rows.append(entry)
+
+  base = measured.get(table.baseline)
+  fp_mem = out_rows[0].get("memory")
+  for entry in out_rows:
+    if not entry["available"]:
+      continue
+    entry["delta_vs_baseline"] = (None if entry["key"] == table.baseline or base is None else
+                                  experiments.paired_delta(entry["accuracy"],
+                                                           [m["accuracy"] for m in base]))
+    if fp_mem is not None and "memory" in entry:
+      entry["memory"]["weight_reduction"] = fp_mem["weight_mb"] / entry["memory"]["weight_mb"]
+      entry["memory"]["membrane_reduction"] = fp_mem["membrane_mb"] / entry["memory"]["membrane_mb"]
+      total = entry["memory"]["weight_mb"] + entry["memory"]["membrane_mb"]
+      entry["memory"]["total_reduction"] = (fp_mem["weight_mb"] + fp_mem["membrane_mb"]) / total
+  return dict(key=dataset.key, description=dataset.description, is_event=dataset.is_event,
+              rows=out_rows)
+
+
+def check_inputs(table: str, scale: str, seeds: str) -> tuple[tables_lib.Table, list[int]]:
+  """Everything about the command line that can be wrong, before any training."""
+  t = tables_lib.get_table(table)
+  tables_lib.check_scale(scale)
+  return t, tables_lib.parse_seeds(seeds, scale)
+
+
+def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0,1,2",
+              overwrite: bool = False, command: str | None = None) -> dict:
+  """Runs (or reads back) every row of `table` at `scale` and writes the table files."""
+  t0 = time.time()
+  t, seed_list = check_inputs(table, scale, ",".join(map(str, seeds))
+                              if isinstance(seeds, (list, tuple)) else seeds)
+  datasets = t.datasets(scale)
+  for ds in datasets:  # every config builds (an override naming a wrong field fails here)
+    tables_lib.row_configs(t, ds)
+  workdir = pathlib.Path(workdir)
+  results = [run_dataset(t, ds, workdir / t.name / ds.key, seed_list, overwrite=overwrite)
+             for ds in datasets]
+  out = dict(table=t.name, title=t.title, scale=scale, seeds=seed_list, baseline=t.baseline,
+             paper=list(t.paper), datasets=results, unit="percent",
+             fp_weight_bits_main=FP_BITS_MAIN, fp_weight_bits_shown=list(FP_BITS_SHOWN),
+             memory_fp_bits=MEMORY_FP_BITS, bits_note=report_lib.BITS_NOTE,
+             wall_seconds=time.time() - t0, provenance=provenance.record(command))
+  write_table(out, workdir)
+  return out
+
+
+# ------------------------------------------------------------------------------ output
+def _f(x, digits=2) -> str:
+  if x is None:
+    return "—"
+  return f"{x:.{digits}f}"
+
+
+def _acc(entry) -> str:
+  return f"{entry['accuracy_mean']:.2f} ± {entry['accuracy_std']:.2f}"
+
+
+def _delta(entry) -> str:
+  d = entry.get("delta_vs_baseline")
+  if d is None:
+    return "—"
+  return f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['positive']}/{d['n']} > 0)"
+
+
+def csv_rows(result: dict) -> list[dict]:
+  """One flat dict per (dataset, row): what the .csv holds."""
+  out = []
+  for ds in result["datasets"]:
+    for e in ds["rows"]:
+      row = {"dataset": ds["key"], "row": e["key"], "label": e["label"],
+             "available": e["available"]}
+      if e["available"]:
+        row.update(accuracy_mean=e["accuracy_mean"], accuracy_std=e["accuracy_std"],
+                   accuracy_per_seed=" ".join(f"{a:.4f}" for a in e["accuracy"]))
+        d = e.get("delta_vs_baseline")
+        row.update(delta_mean=d["mean"] if d else "", delta_std=d["std"] if d else "",
+                   delta_positive=d["positive"] if d else "")
+        if "emd_to_fp" in e:
+          row["emd_to_fp"] = e["emd_to_fp"]
+        for mode, h in e.get("hardware", {}).items():
+          for k, v in h.items():
+            row[f"{mode}_{k}"] = v
+        for fpb, by_mode in e.get("gains", {}).items():
+          for mode, g in by_mode.items():
+            for k in GAIN_FIELDS:
+              row[f"{mode}_{k}_vs_{fpb}"] = g[k]
+        if "flops" in e:
+          row.update(flops_dense=e["flops"]["dense"], flops_spent=e["flops"]["active"] +
+                     e["flops"]["gate"], flops_reduction=e["flops"]["reduction"],
+                     flops_factor=e["flops"]["factor"])
+        if "memory" in e:
+          for k in ("weight_mb", "membrane_mb", "weight_reduction", "membrane_reduction",
+                    "total_reduction"):
+            row[k] = e["memory"].get(k)
+      else:
+        row["note"] = e["note"]
+      out.append(row)
+  return out
+
+
+def render_csv(result: dict) -> str:
+  rows = csv_rows(result)
+  fields = list(dict.fromkeys(k for r in rows for k in r))
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    w.writerow(r)
+  return buf.getvalue()
+
+
+def render_markdown(result: dict) -> str:
+  prov = result["provenance"]
+  lines = [f"# {result['title']}", "",
+           f"Table `{result['table']}`, scale `{result['scale']}`, seeds {result['seeds']}. "
+           f"Accuracy: test accuracy in percent, mean ± sample std over the seeds; Δ: paired per "
+           f"seed against row `{result['baseline']}` (mean ± std, seeds with Δ > 0).", "",
+           "**Papers' figures (SPEC §6–§7), beside ours:**", ""]
+  lines += [f"- {p}" for p in result["paper"]] + [""]
+  for ds in result["datasets"]:
+    lines += [f"## {ds['key']}", "", ds["description"] + ".", ""]
+    rows = ds["rows"]
+    avail = [e for e in rows if e["available"]]
+    if result["table"] == "md_snn":
+      lines += ["| row | accuracy (%) | Δ vs QAT, no KD (pp) | pooled firing EMD to FP | bits W/U "
+                "| EDAP ×, dense | TOPS/W ×, dense | TOPS/mm² ×, dense | EDAP ×, event "
+                "| TOPS/W ×, event | TOPS/mm² ×, event |", "|" + "---|" * 11]
+      for e in rows:
+        if not e["available"]:
+          lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 9)
+          continue
+        g = e["gains"][f"fp{FP_BITS_MAIN}"]
+        lines.append(
+            f"| {e['label']} | {_acc(e)} | {_delta(e)} | {e['emd_to_fp']:.4f} | "
+            f"{e['weight_bits']:.0f}/{e['membrane_bits']:.0f} | "
+            + " | ".join(f"{g[m][k]:.2f}" for m in ("dense", "event") for k in GAIN_FIELDS) + " |")
+      lines += ["", f"Gains are over the FP teacher charged at {FP_BITS_MAIN}-bit weights and "
+                f"{report_lib.FP_MEMBRANE_BITS}-bit membranes (EDAP ×: FP / ours, lower is better "
+                "for EDAP so > 1 is a gain; TOPS ×: ours / FP). The paper does not state its FP "
+                "weight width; the gains at 8, 16 and 32 bits:", "",
+                "| row | mode | " + " | ".join(f"{k} vs FP{b}" for b in FP_BITS_SHOWN
+                                             for k in ("EDAP ×", "TOPS/W ×", "TOPS/mm² ×")) + " |",
+                "|" + "---|" * (2 + 3 * len(FP_BITS_SHOWN))]
+      for e in avail:
+        for mode in ("dense", "event"):
+          lines.append(f"| {e['label']} | {mode} | " + " | ".join(
+              f"{e['gains'][f'fp{b}'][mode][k]:.2f}" for b in FP_BITS_SHOWN for k in GAIN_FIELDS)
+              + " |")
+      lines += ["", "Crossbar figures (mean over seeds; dense is seed-independent):", "",
+                "| row | mode | energy (µJ) | latency (ms) | area (mm²) | EDAP (J·s·mm²) | TOPS/W "
+                "| TOPS/mm² |", "|" + "---|" * 8]
+      for e in avail:
+        for mode in ("dense", "event"):
+          h = e["hardware"][mode]
+          lines.append(f"| {e['label']} | {mode} | {h['energy_uj']:.4g} | {h['latency_ms']:.4g} | "
+                       f"{h['area_mm2']:.4g} | {h['edap_js_mm2']:.4g} | {h['tops_per_w']:.4g} | "
+                       f"{h['tops_per_mm2']:.4g} |")
+      lines += ["", result["bits_note"], ""]
+    else:
+      lines += ["| row | accuracy (%) | Δ vs FP (pp) | FLOPs reduction (measured) | weight MB | "
+                "membrane MB | weight ×↓ | membrane ×↓ | total ×↓ |", "|" + "---|" * 9]
+      for e in rows:
+        if not e["available"]:
+          lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 7)
+          continue
+        f, mem = e["flops"], e["memory"]
+        lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {100 * f['reduction']:.1f} % "
+                     f"({f['factor']:.2f}×) | {mem['weight_mb']:.4g} | {mem['membrane_mb']:.4g} | "
+                     f"{mem['weight_reduction']:.2f} | {mem['membrane_reduction']:.2f} | "
+                     f"{mem['total_reduction']:.2f} |")
+      lines += ["", "FLOPs: per sample, counted from the membrane-prior masks each model produced "
+                "on every test example (1 MAC = 1 FLOP, 3 per LIF update, the prior's own cost "
+                "charged); layers whose input or output passes a residual sum, a flatten or the "
+                "static stem's broadcast are counted dense. Memory: weights k²·C_in·C_out per "
+                f"conv / dense layer × its stored bits (FP: {MEMORY_FP_BITS}-bit float), "
+                f"membranes one value per neuron × stored bits (FP {MEMORY_FP_BITS}, ternary 2 = "
+                "⌈log2 3⌉), in MB = 10⁶ bytes; ×↓ = FP / row.", ""]
+  m = prov.get("machine", {})
+  lines += ["## Provenance", "",
+            f"Command: `{prov.get('command')}`", "",
+            f"Machine: {m.get('cpu')} ({m.get('cores')} cores, {m.get('devices')}); date "
+            f"{prov.get('date')}; wall time {result['wall_seconds']:.0f} s "
+            f"({provenance.describe(prov)}).", "",
+            f"Files: `{result['table']}.json` (every seed's numbers), `.csv`, `.png`.", ""]
+  return "\n".join(lines)
+
+
+def plot_table(result: dict, path: pathlib.Path) -> None:
+  """Accuracy by row with each seed's point (one panel per dataset); md_snn adds the EDAP /
+  TOPS/W / TOPS/mm² gains over FP at 16 bits, dense and event."""
+  plt = report_lib._pyplot()
+  n = len(result["datasets"])
+  extra = result["table"] == "md_snn"
+  fig, axes = plt.subplots(1 + extra, n, figsize=(5.5 * n, 3.8 * (1 + extra)), squeeze=False)
+  for j, ds in enumerate(result["datasets"]):
+    rows = [e for e in ds["rows"] if e["available"]]
+    ax = axes[0, j]
+    x = np.arange(len(rows))
+    ax.bar(x, [e["accuracy_mean"] for e in rows], 0.6,
+           yerr=[e["accuracy_std"] for e in rows], capsize=3, color="#9ab", label="mean ± std")
+    for i, e in enumerate(rows):
+      ax.scatter([i] * len(e["accuracy"]), e["accuracy"], s=12, color="k", zorder=3)
+    ax.set_xticks(x, [e["key"] for e in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{result['table']} · {ds['key']} ({result['scale']})", fontsize=9)
+    if extra:
+      ax = axes[1, j]
+      width = 0.13
+      q = [e for e in rows if e["key"] != "fp"]
+      for k, (mode, field) in enumerate((m, f) for m in ("dense", "event") for f in GAIN_FIELDS):
+        ax.bar(np.arange(len(q)) + (k - 2.5) * width,
+               [e["gains"][f"fp{FP_BITS_MAIN}"][mode][field] for e in q], width,
+               label=f"{field} ({mode})")
+      ax.axhline(1.0, color="k", linewidth=0.8)
+      ax.set_xticks(np.arange(len(q)), [e["key"] for e in q], rotation=30, ha="right", fontsize=8)
+      ax.set_ylabel(f"gain over FP ({FP_BITS_MAIN}-bit W), ×")
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  report_lib.save_figure_atomic(fig, path)
+  plt.close(fig)
+
+
+def write_table(result: dict, workdir: pathlib.Path) -> None:
+  name = result["table"]
+  provenance.write_json_atomic(workdir / f"{name}.json", report_lib._to_jsonable(result))
+  provenance.write_text_atomic(workdir / f"{name}.csv", render_csv(result))
+  provenance.write_text_atomic(workdir / f"{name}.md", render_markdown(result))
+  plot_table(result, workdir / f"{name}.png")
+
+
+# ------------------------------------------------------------------------------- --list
+def _fmt_s(s: float | None) -> str:
+  if s is None:
+    return "not estimated"
+  return f"~{s / 60:.0f} min" if s < 5400 else f"~{s / 3600:.1f} h"
+
+
+def describe_tables() -> str:
+  lines = []
+  for t in tables_lib.TABLES.values():
+    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {t.baseline}", "  rows:"]
+    for r in t.rows:
+      extra = f" [not run: {r.note}]" if r.kind == "unavailable" else (
+          f" [not on event data: {r.event_note}]" if r.event_note else "")
+      lines.append(f"    {r.key:14s} {r.label}{extra}")
+    for scale in tables_lib.SCALES:
+      est = tables_lib.ESTIMATES_S[t.name][scale]
+      lines.append(f"  --scale={scale} ({_fmt_s(est)}, seeds >= {tables_lib.MIN_SEEDS[scale]}):")
+      for ds in t.datasets(scale):
+        ts, ss = tables_lib.training_steps(t, ds)
+        lines.append(f"    {ds.key}: {ds.description} [per seed: {ts} teacher + {ss} student "
+                     "training steps]")
+    lines.append("")
+  lines.append(tables_lib.ESTIMATE_NOTE)
+  return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""The table runner (launch/reproduce.py): every table end to end at --scale=smoke, resume
+after SIGTERM, FLOPs from masks against a hand count, bad inputs, every config builds."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdsnn_jax import nn, prune
+from mdsnn_jax.train import reproduce, tables
+from mdsnn_jax.train.stages import stage_model_config
+from mdsnn_jax.train.state import TrainState, make_optimizer
+from mdsnn_jax.train.steps import train_step
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env():
+  env = {k: v for k, v in os.environ.items() if k != "MDSNN_TRACEBACK"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return env
+
+
+def _launch(*args, timeout=600):
+  return subprocess.run([sys.executable, "launch/reproduce.py", *args], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _numbers(result: dict):
+  """Every row's numbers of a table json, without provenance and wall time."""
+  return [{k: v for k, v in row.items()} for ds in result["datasets"] for row in ds["rows"]]
+
+
+# ------------------------------------------------------------------- 1. smoke, end to end
+@pytest.mark.parametrize("name", sorted(tables.TABLES))
+def test_table_at_smoke_scale_end_to_end(tmp_path, name):
+  start = time.time()
+  res = _launch(f"--table={name}", f"--workdir={tmp_path}", "--scale=smoke")
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  assert time.time() - start < 120 * 1.5, "a smoke table must stay near 2 minutes"
+  for ext in ("md", "csv", "json", "png"):
+    assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
+  result = json.loads((tmp_path / f"{name}.json").read_text())
+  table = tables.TABLES[name]
+  assert result["seeds"] == [0, 1, 2] and result["provenance"]["command"]
+  assert result["provenance"]["machine"]["cpu"] and result["wall_seconds"] > 0
+  rows = result["datasets"][0]["rows"]
+  assert [r["key"] for r in rows] == [r.key for r in table.rows]
+  for r in rows:
+    if not r["available"]:
+      assert r["note"]
+      continue
+    assert len(r["accuracy"]) == 3 and all(0 <= a <= 100 for a in r["accuracy"])
+    np.testing.assert_allclose(r["accuracy_mean"], np.mean(r["accuracy"]))
+    np.testing.assert_allclose(r["accuracy_std"], np.std(r["accuracy"], ddof=1))
+    if r["key"] != table.baseline:
+      d = r["delta_vs_baseline"]
+      base = next(b for b in rows if b["key"] == table.baseline)
+      np.testing.assert_allclose(d["delta"], np.subtract(r["accuracy"], base["accuracy"]))
+      assert d["positive"] == sum(x > 0 for x in d["delta"])
+  # The csv: one parseable line per row, every number a float.
+  lines = list(csv.DictReader(io.StringIO((tmp_path / f"{name}.csv").read_text())))
+  assert [l["row"] for l in lines] == [r.key for r in table.rows]
+  md = (tmp_path / f"{name}.md").read_text()
+  for r in table.rows:
+    assert r.label in md
+  assert "Papers' figures" in md and "wall time" in md
+  if name == "md_snn":
+    columns = ("accuracy_mean", "delta_mean", "emd_to_fp", "dense_edap_reduction_vs_fp16",
+               "event_tops_per_w_gain_vs_fp8", "event_tops_per_mm2_gain_vs_fp32",
+               "dense_energy_uj", "event_latency_ms", "dense_area_mm2")
+    assert "14.85× lower EDAP" in md and "16-bit weights" in md
+    fp = next(r for r in rows if r["key"] == "fp")
+    assert fp["emd_to_fp"] == 0.0
+    np.testing.assert_allclose(fp["gains"]["fp16"]["dense"]["edap_reduction"], 1.0)
+    md_row = next(r for r in rows if r["key"] == "md")
+    assert md_row["weight_bits"] == 2 and md_row["gains"]["fp16"]["dense"]["edap_reduction"] > 1
+  else:
+    columns = ("accuracy_mean", "flops_reduction", "flops_factor", "weight_mb", "membrane_mb",
+               "weight_reduction", "membrane_reduction", "total_reduction")
+    assert "13×" in md and "4.7×" in md
+    tern = next(r for r in rows if r["key"] == "w4_tern")
+    np.testing.assert_allclose(tern["memory"]["membrane_reduction"], 32 / 2)
+    np.testing.assert_allclose(tern["memory"]["weight_reduction"], 32 / 4)
+    for key in ("fp", "w4", "w4_tern_lt"):  # ungated: nothing skipped
+      assert next(r for r in rows if r["key"] == key)["flops"]["reduction"] == 0.0
+  for l in lines:
+    if l["available"] == "True":
+      for c in columns:
+        if c == "delta_mean" and l["row"] == table.baseline:
+          continue
+        float(l[c])
+
+
+# ---------------------------------------------------------------- 2. resume after SIGTERM
+def test_interrupted_table_resumes_and_ends_with_the_same_numbers(tmp_path):
+  args = ["--table=spquant", "--scale=smoke", "--seeds=0"]
+  full = _launch(*args, f"--workdir={tmp_path / 'once'}")
+  assert full.returncode == 0, full.stderr[-3000:]
+  cut = tmp_path / "cut"
+  proc = subprocess.Popen([sys.executable, "launch/reproduce.py", *args, f"--workdir={cut}"],
+                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  seen = []
+  for line in proc.stdout:  # stop in the middle of a student row, after its step 10
+    seen.append(line)
+    if line.startswith("[w4_tern_seed0 qat]") and "step 10/" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+  assert not (cut / "spquant.json").exists()
+  again = _launch(*args, f"--workdir={cut}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "[w4_tern_seed0 qat] resuming from step 10" in again.stdout
+  assert "[teacher_seed0 fp] finished earlier" in again.stdout
+  a = json.loads((tmp_path / "once" / "spquant.json").read_text())
+  b = json.loads((cut / "spquant.json").read_text())
+  assert _numbers(a) == _numbers(b)
+
+
+# --------------------------------------------------------------- 3. FLOPs from the masks
+def test_flops_from_masks_equal_a_hand_count():
+  """A 3×3 conv, 2 → 3 channels on a 4×4 output, reading gated LIF 'a' (2 channels of 4×4)
+  and feeding gated LIF 'b' (3 channels of 4×4); T = 2, B = 1."""
+  conv = reproduce.KernelLayer("conv", k=3, c_in=2, c_out=3, h=4, w=4, in_lif="a", out_lif="b")
+  lifs = [reproduce.LifLayer("a", 2, 4, 4), reproduce.LifLayer("b", 3, 4, 4)]
+  counter = reproduce.FlopsCounter([conv], lifs, gated=["a", "b"])
+  # Active channels: t = 0 all; t = 1: 'a' keeps 1 of 2, 'b' keeps 1 of 3.
+  counter.add({"a": np.array([[2], [1]]), "b": np.array([[3], [1]])}, t=2, b=1)
+  out = counter.result()
+  conv_dense = 9 * 2 * 3 * 16  # k²·C_in·C_out·H·W per (t, b)
+  dense = 2 * (conv_dense + 3 * 16 * 2 + 3 * 16 * 3)
+  active = (9 * 16 * 2 * 3 + 9 * 16 * 1 * 1) + 3 * 16 * (2 + 1) + 3 * 16 * (3 + 1)
+  gate = 2 * ((16 * 2 + 2 * 2) + (16 * 3 + 2 * 3))
+  assert (out["dense"], out["active"], out["gate"]) == (dense, active, gate)
+  assert out["reduction"] == pytest.approx((dense - active - gate) / dense)
+  assert out["factor"] == pytest.approx(dense / (active + gate))
+  # The conv + its LIF agree with prune.conv_lif_flops on the same masks.
+  masks_b = np.array([[[1, 1, 1]], [[0, 1, 0]]])
+  masks_a = np.array([[[1, 1]], [[1, 0]]])
+  ref = prune.conv_lif_flops(masks_b, c_in=2, k=3, h_out=4, w_out=4, in_masks=masks_a)
+  c2 = reproduce.FlopsCounter([conv], [lifs[1]], gated=[])
+  c2.add({"a": masks_a.sum(-1), "b": masks_b.sum(-1)}, t=2, b=1)
+  assert (c2.result()["dense"], c2.result()["active"]) == (ref["dense"], ref["active"])
+
+
+def test_model_structure_finds_which_lif_gates_each_layer():
+  model = nn.create_model({"name": "digits_cnn", "timesteps": 2,
+                           "neuron": {"prune_prior": -0.8}}, 10)
+  x = jnp.zeros((1, 8, 8, 1))
+  v = jax.eval_shape(lambda: nn.init_variables(model, jax.random.PRNGKey(0), x))
+  layers, lifs = reproduce.model_structure(model, v, x, 2)
+  assert [(l.name, l.k, l.c_in, l.c_out, l.h, l.w, l.in_lif, l.out_lif) for l in layers] == [
+      ("conv0/conv", 3, 1, 16, 8, 8, None, None),  # static stem: broadcast over T, dense
+      ("conv1/conv", 3, 16, 32, 4, 4, "lif0", "lif1"),  # reads lif0 through the 2×2 pooling
+      ("fc", 1, 32 * 2 * 2, 10, 1, 1, None, None)]  # flattened input: dense
+  assert [(l.name, l.c, l.h * l.w) for l in lifs] == [("lif0", 16, 64), ("lif1", 32, 16)]
+
+
+# ------------------------------------------------------------------------ 4. bad input
+@pytest.mark.parametrize("args,words", [
+    (["--table=nope"], ["unknown table 'nope'", "md_snn", "spquant"]),
+    (["--table=md_snn", "--scale=huge"], ["unknown scale 'huge'", "smoke", "cpu", "full"]),
+    (["--table=md_snn", "--seeds="], ["empty seed list", "at least 1"]),
+    (["--table=md_snn", "--seeds=0,x"], ["invalid seed list", "comma-separated"]),
+    (["--table=spquant", "--scale=cpu", "--seeds=0,1"], ["over >= 3 seeds", "at least 3"]),
+    (["--table=spquant", "--scale=full", "--seeds=1,1,2"], ["negative or repeated"]),
+])
+def test_bad_inputs_fail_before_training_with_one_line(tmp_path, args, words):
+  res = _launch(*args, f"--workdir={tmp_path / 'w'}", timeout=120)
+  assert res.returncode == 2, res.stdout + res.stderr
+  err = res.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), res.stderr
+  for w in words:
+    assert w in err[0], err[0]
+  assert not (tmp_path / "w").exists()  # nothing was trained or written
+
+
+def test_list_names_every_table_row_dataset_and_time():
+  res = _launch("--list", timeout=120)
+  assert res.returncode == 0, res.stderr
+  for t in tables.TABLES.values():
+    assert t.name in res.stdout
+    for r in t.rows:
+      assert r.key in res.stdout
+    for scale in tables.SCALES:
+      assert f"--scale={scale}" in res.stdout
+      for ds in t.datasets(scale):
+        assert ds.description in res.stdout
+  assert "min" in res.stdout
+
+
+# ------------------------------------------------------- 5. every full-scale config builds
+EVENT_SENSORS = {"nmnist": (34, 34), "ncaltech101": (180, 240)}
+
+
+def _batch2(c):
+  if c.data.name in EVENT_SENSORS:
+    h = w = c.data.image_size
+    return jnp.zeros((2, c.data.timesteps, h, w, 2), jnp.float32)
+  return jnp.zeros((2, 32, 32, 3), jnp.float32)
+
+
+def _full_runs():
+  out = []
+  for name, t in sorted(tables.TABLES.items()):
+    for ds in t.datasets("full"):
+      for key, cfg in tables.row_configs(t, ds).items():
+        out.append(pytest.param(name, ds.key, key, cfg, id=f"{name}-{ds.key}-{key}"))
+  return out
+
+
+@pytest.mark.parametrize("table,dataset,key,cfg", _full_runs())
+def test_every_full_scale_row_runs_one_train_step_at_batch_2(table, dataset, key, cfg):
+  """Abstractly for every row (jax.eval_shape); one real step on CPU for the teacher and the
+  most demanding student of each dataset (MD, or the pruned SpQuant row), to keep it fast."""
+  row = next((r for r in tables.TABLES[table].rows if r.key == key), None)
+  stage = "fp" if row is None else {"none": "qat"}.get(row.method, "md")
+  k = 101 if dataset == "ncaltech101" else 10
+  x = _batch2(cfg)
+  t = int(cfg.model.timesteps)
+  key_ = jax.random.PRNGKey(0)
+  model = nn.create_model(stage_model_config(cfg, stage), k)
+  tx = make_optimizer(cfg.optim, int(cfg.train.steps))
+  teacher = teacher_vars = None
+  if stage == "md":
+    tcfg = tables.teacher_config(cfg, row.teacher_t_factor)
+    teacher = nn.create_model(stage_model_config(tcfg, "fp"), k)
+    tx_t = x if x.ndim == 4 else x
+    teacher_vars = nn.init_variables(teacher, key_, tx_t[:1])
+  batch = {"image": x, "label": jnp.zeros((2,), jnp.int32)}
+  real = key in ("teacher", "md", "prune_p0")
+
+  def step(v, tv):
+    state = TrainState.create(variables=v, tx=tx)
+    return train_step(state, batch, tv, model=model, loss_cfg=cfg.loss,
+                      distill_cfg=cfg.distill if stage == "md" else None,
+                      teacher_model=teacher, timesteps=t)
+
+  if real:
+    variables = nn.init_variables(model, key_, x[:1])
+    start = time.time()
+    state, metrics = jax.jit(step)(variables, teacher_vars)
+    assert np.isfinite(float(metrics["loss"])), metrics
+    assert int(state.step) == 1 and time.time() - start < 300
+  else:
+    variables = jax.eval_shape(lambda: nn.init_variables(model, key_, x[:1]))
+    _, metrics = jax.eval_shape(step, variables, teacher_vars)
+    assert metrics["loss"].shape == ()
