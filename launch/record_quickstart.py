@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,15 +57,15 @@ def run_once(workdir: pathlib.Path) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
   if _REPEATS.value < 1:
-    raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
+    raise ValueError(f"--repeats must be >= 1, got {_REPEATS.value}")
   runs = []
   for i in range(_REPEATS.value):
     with tempfile.TemporaryDirectory(prefix="mdsnn_quickstart_") as tmp:
       run = run_once(pathlib.Path(tmp))
-    print(f"run {i}: " + ", ".join(f"{k} {v['test_accuracy']:.4f}" for k, v in run["stages"].items())
-          + f" (PTQ {run['stages']['md']['ptq_accuracy']:.4f}); {run['wall_seconds']:.1f} s",
+    print(f"run {i}: " + ", ".join(f"{k} {v['test_accuracy']:.2f} %" for k, v in run["stages"].items())
+          + f" (PTQ {run['stages']['md']['ptq_accuracy']:.2f} %); {run['wall_seconds']:.1f} s",
           flush=True)
     runs.append(run)
   config = runs[0].pop("config")
@@ -76,8 +76,12 @@ def main(argv):
   out = {
       "what": "README quickstart: FP spiking CNN teacher, then a quantized student distilled "
               "from it (stages fp, md), on sklearn digits (359 held-out test images)",
-      "student_quantization": {k: quant[k] for k in ("weight", "membrane", "first_layer",
-                                                     "last_layer", "bn_fold")},
+      # The arguments that were set (unset ones are the kind's defaults, e.g. LSQ's full grid).
+      "student_quantization": {k: ({a: b for a, b in quant[k].items() if b is not None}
+                                   if isinstance(quant[k], dict) else quant[k])
+                               for k in ("weight", "membrane", "first_layer", "last_layer",
+                                         "bn_fold")},
+      "accuracy_unit": "percent",
       "test_examples": 359,
       "runs": runs,
       "identical_across_runs": all(a == accs[0] for a in accs),
@@ -89,4 +93,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mdsnn_jax.train import cli  # noqa: E402
+  cli.run(main)

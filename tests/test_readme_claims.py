@@ -44,8 +44,9 @@ def test_quickstart_numbers_are_the_recorded_run():
   assert q["quickstart_command"] in text.replace("--workdir=/tmp/mdsnn_digits", "--workdir=<fresh workdir>")
   for run in q["runs"]:
     fp, md = run["stages"]["fp"], run["stages"]["md"]
-    quoted = (f"FP {100 * fp['test_accuracy']:.2f} %, PTQ {100 * md['ptq_accuracy']:.2f} % and "
-              f"MD student {100 * md['test_accuracy']:.2f} %")
+    assert q["accuracy_unit"] == "percent"
+    quoted = (f"FP {fp['test_accuracy']:.2f} %, PTQ {md['ptq_accuracy']:.2f} % and "
+              f"MD student {md['test_accuracy']:.2f} %")
     assert quoted in text, quoted
   assert q["identical_across_runs"] and "identical in both runs" in text
   walls = " and ".join(f"{r['wall_seconds']:.0f} s" for r in q["runs"])
