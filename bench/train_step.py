@@ -47,7 +47,7 @@ import optax
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, matmul_peak_gflops, write_results  # noqa: E402
 
-from mdsnn_jax.nn import create_model, default_model_config, init_variables  # noqa: E402
+from mdsnn_jax.nn import create_model, init_variables  # noqa: E402
 from mdsnn_jax.nn.layers import QConv, QDense  # noqa: E402
 from mdsnn_jax.nn.models import VGG9_LAYERS  # noqa: E402
 

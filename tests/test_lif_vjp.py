@@ -2,7 +2,6 @@
 jax.grad of lif_scan (the plain reference), under jit, vmap and bf16."""
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -33,7 +33,7 @@ import ml_collections
 from flax import traverse_util
 from flax.core import unfreeze
 
-from mdsnn_jax.nn.layers import CONV_OUT, LIF, NeuronConfig, QConvBN, QDense, QuantConfig
+from mdsnn_jax.nn.layers import LIF, NeuronConfig, QConvBN, QDense, QuantConfig
 
 Array = jax.Array
 

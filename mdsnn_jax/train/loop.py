@@ -527,8 +527,6 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
   t_ref = step_ref = None  # the rate counts from the end of the first (compiling) step
   t_last, step_last = None, start
   metrics: dict = {}
-  if start >= total_steps:
-    metrics = {}
   for step in range(start + 1, total_steps + 1):
     batch = shd.global_batch_from_local(_local_batch(next(stream)), mesh)
     state, step_metrics = train_fn(state, batch, teacher_variables)

@@ -17,7 +17,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from mdsnn_jax import nn as nn_lib
 from mdsnn_jax.provenance import write_json_atomic
 from mdsnn_jax.train import checkpoint as ckpt
 from mdsnn_jax.train.config import QUANT_FIELDS, quant_args
