@@ -82,42 +82,21 @@ def test_bad_dtype_raises():
 
 
 def _train_digits(dtype: str, steps: int = 150, batch: int = 64, seed: int = 0) -> float:
-  """digits_cnn (the quickstart's model), T = 4, Adam 2e-3; test accuracy after `steps`."""
-  from sklearn.datasets import load_digits
-  data = load_digits()
-  x = (data.images / 16.0).astype(np.float32)[..., None]
-  y = data.target.astype(np.int32)
-  perm = np.random.default_rng(0).permutation(len(x))
-  x, y = x[perm], y[perm]
-  x_tr, y_tr, x_te, y_te = x[:1400], y[:1400], x[1400:], y[1400:]
-  model = _model("digits_cnn", dtype, timesteps=4)
-  variables = init_variables(model, jax.random.key(seed, impl="rbg"), jnp.asarray(x_tr[:2]))
-  tx = optax.adam(2e-3)
-  params, stats = variables["params"], variables["batch_stats"]
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, stats, opt, xb, yb):
-    def loss(p):
-      logits, cols = model.apply({"params": p, "batch_stats": stats}, xb, train=True,
-                                 mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), yb).mean(), cols
-    (_, cols), g = jax.value_and_grad(loss, has_aux=True)(params)
-    updates, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, updates), cols["batch_stats"], opt
-
-  rng = np.random.default_rng(seed)
-  for _ in range(steps):
-    idx = rng.integers(0, len(x_tr), batch)
-    params, stats, opt = step(params, stats, opt, x_tr[idx], y_tr[idx])
-  assert _dtypes(params) == {"float32"} and _dtypes(opt) <= {"float32", "int32"}
-  logits = jax.jit(lambda v, xb: model.apply(v, xb, train=False))(
-      {"params": params, "batch_stats": stats}, x_te)
-  return float(np.mean(np.argmax(np.asarray(logits.mean(0)), -1) == y_te))
+  """bench/mixed_precision.py's run (test accuracy in percent), so the test and the
+  BENCHMARKS.md number come from one function."""
+  import pathlib
+  import sys
+  bench = str(pathlib.Path(__file__).resolve().parents[1] / "bench")
+  sys.path.insert(0, bench)
+  try:
+    import mixed_precision
+  finally:
+    sys.path.remove(bench)
+  return mixed_precision.train_digits(dtype, steps=steps, batch=batch, seed=seed)
 
 
 def test_bf16_digits_trains_within_2pp_of_float32():
   acc32 = _train_digits("float32")
   acc16 = _train_digits("bfloat16")
-  assert acc32 > 0.8, acc32
-  assert abs(acc16 - acc32) <= 0.02, (acc16, acc32)
+  assert acc32 > 80, acc32
+  assert abs(acc16 - acc32) <= 2.0, (acc16, acc32)
