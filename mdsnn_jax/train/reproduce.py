@@ -485,7 +485,7 @@ def emd_verdict(rows: list[dict], n_seeds: int) -> dict:
     else:
       status, why = "unsettled", "the seed spreads of LQ-Net and the uniform rows overlap"
     nums = "; ".join(f"{u['label']} {u['emd_to_fp']:.4f} ± {u['emd_to_fp_std']:.4f}" for u in uni)
-    per_bits[bits] = status
+    per_bits[str(bits)] = status  # str: the same keys after a json round trip
     lines.append(f"{bits}-bit: **{status}** ({why}): LQ-Net {lq['emd_to_fp']:.4f} ± "
                  f"{lq['emd_to_fp_std']:.4f} vs {nums}.")
   overall = ("holds" if per_bits and all(v == "holds" for v in per_bits.values()) else
@@ -779,7 +779,10 @@ def _fmt_s(s: float | None) -> str:
 def describe_tables() -> str:
   lines = []
   for t in tables_lib.TABLES.values():
-    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {t.baseline}", "  rows:"]
+    per_row = sorted(set(tables_lib.BASELINES.get(t.name, {}).values()) - {"fp"})
+    base = (f"{t.baseline}" if not per_row else
+            f"per row: {', '.join(per_row)} (the no-KD row at the row's T)")
+    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {base}", "  rows:"]
     for r in t.rows:
       extra = f" [not run: {r.note}]" if r.kind == "unavailable" else (
           f" [not on event data: {r.event_note}]" if r.event_note else "")

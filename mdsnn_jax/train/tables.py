@@ -453,8 +453,9 @@ FEATURE_KD = Table(
     columns=("saliency",),
 )
 # Rows paired against another row than table.baseline: {table: {row: baseline row}}.
-BASELINES = {"feature_kd": {r.key: f"none_t{r.key.rsplit('_t', 1)[1]}" for r in FEATURE_KD.rows
-                            if r.kind == "student"}}
+# The teacher is paired against nothing (it is not a student of either T).
+BASELINES = {"feature_kd": {r.key: (f"none_t{r.key.rsplit('_t', 1)[1]}" if r.kind == "student"
+                                    else r.key) for r in FEATURE_KD.rows}}
 
 TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT, EMD, FEATURE_KD)}
 
