@@ -10,7 +10,9 @@ After training, every row of every seed is measured on the whole test split from
 variables: accuracy, per-neuron firing rates (EMD to the FP teacher of the same seed), the
 crossbar model in dense and event mode (`report.hardware_for`, first / last layers at their
 own bits), the FLOPs that the membrane-prior masks the model produced let it skip
-(`FlopsCounter`), and weight / membrane memory.
+(`FlopsCounter`), weight / membrane memory, the per-layer EMD and dead fraction (`emd`,
+with `emd_verdict`), and the saliency consistency of each student with its teacher on the
+first SALIENCY_EXAMPLES test images (`feature_kd`, `report.saliency_maps_of`).
 """
 from __future__ import annotations
 
