@@ -4,6 +4,8 @@ reading back finished ones) and writes <workdir>/<table>.{md,csv,json,png}.
     python launch/reproduce.py --list
     python launch/reproduce.py --table=md_snn --workdir=runs/tables --scale=smoke
     python launch/reproduce.py --table=spquant --workdir=runs/tables --scale=cpu --seeds=0,1,2
+    python launch/reproduce.py --table=emd --workdir=runs/tables --scale=smoke --seeds=0
+    python launch/reproduce.py --table=feature_kd --workdir=runs/tables --scale=smoke --seeds=0
 
 Tables and rows: `mdsnn_jax/train/tables.py`; the driver: `mdsnn_jax/train/reproduce.py`.
 """

@@ -19,9 +19,11 @@ from mdsnn_jax.train.loop import train_and_evaluate
 # method -> (stage, which of membrane KD (α), logit KD (β), feature KD (γ) it switches on);
 # the weights themselves come from the config (γ defaults to 1 for 'feature').
 METHODS = {"none": ("qat", ()), "logit": ("md", ("beta",)), "md": ("md", ("alpha", "beta")),
-           "mdonly": ("md", ("alpha",)), "feature": ("md", ("gamma",))}
+           "mdonly": ("md", ("alpha",)), "feature": ("md", ("gamma",)),
+           "feature_logit": ("md", ("beta", "gamma"))}
 NAMES = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membrane + logit KD)",
-         "mdonly": "QAT + membrane KD only", "feature": "QAT + affine-projector feature KD only"}
+         "mdonly": "QAT + membrane KD only", "feature": "QAT + affine-projector feature KD only",
+         "feature_logit": "QAT + affine-projector feature KD + logit KD"}
 
 
 def read_or_run(config, workdir: pathlib.Path, stage: str, *, overwrite: bool = False,

@@ -10,7 +10,9 @@ After training, every row of every seed is measured on the whole test split from
 variables: accuracy, per-neuron firing rates (EMD to the FP teacher of the same seed), the
 crossbar model in dense and event mode (`report.hardware_for`, first / last layers at their
 own bits), the FLOPs that the membrane-prior masks the model produced let it skip
-(`FlopsCounter`), and weight / membrane memory.
+(`FlopsCounter`), weight / membrane memory, the per-layer EMD and dead fraction (`emd`,
+with `emd_verdict`), and the saliency consistency of each student with its teacher on the
+first SALIENCY_EXAMPLES test images (`feature_kd`, `report.saliency_maps_of`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from mdsnn_jax import nn as nn_lib
 from mdsnn_jax import prune
 from mdsnn_jax import provenance
 from mdsnn_jax import report as report_lib
+from mdsnn_jax import saliency as sal
 from mdsnn_jax.train import experiments, stages as stages_lib
 from mdsnn_jax.train import tables as tables_lib
 
@@ -44,6 +47,8 @@ FP_BITS_SHOWN = (8, 16, 32)
 MEMORY_FP_BITS = 32  # float32, as this library stores FP weights and membranes
 GAIN_FIELDS = ("edap_reduction", "tops_per_w_gain", "tops_per_mm2_gain")
 PTQ_SOURCE = "qat"  # the PTQ row is this row's student before training
+SALIENCY_EXAMPLES = report_lib.SALIENCY_EXAMPLES  # test images the saliency consistency uses
+SALIENCY_K = sal.DEFAULT_TOP_K  # top-k % of pixels for the IoU
 
 
 # ------------------------------------------------------------------- model structure
@@ -353,6 +358,7 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
   measured: dict[str, list[dict]] = {}
   fp_rates: dict[int, dict] = {}
   fp_hw: dict[int, dict] = {}
+  fp_saliency: dict[int, tuple] = {}
   for row in rows:
     ok, why = row.available(dataset.is_event)
     if not ok:
@@ -379,6 +385,19 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
       m["mean_rate"] = float(np.concatenate([r.ravel() for r in ev["rates"].values()]).mean())
       if "emd_to_fp" in table.columns:
         m["emd_to_fp"] = firing.pooled_emd(fp_rates[seed], ev["rates"])
+      if "layer_emd" in table.columns:
+        m["layer_emd"] = firing.layer_emd(fp_rates[seed], ev["rates"])
+      if "dead_fraction" in table.columns:
+        m["dead_fraction"] = firing.dead_fraction(
+            np.concatenate([r.ravel() for r in ev["rates"].values()]))
+      if "saliency" in table.columns:
+        if row.kind == "teacher":
+          fp_saliency[seed] = teacher_saliency(run)
+        else:
+          images, t_maps = fp_saliency[seed]
+          m["saliency"] = report_lib.saliency_summary(
+              t_maps, report_lib.saliency_maps_of(run.model, run.variables, images, run.timesteps),
+              SALIENCY_K, f"teacher_seed{seed}")
       if "hardware" in table.columns:
         h = hardware(run, ev["rates"])
         if row.kind == "teacher":
@@ -401,17 +420,22 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
     entry = dict(key=row.key, label=row.label, available=True, seeds=list(seeds), accuracy=acc,
                  accuracy_mean=mean, accuracy_std=std, per_seed=per_seed)
     for col in ("emd_to_fp", "hardware", "gains", "flops", "memory", "weight_bits",
-                "membrane_bits", "mean_rate"):
+                "membrane_bits", "mean_rate", "layer_emd", "dead_fraction", "saliency"):
       if col in per_seed[0]:
         entry[col] = _seed_mean([m[col] for m in per_seed])
+    for col in ("emd_to_fp", "dead_fraction", "mean_rate"):  # the seed spread of scalars
+      if col in per_seed[0] and col in table.columns + ("mean_rate",):
+        entry[f"{col}_std"] = _mean_std([m[col] for m in per_seed])[1]
     out_rows.append(entry)
 
-  base = measured.get(table.baseline)
   fp_mem = out_rows[0].get("memory")
   for entry in out_rows:
     if not entry["available"]:
       continue
-    entry["delta_vs_baseline"] = (None if entry["key"] == table.baseline or base is None else
+    base_key = tables_lib.baseline_of(table, entry["key"])
+    base = measured.get(base_key)
+    entry["baseline"] = base_key
+    entry["delta_vs_baseline"] = (None if entry["key"] == base_key or base is None else
                                   experiments.paired_delta(entry["accuracy"],
                                                            [m["accuracy"] for m in base]))
     if fp_mem is not None and "memory" in entry:
@@ -419,8 +443,57 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
       entry["memory"]["membrane_reduction"] = fp_mem["membrane_mb"] / entry["memory"]["membrane_mb"]
       total = entry["memory"]["weight_mb"] + entry["memory"]["membrane_mb"]
       entry["memory"]["total_reduction"] = (fp_mem["weight_mb"] + fp_mem["membrane_mb"]) / total
-  return dict(key=dataset.key, description=dataset.description, is_event=dataset.is_event,
-              rows=out_rows)
+  out = dict(key=dataset.key, description=dataset.description, is_event=dataset.is_event,
+             rows=out_rows)
+  if table.name == "emd":
+    out["verdict"] = emd_verdict(out_rows, len(seeds))
+  return out
+
+
+def teacher_saliency(run: Run, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(the first `n` test images, the teacher's saliency maps of them) (`report` helpers)."""
+  n = SALIENCY_EXAMPLES if n is None else int(n)
+  loader = data_lib.make_loader(run.data_cfg, "test", batch_size=n, seed=0, shuffle=False,
+                                num_epochs=1, drop_remainder=False)
+  images = report_lib.first_test_images(loader, n)
+  return images, report_lib.saliency_maps_of(run.model, run.variables, images, run.timesteps)
+
+
+def emd_verdict(rows: list[dict], n_seeds: int) -> dict:
+  """Whether "uniform drifts, LQ-Net preserves" holds, from the pooled EMD to FP per bit width.
+
+  At each bit width it holds when LQ-Net's mean + std lies below every uniform row's mean − std
+  (the seed spreads do not overlap), is reversed when LQ-Net's mean − std lies above a uniform
+  row's mean + std, and is unsettled otherwise; with one seed there is no spread to judge."""
+  by_key = {e["key"]: e for e in rows if e.get("available") and "emd_to_fp" in e}
+  per_bits, lines = {}, []
+  for bits in tables_lib.EMD_BITS:
+    lq = by_key.get(f"lqnet_w{bits}")
+    uni = [by_key[k] for k in (f"{q}_w{bits}" for q in tables_lib.UNIFORM_QUANTIZERS) if k in by_key]
+    if lq is None or not uni:
+      continue
+    lq_hi = lq["emd_to_fp"] + lq["emd_to_fp_std"]
+    lq_lo = lq["emd_to_fp"] - lq["emd_to_fp_std"]
+    below = all(lq_hi < u["emd_to_fp"] - u["emd_to_fp_std"] for u in uni)
+    above = any(lq_lo > u["emd_to_fp"] + u["emd_to_fp_std"] for u in uni)
+    if n_seeds < 2:
+      word = ("lower" if all(lq["emd_to_fp"] < u["emd_to_fp"] for u in uni) else "not lower")
+      status = "unsettled"
+      why = f"one seed, no spread: LQ-Net's pooled EMD is {word} than the uniform rows'"
+    elif below:
+      status, why = "holds", "LQ-Net's mean + std lies below every uniform row's mean − std"
+    elif above:
+      status, why = "reversed", "LQ-Net's mean − std lies above a uniform row's mean + std"
+    else:
+      status, why = "unsettled", "the seed spreads of LQ-Net and the uniform rows overlap"
+    nums = "; ".join(f"{u['label']} {u['emd_to_fp']:.4f} ± {u['emd_to_fp_std']:.4f}" for u in uni)
+    per_bits[str(bits)] = status  # str: the same keys after a json round trip
+    lines.append(f"{bits}-bit: **{status}** ({why}): LQ-Net {lq['emd_to_fp']:.4f} ± "
+                 f"{lq['emd_to_fp_std']:.4f} vs {nums}.")
+  overall = ("holds" if per_bits and all(v == "holds" for v in per_bits.values()) else
+             "reversed" if per_bits and all(v == "reversed" for v in per_bits.values()) else
+             "unsettled")
+  return dict(status=overall, per_bits=per_bits, lines=lines)
 
 
 def check_inputs(table: str, scale: str, seeds: str) -> tuple[tables_lib.Table, list[int]]:
@@ -469,6 +542,12 @@ def _delta(entry) -> str:
   return f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['positive']}/{d['n']} > 0)"
 
 
+def _pm(entry, col, digits) -> str:
+  if col not in entry:
+    return "—"
+  return f"{entry[col]:.{digits}f} ± {entry.get(col + '_std', 0.0):.{digits}f}"
+
+
 def csv_rows(result: dict) -> list[dict]:
   """One flat dict per (dataset, row): what the .csv holds."""
   out = []
@@ -482,8 +561,15 @@ def csv_rows(result: dict) -> list[dict]:
         d = e.get("delta_vs_baseline")
         row.update(delta_mean=d["mean"] if d else "", delta_std=d["std"] if d else "",
                    delta_positive=d["positive"] if d else "")
-        if "emd_to_fp" in e:
-          row["emd_to_fp"] = e["emd_to_fp"]
+        for k in ("emd_to_fp", "emd_to_fp_std", "dead_fraction", "dead_fraction_std",
+                  "mean_rate", "mean_rate_std"):
+          if k in e:
+            row[k] = e[k]
+        for layer, v in e.get("layer_emd", {}).items():
+          row[f"emd_{layer}"] = v
+        if "saliency" in e:
+          row.update(saliency_spearman=e["saliency"]["spearman"], saliency_iou=e["saliency"]["iou"],
+                     saliency_k=e["saliency"]["k"], saliency_examples=e["saliency"]["examples"])
         for mode, h in e.get("hardware", {}).items():
           for k, v in h.items():
             row[f"{mode}_{k}"] = v
@@ -563,6 +649,36 @@ def render_markdown(result: dict) -> str:
                        f"{h['area_mm2']:.4g} | {h['edap_js_mm2']:.4g} | {h['tops_per_w']:.4g} | "
                        f"{h['tops_per_mm2']:.4g} |")
       lines += ["", result["bits_note"], ""]
+    elif result["table"] == "emd":
+      lines += ["| row | accuracy (%) | Δ vs FP (pp) | pooled firing EMD to FP | dead fraction "
+                "| mean rate |", "|" + "---|" * 6]
+      for e in rows:
+        lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {_pm(e, 'emd_to_fp', 4)} | "
+                     f"{_pm(e, 'dead_fraction', 3)} | {_pm(e, 'mean_rate', 4)} |")
+      v = ds["verdict"]
+      lines += ["", f"**\"Uniform drifts, LQ-Net preserves\" (pooled EMD to FP, mean ± std over "
+                f"{len(result['seeds'])} seed(s)): {v['status']}.**", ""]
+      lines += [f"- {l}" for l in v["lines"]]
+      lines += ["", "EMD: 1-D Wasserstein-1 distance between the FP teacher's and the row's "
+                "per-neuron firing rates on the whole test split (pooled: all spiking layers in one "
+                "distribution; per layer in the figure), each student against the teacher of its "
+                "own seed, whose weights it started from. Dead fraction: neurons that never fired "
+                "on the test split. ± is the sample std over seeds.", ""]
+    elif result["table"] == "feature_kd":
+      lines += ["| row | accuracy (%) | Δ vs no KD at the same T (pp) | saliency Spearman ρ vs "
+                f"teacher | saliency top-{SALIENCY_K:g} % IoU vs teacher |", "|" + "---|" * 5]
+      for e in rows:
+        sa = e.get("saliency")
+        lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | "
+                     f"{_f(sa['spearman'], 3) if sa else '—'} | {_f(sa['iou'], 3) if sa else '—'} |")
+      first = next((e["saliency"] for e in rows if e.get("saliency")), None)
+      lines += ["", "Students are full precision, trained from scratch, distilled from the FP "
+                "teacher of their seed (T = 2 students from the T = 4 teacher). Saliency "
+                "consistency **[reconstruction]** (`mdsnn_jax.saliency`): input-gradient saliency "
+                "of the predicted class (|∂Σ_t z_c/∂x|, max over channels) of student and teacher "
+                f"on the first {int(first['examples']) if first else 0} test images; mean over "
+                "images of the Spearman rank correlation, and of the IoU of their top-k % pixels; "
+                "mean over seeds.", ""]
     else:
       lines += ["| row | accuracy (%) | Δ vs FP (pp) | FLOPs reduction (measured) | weight MB | "
                 "membrane MB | weight ×↓ | membrane ×↓ | total ×↓ |", "|" + "---|" * 9]
@@ -597,7 +713,7 @@ def plot_table(result: dict, path: pathlib.Path) -> None:
   TOPS/W / TOPS/mm² gains over FP at 16 bits, dense and event."""
   plt = report_lib._pyplot()
   n = len(result["datasets"])
-  extra = result["table"] == "md_snn"
+  extra = result["table"] in ("md_snn", "emd")
   fig, axes = plt.subplots(1 + extra, n, figsize=(5.5 * n, 3.8 * (1 + extra)), squeeze=False)
   for j, ds in enumerate(result["datasets"]):
     rows = [e for e in ds["rows"] if e["available"]]
@@ -610,7 +726,9 @@ def plot_table(result: dict, path: pathlib.Path) -> None:
     ax.set_xticks(x, [e["key"] for e in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{result['table']} · {ds['key']} ({result['scale']})", fontsize=9)
-    if extra:
+    if result["table"] == "emd":
+      _plot_layer_emd(axes[1, j], [e for e in rows if e["key"] != "fp"])
+    elif extra:
       ax = axes[1, j]
       width = 0.13
       q = [e for e in rows if e["key"] != "fp"]
@@ -625,6 +743,24 @@ def plot_table(result: dict, path: pathlib.Path) -> None:
   fig.tight_layout()
   report_lib.save_figure_atomic(fig, path)
   plt.close(fig)
+
+
+def _plot_layer_emd(ax, rows: list[dict]) -> None:
+  """EMD to FP per spiking layer, one line per quantizer row: the seed mean, and the seed
+  spread (min–max) shaded."""
+  if not rows:
+    return
+  layers = list(rows[0]["layer_emd"])
+  x = np.arange(len(layers))
+  for e in rows:
+    per = np.array([[m["layer_emd"][l] for l in layers] for m in e["per_seed"]])
+    line, = ax.plot(x, per.mean(0), marker="o", markersize=3, linewidth=1,
+                    linestyle="-" if e["key"].startswith(("uniform", "lqnet")) else ":",
+                    label=e["key"])
+    ax.fill_between(x, per.min(0), per.max(0), color=line.get_color(), alpha=0.15)
+  ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=7)
+  ax.set_ylabel("firing EMD to FP (seed mean, min–max shaded)")
+  ax.legend(fontsize=6, ncol=2)
 
 
 def write_table(result: dict, workdir: pathlib.Path) -> None:
@@ -645,7 +781,10 @@ def _fmt_s(s: float | None) -> str:
 def describe_tables() -> str:
   lines = []
   for t in tables_lib.TABLES.values():
-    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {t.baseline}", "  rows:"]
+    per_row = sorted(set(tables_lib.BASELINES.get(t.name, {}).values()) - {"fp"})
+    base = (f"{t.baseline}" if not per_row else
+            f"per row: {', '.join(per_row)} (the no-KD row at the row's T)")
+    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {base}", "  rows:"]
     for r in t.rows:
       extra = f" [not run: {r.note}]" if r.kind == "unavailable" else (
           f" [not on event data: {r.event_note}]" if r.event_note else "")

@@ -263,6 +263,83 @@ def _spquant_datasets(scale: str) -> tuple[Dataset, ...]:
                   "paper's event row, has no loader here)", True, ncal))
 
 
+def _sew_narrow(c, timesteps: int, width: float, teacher_steps: int, steps: int):
+  """SEW-ResNet-18 on the CIFAR-10 subset, narrowed by `width` to fit a 2-core CPU."""
+  _cifar_vgg9_quarter(c, timesteps, teacher_steps, steps)
+  c.model.name = "sewresnet18"
+  c.model.width = width
+  return c
+
+
+def _sew_full(dataset: str, timesteps: int, epochs: int = 300):
+  c = base_config()
+  c.data.name = dataset
+  c.data.root = SHARED_DATA
+  c.data.augment = True
+  c.model.name = "sewresnet18"
+  c.model.timesteps = timesteps
+  c.train.global_batch = 128
+  c.train.eval_batch = 500
+  c.train.steps = c.teacher_steps = epochs * 390
+  c.train.log_every = 100
+  c.train.checkpoint_every = 1000
+  c.optim.lr = 1e-3
+  return _quiet(c)
+
+
+CPU_STEPS.update({"emd": {"cifar10": (1000, 200)}, "feature_kd": {"cifar10": (1000, 400)}})
+EMD_BITS = (2, 4)
+# (key, label, weight quantizer spec): the students of the `emd` table, each at EMD_BITS.
+EMD_QUANTIZERS = (
+    ("uniform_max", "uniform, max clip", {"kind": "uniform", "clip": "max"}),
+    ("uniform_pct", "uniform, percentile clip (99.9)", {"kind": "uniform", "clip": "percentile",
+                                                       "percentile": 99.9}),
+    ("sawb", "SAWB", {"kind": "sawb"}),
+    ("lsq", "LSQ", {"kind": "lsq"}),
+    ("lqnet", "LQ-Net", {"kind": "lqnet"}),
+)
+UNIFORM_QUANTIZERS = ("uniform_max", "uniform_pct")  # the rows "uniform drifts" is about
+FEATURE_KD_TEACHER_T = 4  # the teacher's T; students at 4 and 2
+
+
+def _emd_datasets(scale: str) -> tuple[Dataset, ...]:
+  if scale == "smoke":
+    def smoke():
+      c = _smoke(base_config(), 2)
+      set_quant(c, "first_layer", "same")  # the MLP has only a first and a last layer
+      set_quant(c, "last_layer", "same")
+      return c
+
+    return (Dataset("digits", "sklearn digits, digits MLP (both layers at the student's bits), "
+                    "T = 2, 40 teacher / 20 student steps: a pipeline check, not a result", False,
+                    smoke),)
+  if scale == "cpu":
+    ts, ss = CPU_STEPS["emd"]["cifar10"]
+    return (Dataset("cifar10", f"CIFAR-10 subset (10,000 / 10,000), SEW-ResNet-18 at 1/8 width "
+                    f"(8–64 channels; shrunk to fit 2 CPU cores), T = 2, first / last layers "
+                    f"full precision, {ts} teacher / {ss} student steps at batch 64", False,
+                    lambda: _sew_narrow(base_config(), 2, 0.125, ts, ss)),)
+  return (Dataset("cifar10", "CIFAR-10 (50,000 / 10,000), SEW-ResNet-18, T = 4, 300 epochs, "
+                  "first / last layers full precision (the paper's model)", False,
+                  lambda: _sew_full("cifar10", 4)),)
+
+
+def _feature_kd_datasets(scale: str) -> tuple[Dataset, ...]:
+  t = FEATURE_KD_TEACHER_T
+  if scale == "smoke":
+    return (Dataset("digits", f"sklearn digits, digits MLP, teacher T = {t}, 40 teacher / 20 "
+                    "student steps: a pipeline check, not a result", False,
+                    lambda: _smoke(base_config(), t)),)
+  if scale == "cpu":
+    ts, ss = CPU_STEPS["feature_kd"]["cifar10"]
+    return (Dataset("cifar10", f"CIFAR-10 subset (10,000 / 10,000) instead of CIFAR-100, "
+                    f"SEW-ResNet-18 at 1/8 width (shrunk to fit 2 CPU cores), teacher T = {t}, "
+                    f"{ts} teacher / {ss} student steps at batch 64", False,
+                    lambda: _sew_narrow(base_config(), t, 0.125, ts, ss)),)
+  return (Dataset("cifar100", f"CIFAR-100 (50,000 / 10,000), SEW-ResNet-18, T = {t}, 300 epochs "
+                  "(the paper's setting)", False, lambda: _sew_full("cifar100", t)),)
+
+
 # ------------------------------------------------------------------------------- tables
 _MEM = {"model.quant.membrane.kind": "ternary"}
 _LT = {**_MEM, "model.neuron.learn_threshold": True}
@@ -318,18 +395,87 @@ SPQUANT = Table(
     columns=("flops_reduction", "memory"),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT)}
+
+def _emd_rows() -> tuple[Row, ...]:
+  rows = [Row("fp", "FP teacher", "teacher")]
+  for bits in EMD_BITS:
+    for key, label, spec in EMD_QUANTIZERS:
+      over = {f"model.quant.weight.{k}": v for k, v in spec.items()}
+      over["model.quant.weight.bits"] = bits
+      rows.append(Row(f"{key}_w{bits}", f"{label}, {bits}-bit", "student", "none",
+                      tuple(over.items())))
+  return tuple(rows)
+
+
+EMD = Table(
+    name="emd",
+    title="Quantization beyond accuracy: firing drift (EMD to FP) of uniform vs learned quantizers",
+    rows=_emd_rows(),
+    baseline="fp",
+    datasets=_emd_datasets,
+    paper=("Quantization of SNNs beyond accuracy (SPEC §5): on SEW-ResNet (CIFAR-10 / 100), "
+           "quantizers of equal accuracy fire differently: uniform quantization drifts from the FP "
+           "model's firing-rate distribution (higher EMD), LQ-Net-style learned quantization "
+           "preserves it. No figure of SPEC §7 to set beside ours.",),
+    columns=("emd_to_fp", "layer_emd", "dead_fraction"),
+)
+
+
+def _feature_kd_rows() -> tuple[Row, ...]:
+  t = FEATURE_KD_TEACHER_T
+  # Students are FP and trained from scratch (not from the teacher's weights), as in KD.
+  scratch = (("init_from_teacher", False),)
+  kinds = (("none", "no KD", "none", ()),
+           ("logit", "logit KD", "logit", ()),
+           ("feat_mem", "feature KD, membranes", "feature",
+            (("distill.feature_source", "membranes"),)),
+           ("feat_spk", "feature KD, spikes", "feature", (("distill.feature_source", "spikes"),)),
+           ("feat_logit", "feature (membranes) + logit KD", "feature_logit",
+            (("distill.feature_source", "membranes"),)))
+  rows = [Row("fp", f"FP teacher, T = {t}", "teacher")]
+  for ts in (t, t // 2):
+    t_over = () if ts == t else (("model.timesteps", ts), ("distill.teacher_timesteps", t))
+    for key, label, method, over in kinds:
+      rows.append(Row(f"{key}_t{ts}", f"T = {ts}: {label}", "student", method,
+                      scratch + t_over + over))
+  return tuple(rows)
+
+
+FEATURE_KD = Table(
+    name="feature_kd",
+    title="Feature KD with an affine projector (membranes or spikes) and saliency consistency",
+    rows=_feature_kd_rows(),
+    baseline="none_t4",  # each T's rows are paired against that T's no-KD row (BASELINES)
+    datasets=_feature_kd_datasets,
+    paper=("KD for SNNs with features and saliency (SPEC §7): CIFAR-100, ResNet-18, T = 4, FP: "
+           "80.48 % (ANN 79.90 %), +3.49 pp over the non-distilled SNN; feature KD works on "
+           "membranes or spikes, and teacher and student agree on which pixels are salient.",),
+    columns=("saliency",),
+)
+# Rows paired against another row than table.baseline: {table: {row: baseline row}}.
+# The teacher is paired against nothing (it is not a student of either T).
+BASELINES = {"feature_kd": {r.key: (f"none_t{r.key.rsplit('_t', 1)[1]}" if r.kind == "student"
+                                    else r.key) for r in FEATURE_KD.rows}}
+
+TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT, EMD, FEATURE_KD)}
 
 # Seconds per table at each scale, measured (smoke) or extrapolated (cpu): see ESTIMATE_NOTE.
 ESTIMATES_S: dict[str, dict[str, float | None]] = {
     "md_snn": {"smoke": 65.0, "cpu": None, "full": None},
     "spquant": {"smoke": 70.0, "cpu": None, "full": None},
+    "emd": {"smoke": None, "cpu": None, "full": None},
+    "feature_kd": {"smoke": None, "cpu": None, "full": None},
 }
 ESTIMATE_NOTE = (
     "Times: smoke was measured (3 seeds, one run each, on a 2-core Xeon shared with other jobs, "
     "load ~4). cpu and full are not estimated: no cpu-scale table has been run yet, and digits "
     "step times do not extrapolate to CIFAR-10 / N-MNIST models. Each table's training steps "
     "per seed are listed above; the first run's wall time (in <table>.md) is the estimate to use.")
+
+
+def baseline_of(table: "Table", row_key: str) -> str:
+  """The row that `row_key`'s accuracy Δ is paired against."""
+  return BASELINES.get(table.name, {}).get(row_key, table.baseline)
 
 
 def training_steps(table: "Table", dataset: "Dataset") -> tuple[int, int]:
