@@ -116,7 +116,8 @@ def _wait_for_step(path: pathlib.Path, step: int, proc, timeout=300):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_exits_nonzero_and_resumes_bit_identical(tmp_path, sig):
-  args = ("--config.train.steps=60", "--config.train.checkpoint_every=1000",
+  # Long enough (about a second of steps) that the signal lands before the end.
+  args = ("--config.train.steps=400", "--config.train.checkpoint_every=1000",
           "--config.report=False")
   _run(tmp_path / "straight", *args)
   work = tmp_path / "stopped"
@@ -129,7 +130,7 @@ def test_signal_saves_exits_nonzero_and_resumes_bit_identical(tmp_path, sig):
   assert "Re-run the same command to resume" in out and "launch/train.py" in out, out
   assert "Traceback" not in out, out
   saved = [int(p.name) for p in (work / "fp" / "checkpoints").iterdir() if p.name.isdigit()]
-  assert saved and 10 <= max(saved) < 60  # the current step, checkpointed at the signal
+  assert saved and 10 <= max(saved) < 400  # the current step, checkpointed at the signal
   res = _run(work, *args)
   assert f"resuming from step {max(saved)}" in res.stdout, res.stdout
   a, b = _leaves(tmp_path / "straight" / "fp"), _leaves(work / "fp")
