@@ -5,24 +5,8 @@ Reference (SPEC §7): 81.73 %.
     python launch/train.py --config=launch/configs/ncaltech101_vgg.py:fp,md \
         --config.data.root=/data/N-Caltech101 --workdir=/tmp/ncal
 """
-from mdsnn_jax.train.config import base_config, low_bit_student
+from mdsnn_jax.train.config import ncaltech101_vgg_paper_config
 
 
 def get_config(stages: str = "fp,md"):
-  c = base_config()
-  c.stages = stages
-  c.data.name = "ncaltech101"
-  c.data.root = "/data/N-Caltech101"
-  c.data.timesteps = 10
-  c.data.image_size = 48
-  c.model.name = "vgg9"
-  c.model.timesteps = 10
-  low_bit_student(c)
-  c.train.global_batch = 16
-  c.train.eval_batch = 16
-  c.train.steps = 200 * 436  # 200 epochs of ~6,980 training recordings
-  c.train.log_every = 100
-  c.train.eval_every = 4360
-  c.train.checkpoint_every = 1000
-  c.optim.lr = 1e-3
-  return c
+  return ncaltech101_vgg_paper_config(stages)

@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mdsnn_jax.train.config import base_config, low_bit_student, msresnet18_paper_config, set_quant
+from mdsnn_jax.train.config import (base_config, low_bit_student, msresnet18_paper_config,
+                                    ncaltech101_vgg_paper_config, set_quant,
+                                    spquant_resnet19_paper_config)
 
 SCALES = ("smoke", "cpu", "full")
 MIN_SEEDS = {"smoke": 1, "cpu": 3, "full": 3}
@@ -187,20 +189,9 @@ def _md_snn_datasets(scale: str) -> tuple[Dataset, ...]:
     return _quiet(c)
 
   def ncal():
-    c = base_config()
-    c.data.name = "ncaltech101"
-    c.data.root = "/data/N-Caltech101"
-    c.data.timesteps = 10
-    c.data.image_size = 48
-    c.model.name = "vgg9"
-    c.model.timesteps = 10
-    low_bit_student(c)
-    c.train.global_batch = 16
-    c.train.eval_batch = 16
-    c.train.steps = c.teacher_steps = 200 * 436
-    c.train.log_every = 100
-    c.train.checkpoint_every = 1000
-    c.optim.lr = 1e-3
+    c = ncaltech101_vgg_paper_config("fp")
+    c.train.eval_every = 0  # the table measures every run itself after training
+    c.teacher_steps = c.train.steps
     return _quiet(c)
 
   return (Dataset("cifar10", "CIFAR-10 (50,000 / 10,000), MS-ResNet-18, T = 4, 300 epochs: the "
@@ -233,22 +224,12 @@ def _spquant_datasets(scale: str) -> tuple[Dataset, ...]:
     )
 
   def cifar():
-    c = base_config()
-    c.data.name = "cifar10"
-    c.data.root = SHARED_DATA
-    c.data.augment = True
-    c.model.name = "msresnet19"
-    c.model.timesteps = 2
-    c.model.neuron.decay = 0.25
-    c.model.neuron.threshold = 0.5
-    _spquant_student(c)
-    c.train.global_batch = 128
-    c.train.eval_batch = 500
-    c.train.steps = c.teacher_steps = 300 * 390
-    c.train.log_every = 100
-    c.train.checkpoint_every = 1000
-    c.optim.lr = 0.01
-    c.loss.kind = "tet"
+    c = spquant_resnet19_paper_config("fp", SHARED_DATA)
+    # The rows switch the membrane quantizer and the learnable threshold on.
+    set_quant(c, "membrane", "none")
+    c.model.neuron.learn_threshold = False
+    c.train.eval_every = 0  # the table measures every run itself after training
+    c.teacher_steps = c.train.steps
     return _quiet(c)
 
   def ncal():
