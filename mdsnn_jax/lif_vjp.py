@@ -23,7 +23,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mdsnn_jax.neuron import RESETS, _concrete, lif_scan, prepare_lif
+from mdsnn_jax.neuron import _concrete, lif_scan, prepare_lif, spike_and_reset
 from mdsnn_jax.surrogate import SpikeFn
 
 
@@ -54,20 +54,9 @@ def fused_lif_scan(
 
 
 def _post(h, theta, *, spike_fn, reset, detach_reset, membrane_quantizer):
-  """(s_t, u_t) from the pre-reset membrane h_t (as `neuron.lif_step`)."""
-  s = spike_fn(h - theta)
-  s_reset = jax.lax.stop_gradient(s) if detach_reset else s
-  if reset == "hard":
-    u = h * (1 - s_reset)
-  elif reset == "soft":
-    u = h - theta * s_reset
-  elif reset == "none":
-    u = h
-  else:
-    raise ValueError(f"unknown reset {reset!r}; allowed resets: {list(RESETS)}")
-  if membrane_quantizer is not None:
-    u = membrane_quantizer(u)
-  return s, u
+  """(s_t, u_t) from the pre-reset membrane h_t (`neuron.spike_and_reset`)."""
+  return spike_and_reset(h, theta, spike_fn=spike_fn, reset=reset, detach_reset=detach_reset,
+                         membrane_quantizer=membrane_quantizer)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))

@@ -138,6 +138,25 @@ def lif_step(
   `mq_params` (default `mq.init_params()`).
   """
   h = decay * u_prev + x
+  s, u = spike_and_reset(h, threshold, spike_fn=spike_fn, reset=reset,
+                         detach_reset=detach_reset, membrane_quantizer=membrane_quantizer,
+                         mq_params=mq_params)
+  return u, s, h
+
+
+def spike_and_reset(
+    h: jax.Array,
+    threshold: float | jax.Array,
+    *,
+    spike_fn: SpikeFn,
+    reset: str = "hard",
+    detach_reset: bool = False,
+    membrane_quantizer: Callable[[jax.Array], jax.Array] | MembraneQuantizer | None = None,
+    mq_params: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+  """(s_t, u_t) from the pre-reset membrane h_t: s = H(h − θ); u = h·(1 − s) (hard),
+  h − θ·s (soft) or h (none), then the membrane quantizer Q(u) when given. The second half
+  of `lif_step`, shared with the fused LIF's backward."""
   s = spike_fn(h - threshold)
   # detach_reset: the reset path carries no gradient (SpikingJelly's convention).
   s_reset = jax.lax.stop_gradient(s) if detach_reset else s
@@ -154,7 +173,7 @@ def lif_step(
     u = membrane_quantizer.apply(params, u)
   elif membrane_quantizer is not None:
     u = membrane_quantizer(u)
-  return u, s, h
+  return s, u
 
 
 def _check_u0(u0, step_shape) -> None:

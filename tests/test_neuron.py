@@ -266,3 +266,18 @@ def test_runtime_checks_catch_a_traced_negative_threshold():
   # Concrete values are checked without checkify.
   with pytest.raises(ValueError, match="threshold must be positive"):
     lif_scan(x, threshold=-1.0, runtime_checks=True)
+
+
+def test_spike_and_reset_against_hand_values():
+  from mdsnn_jax.neuron import spike_and_reset
+  from mdsnn_jax.surrogate import heaviside
+  h = jnp.array([0.4, 1.0, 1.7])
+  for reset, want in (("hard", [0.4, 0.0, 0.0]), ("soft", [0.4, 0.0, 0.7]),
+                      ("none", [0.4, 1.0, 1.7])):
+    s, u = spike_and_reset(h, 1.0, spike_fn=heaviside, reset=reset)
+    np.testing.assert_array_equal(s, [0.0, 1.0, 1.0])
+    np.testing.assert_allclose(u, want, rtol=1e-6, err_msg=reset)
+  _, u = spike_and_reset(h, 1.0, spike_fn=heaviside, membrane_quantizer=lambda u: u + 2.0)
+  np.testing.assert_allclose(u, [2.4, 2.0, 2.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown reset 'zero'"):
+    spike_and_reset(h, 1.0, spike_fn=heaviside, reset="zero")
