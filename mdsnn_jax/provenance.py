@@ -31,6 +31,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
   tmp = pathlib.Path(tmp)
   try:
     yield tmp

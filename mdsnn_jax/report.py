@@ -54,14 +54,12 @@ saliency section.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -72,6 +70,7 @@ import numpy as np
 from mdsnn_jax import distill
 from mdsnn_jax import firing
 from mdsnn_jax import hardware as hw
+from mdsnn_jax import provenance
 from mdsnn_jax import saliency as sal
 
 FP_WEIGHT_BITS = 16
@@ -368,33 +367,11 @@ def cost_summary(cost: hw.CrossbarCost) -> dict[str, Any]:
 # Atomic writers.
 
 
-@contextlib.contextmanager
-def _atomic_path(path: pathlib.Path):
-  """Yields a temporary path next to `path`; renames it into place when the block succeeds."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-  with _atomic_path(pathlib.Path(path)) as tmp:
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
+write_text_atomic = provenance.write_text_atomic
 
 
 def save_figure_atomic(fig, path: str | os.PathLike) -> None:
-  with _atomic_path(pathlib.Path(path)) as tmp:
+  with provenance.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
@@ -736,7 +713,6 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
   from mdsnn_jax import data as data_lib
   from mdsnn_jax import nn as nn_lib
-  from mdsnn_jax.train import checkpoint as ckpt
   from mdsnn_jax.train.stages import load_trained_variables, sample_input, stage_model_config
 
   if (isinstance(saliency_examples, bool) or not isinstance(saliency_examples, (int, np.integer))
@@ -835,5 +811,5 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   if saliency:
     plot_saliency(*saliency_plot, report["saliency"], out_dir / SALIENCY_PLOT)
   write_text_atomic(out_dir / "report.md", render_markdown(report))
-  ckpt.write_json_atomic(out_dir / "report.json", report)
+  provenance.write_json_atomic(out_dir / "report.json", report)
   return report
