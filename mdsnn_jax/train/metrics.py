@@ -11,6 +11,8 @@ import os
 import pathlib
 from typing import Any
 
+from mdsnn_jax.provenance import write_text_atomic
+
 
 class MetricsWriter:
   """Appends one JSON object per line to `path` (flushed each write).
@@ -38,9 +40,7 @@ class MetricsWriter:
           continue  # a line cut off by a kill
         if record.get("step", 0) <= resume_step:
           kept.append(line)
-    tmp = self.path.with_name(self.path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
-    os.replace(tmp, self.path)
+    write_text_atomic(self.path, "".join(l + "\n" for l in kept))
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
