@@ -314,8 +314,6 @@ def acquire_lock(workdir: pathlib.Path) -> pathlib.Path:
         held = {}
       same_host = held.get("host") == me["host"]
       if same_host and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
-        logging.warning("taking over the stale lock %s of pid %s (no longer running)",
-                        path, held.get("pid"))
         print(f"warning: taking over the stale lock {path} (pid {held.get('pid')} is not "
               f"running)", flush=True)
         path.unlink(missing_ok=True)
