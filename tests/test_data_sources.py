@@ -236,6 +236,22 @@ def test_train_subset_is_fixed_and_from_the_train_split():
     load_split({"name": "digits", "train_subset": 5000}, "train")
 
 
+def test_test_subset_is_fixed_and_from_the_test_split():
+  full = load_split({"name": "digits"}, "test")
+  cfg = {"name": "digits", "test_subset": 50}
+  sub = load_split(cfg, "test")
+  assert len(sub) == 50 and dataset_info(cfg).num_test == 50
+  assert dataset_info(cfg).num_train == len(load_split({"name": "digits"}, "train"))
+  np.testing.assert_array_equal(sub.indices, load_split(cfg, "test").indices)
+  assert len(np.unique(sub.indices)) == 50 and sub.indices.max() < len(full)
+  for j in (0, 25, 49):
+    np.testing.assert_array_equal(sub[j]["image"], full[int(sub.indices[j])]["image"])
+  with pytest.raises(ValueError, match="test_subset=400 exceeds the 359 test"):
+    load_split({"name": "digits", "test_subset": 400}, "test")
+  with pytest.raises(ValueError, match="test_subset must be a positive int"):
+    load_split({"name": "digits", "test_subset": 0}, "test")
+
+
 # --------------------------------------------------------------------------------- errors
 
 

@@ -237,3 +237,17 @@ def test_ablation_variants_name_taps_relative_to_the_model():
   assert cfg.distill.layers == "lif1"
   with pytest.raises(ValueError, match=r"needs at least 3 LIF layers, but the model has 1"):
     ablation._override(_config("md"), {"distill.layers": ablation.LAST2})
+
+
+def test_a_field_added_as_none_does_not_make_a_stored_run_stale():
+  from mdsnn_jax.train.stages import diff_fields
+
+  stored = {"data": {"name": "cifar10"}, "model": {"neuron": {"prune_prior": None}}}
+  # A field the stored run predates, switched off (None), or None stored and now gone: the same run.
+  assert diff_fields(stored, {"data": {"name": "cifar10", "test_subset": None},
+                              "model": {"neuron": {}}}) == []
+  # Switched on, it is a different run; so is a real change next to it.
+  assert diff_fields(stored, {"data": {"name": "cifar10", "test_subset": 2000},
+                              "model": {"neuron": {"prune_prior": -0.8}}}) == [
+      "data.test_subset: (absent) -> 2000", "model.neuron.prune_prior: None -> -0.8"]
+  assert diff_fields({"a": 1}, {}) == ["a: 1 -> (absent)"]

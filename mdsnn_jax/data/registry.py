@@ -11,6 +11,8 @@ A data config is an ml_collections ConfigDict or a dict with the fields
     augment       bool: random crop (4-pixel zero padding) + horizontal flip for CIFAR-like
                   train data (cifar10, cifar100, tinyimagenet); no effect on other datasets
     train_subset  int or None: keep a fixed seeded random subset of this many train examples
+    test_subset   int or None: evaluate on a fixed seeded random subset of this many test
+                  examples (the same for every run; for CPU-sized tables)
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class _Config(NamedTuple):
   timesteps: int | None
   augment: bool
   train_subset: int | None
+  test_subset: int | None = None
 
 
 def _field(cfg: Any, key: str, default: Any) -> Any:
@@ -97,7 +100,8 @@ def parse_config(cfg: Any) -> _Config:
                  image_size=_positive_or_none("image_size", _field(cfg, "image_size", None)),
                  timesteps=timesteps if name in EVENT_NAMES else None,
                  augment=bool(_field(cfg, "augment", False)),
-                 train_subset=_positive_or_none("train_subset", _field(cfg, "train_subset", None)))
+                 train_subset=_positive_or_none("train_subset", _field(cfg, "train_subset", None)),
+                 test_subset=_positive_or_none("test_subset", _field(cfg, "test_subset", None)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -141,19 +145,21 @@ def load_split(cfg: Any, split: str) -> Any:
   Static images come as stored (uint8 [H, W, C]; the loader scales, resizes and normalises);
   event data as float32 [T, H, W, 2] frames already at image_size. For the train split with
   cfg.train_subset = k, the source holds the k examples of a fixed seeded random subset (in
-  their original order).
+  their original order); likewise the test split with cfg.test_subset.
   """
   if split not in ("train", "test"):
     raise ValueError(f"unknown split {split!r}; allowed splits: ['train', 'test']")
   c = parse_config(cfg)
   full = _full_split(c.name, c.root, c.source, c.image_size if c.name in EVENT_NAMES else None,
                      c.timesteps, split)
-  if split == "train" and c.train_subset is not None:
-    if c.train_subset > len(full):
-      raise ValueError(f"train_subset={c.train_subset} exceeds the {len(full)} train examples of {c.name}; "
+  subset = c.train_subset if split == "train" else c.test_subset
+  if subset is not None:
+    field = f"{split}_subset"
+    if subset > len(full):
+      raise ValueError(f"{field}={subset} exceeds the {len(full)} {split} examples of {c.name}; "
                        f"allowed: 1..{len(full)} or None")
-    idx = np.sort(np.random.default_rng(TRAIN_SUBSET_SEED).permutation(len(full))[:c.train_subset])
-    return sources.SubsetSource(full, idx, f"train_subset={c.train_subset}, seed={TRAIN_SUBSET_SEED}")
+    idx = np.sort(np.random.default_rng(TRAIN_SUBSET_SEED).permutation(len(full))[:subset])
+    return sources.SubsetSource(full, idx, f"{field}={subset}, seed={TRAIN_SUBSET_SEED}")
   return full
 
 

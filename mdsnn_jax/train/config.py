@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="digits", root=ph(str), source="auto", image_size=ph(int), timesteps=ph(int),
-      augment=False, train_subset=ph(int), worker_count=0))
+      augment=False, train_subset=ph(int), test_subset=ph(int), worker_count=0))
   c.model = with_quant_specs(default_model_config())
 
   c.train = ml_collections.ConfigDict(dict(

@@ -154,11 +154,16 @@ def write_stage_config(stage_dir: pathlib.Path, result: dict, config, provenance
 
 
 def diff_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
-  """['train.steps: 50 -> 20', ...] for every leaf that differs (added or removed too)."""
+  """['train.steps: 50 -> 20', ...] for every leaf that differs (added or removed too).
+
+  A field absent on one side and None on the other is no difference: None is an optional
+  feature switched off, so a run stored before that field existed is the same run."""
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for key in sorted(set(old) | set(new)):
       name = f"{prefix}.{key}" if prefix else str(key)
+      if old.get(key) is None and new.get(key) is None:
+        continue
       if key not in old:
         out.append(f"{name}: (absent) -> {new[key]!r}")
       elif key not in new:

@@ -111,6 +111,7 @@ def _cifar_vgg9_quarter(c, timesteps: int, teacher_steps: int, steps: int):
   c.data.name = "cifar10"
   c.data.root = SHARED_DATA
   c.data.augment = True
+  c.data.test_subset = CPU_TEST_SUBSET
   c.model.name = "vgg9"
   c.model.width = 0.25
   c.model.timesteps = timesteps
@@ -159,9 +160,15 @@ def _spquant_student(c):
   return c
 
 
-# Calibrated for the CPU budget of issue 11 (both tables < 3 h on 2 cores): see --list.
-CPU_STEPS = {"md_snn": {"cifar10": (1200, 200), "nmnist": (600, 150)},
-             "spquant": {"cifar10": (1200, 200), "nmnist": (600, 150)}}
+# (teacher steps, student steps) per seed at scale cpu, set from step times measured on the
+# 2-core CPU (VGG-9/4 at T = 2: FP 0.22 s, QAT 0.34 s, MD 0.44 s a step at batch 64) so that
+# all four tables at 3 seeds fit one session; the tables' wall times are in results/tables/.
+CPU_STEPS = {"md_snn": {"cifar10": (300, 100), "nmnist": (400, 150)},
+             "spquant": {"cifar10": (300, 100), "nmnist": (400, 150)}}
+# The CIFAR-10 rows are evaluated on a fixed seeded 2,000-image subset of the 10,000 test
+# images (the same images for every row and seed, so the paired Δ compares like with like): a 10,000-image
+# pass costs ~10 s on the CPU, and every run is evaluated twice (the loop, then the table).
+CPU_TEST_SUBSET = 2000
 
 
 def _md_snn_datasets(scale: str) -> tuple[Dataset, ...]:
@@ -173,9 +180,9 @@ def _md_snn_datasets(scale: str) -> tuple[Dataset, ...]:
     ts, ss = CPU_STEPS["md_snn"]["cifar10"]
     tn, sn = CPU_STEPS["md_snn"]["nmnist"]
     return (
-        Dataset("cifar10", f"CIFAR-10 subset (10,000 train / 10,000 test), VGG-9 at quarter width "
-                f"(16–64 channels), T = 2, {ts} teacher / {ss} student steps at batch 64 "
-                "(shrunk to fit 2 CPU cores)", False,
+        Dataset("cifar10", f"CIFAR-10 subset (10,000 train; a fixed 2,000 of the 10,000 test "
+                f"images), VGG-9 at quarter width (16–64 channels), T = 2, {ts} teacher / {ss} "
+                "student steps at batch 64 (shrunk to fit 2 CPU cores)", False,
                 lambda: _md_student(_cifar_vgg9_quarter(base_config(), 2, ts, ss))),
         Dataset("nmnist", f"N-MNIST recordings (1,000 train / 100 test) as 8 event frames of "
                 f"16×16×2, small CNN (16–32 channels), {tn} teacher / {sn} student steps at "
@@ -215,8 +222,9 @@ def _spquant_datasets(scale: str) -> tuple[Dataset, ...]:
     ts, ss = CPU_STEPS["spquant"]["cifar10"]
     tn, sn = CPU_STEPS["spquant"]["nmnist"]
     return (
-        Dataset("cifar10", f"CIFAR-10 subset, VGG-9 at quarter width instead of ResNet-19 (shrunk "
-                f"to fit 2 CPU cores), T = 2, {ts} teacher / {ss} student steps", False,
+        Dataset("cifar10", f"CIFAR-10 subset (10,000 train; a fixed 2,000 test images), VGG-9 at "
+                f"quarter width instead of ResNet-19 (shrunk to fit 2 CPU cores), T = 2, {ts} "
+                f"teacher / {ss} student steps", False,
                 lambda: _spquant_student(_cifar_vgg9_quarter(base_config(), 2, ts, ss))),
         Dataset("nmnist", f"N-MNIST recordings as 8 event frames of 16×16×2, small CNN, {tn} "
                 f"teacher / {sn} student steps", True,
@@ -268,7 +276,7 @@ def _sew_full(dataset: str, timesteps: int, epochs: int = 300):
   return _quiet(c)
 
 
-CPU_STEPS.update({"emd": {"cifar10": (1000, 200)}, "feature_kd": {"cifar10": (1000, 400)}})
+CPU_STEPS.update({"emd": {"cifar10": (300, 60)}, "feature_kd": {"cifar10": (300, 80)}})
 EMD_BITS = (2, 4)
 # (key, label, weight quantizer spec): the students of the `emd` table, each at EMD_BITS.
 EMD_QUANTIZERS = (
@@ -296,8 +304,8 @@ def _emd_datasets(scale: str) -> tuple[Dataset, ...]:
                     smoke),)
   if scale == "cpu":
     ts, ss = CPU_STEPS["emd"]["cifar10"]
-    return (Dataset("cifar10", f"CIFAR-10 subset (10,000 / 10,000), SEW-ResNet-18 at 1/8 width "
-                    f"(8–64 channels; shrunk to fit 2 CPU cores), T = 2, first / last layers "
+    return (Dataset("cifar10", f"CIFAR-10 subset (10,000 train / a fixed 2,000 test), "
+                    f"SEW-ResNet-18 at 1/8 width (8–64 channels; shrunk to fit 2 CPU cores), T = 2, first / last layers "
                     f"full precision, {ts} teacher / {ss} student steps at batch 64", False,
                     lambda: _sew_narrow(base_config(), 2, 0.125, ts, ss)),)
   return (Dataset("cifar10", "CIFAR-10 (50,000 / 10,000), SEW-ResNet-18, T = 4, 300 epochs, "
@@ -313,8 +321,8 @@ def _feature_kd_datasets(scale: str) -> tuple[Dataset, ...]:
                     lambda: _smoke(base_config(), t)),)
   if scale == "cpu":
     ts, ss = CPU_STEPS["feature_kd"]["cifar10"]
-    return (Dataset("cifar10", f"CIFAR-10 subset (10,000 / 10,000) instead of CIFAR-100, "
-                    f"SEW-ResNet-18 at 1/8 width (shrunk to fit 2 CPU cores), teacher T = {t}, "
+    return (Dataset("cifar10", f"CIFAR-10 subset (10,000 train / a fixed 2,000 test) instead "
+                    f"of CIFAR-100, SEW-ResNet-18 at 1/8 width (shrunk to fit 2 CPU cores), teacher T = {t}, "
                     f"{ts} teacher / {ss} student steps at batch 64", False,
                     lambda: _sew_narrow(base_config(), t, 0.125, ts, ss)),)
   return (Dataset("cifar100", f"CIFAR-100 (50,000 / 10,000), SEW-ResNet-18, T = {t}, 300 epochs "
