@@ -87,6 +87,10 @@ def test_table_at_smoke_scale_end_to_end(tmp_path, name):
     np.testing.assert_allclose(fp["gains"]["fp16"]["dense"]["edap_reduction"], 1.0)
     md_row = next(r for r in rows if r["key"] == "md")
     assert md_row["weight_bits"] == 2 and md_row["gains"]["fp16"]["dense"]["edap_reduction"] > 1
+    # Every row states its grid, levels and stored bits: LSQ's 2-bit full grid has 4 levels.
+    assert md_row["quantization"].startswith("W: lsq 2-bit full grid, 4 levels, 2 bits stored")
+    assert fp["quantization"] == "W: float; U: float"
+    assert md_row["quantization"] in md
   else:
     columns = ("accuracy_mean", "flops_reduction", "flops_factor", "weight_mb", "membrane_mb",
                "weight_reduction", "membrane_reduction", "total_reduction")
@@ -94,6 +98,9 @@ def test_table_at_smoke_scale_end_to_end(tmp_path, name):
     tern = next(r for r in rows if r["key"] == "w4_tern")
     np.testing.assert_allclose(tern["memory"]["membrane_reduction"], 32 / 2)
     np.testing.assert_allclose(tern["memory"]["weight_reduction"], 32 / 4)
+    assert tern["quantization"] == ("W: sawb 4-bit symmetric grid, 15 levels, 4 bits stored "
+                                    "(first / last layer: same / same); U: ternary, 3 levels, "
+                                    "2 bits stored")
     for key in ("fp", "w4", "w4_tern_lt"):  # ungated: nothing skipped
       assert next(r for r in rows if r["key"] == key)["flops"]["reduction"] == 0.0
   for l in lines:

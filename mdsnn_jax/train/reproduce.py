@@ -6,13 +6,13 @@ Every run goes through `loop.train_and_evaluate` (via `experiments`): a finished
 the same config is read back, an unfinished one resumes from its checkpoint, a changed one is
 refused unless `overwrite`. Runs live in <workdir>/<table>/<dataset>/<row>_seed<s>/; each
 seed has its own FP teacher (teacher_seed<s>), which its students start from and distil.
-After training, every row of every seed is measured on the whole test split from its saved
-variables: accuracy, per-neuron firing rates (EMD to the FP teacher of the same seed), the
-crossbar model in dense and event mode (`report.hardware_for`, first / last layers at their
-own bits), the FLOPs that the membrane-prior masks the model produced let it skip
-(`FlopsCounter`), weight / membrane memory, the per-layer EMD and dead fraction (`emd`,
-with `emd_verdict`), and the saliency consistency of each student with its teacher on the
-first SALIENCY_EXAMPLES test images (`feature_kd`, `report.saliency_maps_of`).
+After training, every row of every seed is measured on the test split (`data.test_subset`
+when set) from its saved variables: accuracy, per-neuron firing rates (EMD to the FP teacher
+of the same seed), the crossbar model in dense and event mode (`report.hardware_for`, first
+/ last layers at their own bits), the FLOPs that the membrane-prior masks the model produced
+let it skip (`FlopsCounter`), weight / membrane memory, the per-layer EMD and dead fraction
+(`emd`, with `emd_verdict`), and the saliency consistency of each student with its teacher
+on the first SALIENCY_EXAMPLES test images (`feature_kd`, `report.saliency_maps_of`).
 """
 from __future__ import annotations
 
@@ -318,6 +318,36 @@ def memory(run: Run, layers: list[KernelLayer], lifs: list[LifLayer]) -> dict:
               membrane_bits=u_bits)
 
 
+def quantization_of(model_cfg: Mapping[str, Any]) -> str:
+  """The row's quantization in words: weight quantizer, grid, levels and stored bits (body
+  and first / last layers), and the membrane's levels and stored bits, e.g. 'W: lsq 2-bit
+  full grid, 4 levels, 2 bits stored (first / last: same); U: ternary, 3 levels, 2 bits'."""
+  quant = model_cfg.get("quant") or {}
+  weight = quant.get("weight") or {"kind": "none"}
+
+  def w_text(cfg) -> str:
+    if (cfg or {}).get("kind", "none") == "none":
+      return "float"
+    g = report_lib.weight_grid_info(cfg)
+    levels = "learned levels" if g["grid"] == "learned" else f"{g['grid']} grid"
+    return (f"{cfg['kind']} {cfg.get('bits', g['stored_bits'])}-bit {levels}, {g['levels']} "
+            f"levels, {g['stored_bits']} bits stored")
+
+  text = f"W: {w_text(weight)}"
+  if weight.get("kind", "none") != "none":
+    ends = [((quant.get(k) or {}).get("kind", "none")) for k in ("first_layer", "last_layer")]
+    ends = ["same" if e == "same" else ("float" if e == "none" else w_text(quant.get(k)))
+            for e, k in zip(ends, ("first_layer", "last_layer"))]
+    text += f" (first / last layer: {ends[0]} / {ends[1]})"
+  membrane = quant.get("membrane") or {"kind": "none"}
+  if membrane.get("kind", "none") == "none":
+    return text + "; U: float"
+  from mdsnn_jax.quant.registry import make_membrane_quantizer
+  n = len(make_membrane_quantizer(membrane).levels)
+  return text + (f"; U: {membrane['kind']}, {n} levels, "
+                 f"{report_lib.membrane_bits_of(membrane)} bits stored")
+
+
 # ------------------------------------------------------------------------------ driver
 def _mean_std(values) -> tuple[float, float]:
   a = np.asarray(values, np.float64)
@@ -379,7 +409,8 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
       summary = json.loads((stage_dir / stages_lib.SUMMARY_FILE).read_text())
       m = dict(seed=seed, accuracy=ev["accuracy"] if row.kind == "ptq" else summary["test_accuracy"],
                accuracy_remeasured=ev["accuracy"], examples=ev["examples"],
-               steps=0 if row.kind == "ptq" else summary["steps"])
+               steps=0 if row.kind == "ptq" else summary["steps"],
+               quantization=quantization_of(run.model_cfg))
       if row.kind == "teacher":
         fp_rates[seed] = ev["rates"]
       m["mean_rate"] = float(np.concatenate([r.ravel() for r in ev["rates"].values()]).mean())
@@ -420,7 +451,8 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
     entry = dict(key=row.key, label=row.label, available=True, seeds=list(seeds), accuracy=acc,
                  accuracy_mean=mean, accuracy_std=std, per_seed=per_seed)
     for col in ("emd_to_fp", "hardware", "gains", "flops", "memory", "weight_bits",
-                "membrane_bits", "mean_rate", "layer_emd", "dead_fraction", "saliency"):
+                "membrane_bits", "mean_rate", "layer_emd", "dead_fraction", "saliency",
+                "quantization"):
       if col in per_seed[0]:
         entry[col] = _seed_mean([m[col] for m in per_seed])
     for col in ("emd_to_fp", "dead_fraction", "mean_rate"):  # the seed spread of scalars
@@ -554,7 +586,7 @@ def csv_rows(result: dict) -> list[dict]:
   for ds in result["datasets"]:
     for e in ds["rows"]:
       row = {"dataset": ds["key"], "row": e["key"], "label": e["label"],
-             "available": e["available"]}
+             "available": e["available"], "quantization": e.get("quantization", "")}
       if e["available"]:
         row.update(accuracy_mean=e["accuracy_mean"], accuracy_std=e["accuracy_std"],
                    accuracy_per_seed=" ".join(f"{a:.4f}" for a in e["accuracy"]))
@@ -614,6 +646,10 @@ def render_markdown(result: dict) -> str:
     lines += [f"## {ds['key']}", "", ds["description"] + ".", ""]
     rows = ds["rows"]
     avail = [e for e in rows if e["available"]]
+    if result["table"] != "feature_kd":  # (feature_kd's rows are all float)
+      lines += ["Quantization of each row (weights W, membranes U; levels and stored bits):", ""]
+      lines += [f"- {e['label']}: {e['quantization']}" for e in avail if "quantization" in e]
+      lines += [""]
     if result["table"] == "md_snn":
       lines += ["| row | accuracy (%) | Δ vs QAT, no KD (pp) | pooled firing EMD to FP | bits W/U "
                 "| EDAP ×, dense | TOPS/W ×, dense | TOPS/mm² ×, dense | EDAP ×, event "
@@ -660,10 +696,10 @@ def render_markdown(result: dict) -> str:
                 f"{len(result['seeds'])} seed(s)): {v['status']}.**", ""]
       lines += [f"- {l}" for l in v["lines"]]
       lines += ["", "EMD: 1-D Wasserstein-1 distance between the FP teacher's and the row's "
-                "per-neuron firing rates on the whole test split (pooled: all spiking layers in one "
+                "per-neuron firing rates on the test images of the dataset line (pooled: all spiking layers in one "
                 "distribution; per layer in the figure), each student against the teacher of its "
                 "own seed, whose weights it started from. Dead fraction: neurons that never fired "
-                "on the test split. ± is the sample std over seeds.", ""]
+                "on those images. ± is the sample std over seeds.", ""]
     elif result["table"] == "feature_kd":
       lines += ["| row | accuracy (%) | Δ vs no KD at the same T (pp) | saliency Spearman ρ vs "
                 f"teacher | saliency top-{SALIENCY_K:g} % IoU vs teacher |", "|" + "---|" * 5]
