@@ -18,7 +18,8 @@ Learned gate (optional):
 
 trained by BCE against a "mass" target: per sample, channels sorted by their normalised
 peak |y_c| (share_c = max|y_c| / Σ_c' max|y_c'|) are kept in decreasing order until the
-cumulative share reaches ρ = 0.85 (the channel that crosses ρ is kept).
+cumulative share reaches ρ = 0.85 (the channel that crosses ρ is kept). Models use it through
+`mdsnn_jax.nn.layers.ChannelGate` (model.neuron.gate_rho; its BCE weight is loss.gate_weight).
 
 FLOPs (per sample, per timestep). One multiply-accumulate counts as one FLOP (the
 convention of the pruning literature's FLOPs tables, e.g. thop); the LIF membrane update

@@ -213,7 +213,8 @@ def test_export_refuses_what_nir_cannot_express():
   _, variables, x = _digits_cnn()  # the same variables fit every neuron variant below
   for neuron, match in [({"reset": "soft"}, r"'lif0'.*reset='soft'"),
                         ({"reset": "none"}, r"'lif0'.*reset='none'"),
-                        ({"prune_prior": 0.1}, r"'lif0'.*membrane-prior channel gating")]:
+                        ({"prune_prior": 0.1}, r"'lif0'.*membrane-prior channel gating"),
+                        ({"gate_rho": 0.85}, r"'lif0'.*learned channel gate")]:
     cfg = default_model_config()
     cfg.name, cfg.timesteps = "digits_cnn", 3
     cfg.neuron.update(neuron)

@@ -353,3 +353,146 @@ def test_lif_layer_membrane_prior_pruning():
   np.testing.assert_array_equal(np.asarray(s), np.asarray(ref_s))
   np.testing.assert_array_equal(np.asarray(masks), np.asarray(ref_masks))
   assert 0 < float(masks[1:].mean()) < 1, "some but not all channels gated at this prior"
+
+
+# ------------------------------------------------------------ learned channel gate
+
+
+def np_mass_target(y, rho):
+  """Per row: channels by decreasing peak share (ties: lower index first), kept while the
+  share before them is < ρ."""
+  peak = np.abs(y).max(axis=tuple(range(1, y.ndim - 1)))
+  share = peak / peak.sum(-1, keepdims=True)
+  out = np.zeros_like(share)
+  for n in range(share.shape[0]):
+    before = 0.0
+    for c in sorted(range(share.shape[1]), key=lambda c: (-share[n, c], c)):
+      out[n, c] = before < rho
+      before += share[n, c]
+  return out
+
+
+def np_gate(x, y, w, b, rho):
+  """NumPy ChannelGate on time-major x [T, B, H, W, C_in], y [T, B, H, W, C_out]:
+  (gated y, masks [T, B, C_out], logits [T·B, C_out], target [T·B, C_out], BCE)."""
+  t, bsz = y.shape[:2]
+  xm = np.asarray(x, np.float64).reshape((t * bsz,) + x.shape[2:])
+  ym = np.asarray(y, np.float64).reshape((t * bsz,) + y.shape[2:])
+  pooled = xm.mean(axis=(1, 2))
+  soft = np.exp(pooled - pooled.max(-1, keepdims=True))
+  soft /= soft.sum(-1, keepdims=True)
+  logits = soft @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+  mask = (1 / (1 + np.exp(-logits)) > 0.5).astype(np.float64)
+  target = np_mass_target(ym, rho)
+  p = 1 / (1 + np.exp(-logits))
+  bce = np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p)))
+  gated = ym * mask[:, None, None, :]
+  return gated.reshape(y.shape), mask.reshape(t, bsz, -1), logits, target, bce
+
+
+def _gate_inputs():
+  x = (np.random.default_rng(0).random((2, 2, 3, 3, 3)) < 0.4).astype(np.float32)  # spikes
+  y = rand(1, (2, 2, 3, 3, 4))
+  w = rand(2, (3, 4), scale=3.0)
+  b = jnp.asarray([0.5, -0.5, 0.2, -0.1], jnp.float32)
+  return jnp.asarray(x), y, w, b
+
+
+def test_channel_gate_matches_numpy_and_sows_masks_and_bce():
+  from mdsnn_jax import prune
+  from mdsnn_jax.nn.layers import ChannelGate
+  x, y, w, b = _gate_inputs()
+  gate = ChannelGate(0.85)
+  out, cols = gate.apply({"params": {"gate_w": w, "gate_b": b}}, x, y,
+                         mutable=["gate_masks", "gate_losses"])
+  ref, masks, logits, target, bce = np_gate(x, y, w, b, 0.85)
+  assert 0 < masks.mean() < 1, "the hand parameters close some but not all channels"
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-6)
+  (sown,) = cols["gate_masks"]["m"]
+  assert sown.shape == (2, 2, 4) and sown.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(sown), masks)
+  (loss,) = cols["gate_losses"]["bce"]
+  np.testing.assert_allclose(float(loss), bce, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(prune.gate_bce_loss(
+      jnp.asarray(logits, jnp.float32), jnp.asarray(target, jnp.float32))), rtol=1e-5)
+  # init: W = 0 and b = GATE_BIAS_INIT > 0, so every channel starts open
+  v = gate.init(key(0), x, y)
+  assert float(jnp.abs(v["params"]["gate_w"]).max()) == 0.0
+  _, cols0 = gate.apply({"params": v["params"]}, x, y, mutable=["gate_masks"])
+  assert float(cols0["gate_masks"]["m"][0].min()) == 1.0
+
+
+def test_gated_conv_unit_masks_its_bn_output_from_its_input():
+  """Builder.conv_bn with gate_rho: conv → BN → × the gate's mask, the gate reading the
+  unit's input; '<name>_gate' beside the unit."""
+  from mdsnn_jax.nn.layers import ChannelGate
+  from mdsnn_jax.nn.models import Builder
+
+  class Unit(nn.Module):
+    rho: float | None = 0.85
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      return Builder(NeuronConfig(gate_rho=self.rho)).conv_bn(4, name="conv")(x, train)
+
+  x, _, w, b = _gate_inputs()
+  variables = Unit().init(key(0), x)
+  assert set(variables["params"]) == {"conv", "conv_gate"}
+  variables["params"]["conv_gate"] = {"gate_w": w, "gate_b": b}
+  out, cols = Unit().apply(variables, x, mutable=["gate_masks", "gate_losses"])
+  y = QConvBN(4, name="conv").apply({"params": variables["params"]["conv"],
+                                     "batch_stats": variables["batch_stats"]["conv"]}, x)
+  ref, masks, *_ = np_gate(x, y, w, b, 0.85)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(cols["gate_masks"]["conv_gate"]["m"][0]), masks)
+  assert set(Unit(None).init(key(0), x)["params"]) == {"conv"}  # no gate: the plain unit
+  assert isinstance(ChannelGate(0.5), nn.Module)
+
+
+def test_gate_gradients_reach_its_parameters_through_bce_and_ste():
+  from mdsnn_jax.nn.layers import ChannelGate
+  x, y, w, b = _gate_inputs()
+  gate = ChannelGate(0.85)
+  r = rand(5, y.shape)
+
+  def losses(params):
+    out, cols = gate.apply({"params": params}, x, y, mutable=["gate_losses"])
+    return jnp.sum(out * r), cols["gate_losses"]["bce"][0]  # task-like term (STE), BCE
+
+  params = {"gate_w": w, "gate_b": b}
+  for pick in (0, 1):  # each path alone
+    g = jax.grad(lambda p: losses(p)[pick])(params)
+    for name in ("gate_w", "gate_b"):
+      assert np.all(np.isfinite(np.asarray(g[name]))) and float(jnp.abs(g[name]).max()) > 0, (pick, name)
+  # the STE: the task term's gradient w.r.t. b is Σ y·r · dσ(logits) per channel
+  _, _, logits, _, _ = np_gate(x, y, w, b, 0.85)
+  s = 1 / (1 + np.exp(-logits))
+  yr = (np.asarray(y, np.float64) * np.asarray(r)).sum(axis=(2, 3)).reshape(logits.shape)
+  g_b = jax.grad(lambda p: losses(p)[0])(params)["gate_b"]
+  np.testing.assert_allclose(np.asarray(g_b), (yr * s * (1 - s)).sum(0), rtol=1e-4, atol=1e-6)
+
+
+def test_gate_taps_do_not_accumulate_over_applies():
+  from mdsnn_jax import nn as nn_lib
+  model = nn_lib.create_model({"name": "digits_cnn", "timesteps": 2,
+                               "neuron": {"gate_rho": 0.85}}, 10)
+  x = jnp.ones((2, 8, 8, 1))
+  variables = dict(model.init(key(0), x, train=False))  # every collection, the taps too
+  assert "gate_masks" in variables and "gate_losses" in variables
+  for _ in range(2):
+    _, variables_out = model.apply(variables, x, train=False,
+                                   mutable=["gate_masks", "gate_losses"])
+    variables = {**variables, **variables_out}
+  for col in ("gate_masks", "gate_losses"):
+    for leaf in jax.tree_util.tree_leaves(variables[col], is_leaf=lambda v: isinstance(v, tuple)):
+      assert isinstance(leaf, tuple) and len(leaf) == 1, (col, leaf)
+
+
+@pytest.mark.parametrize("rho", [0.0, -0.2, 1.5, float("nan"), True])
+def test_gate_rho_outside_0_1_is_refused(rho):
+  from mdsnn_jax import nn as nn_lib
+  with pytest.raises(ValueError, match=r"gate_rho .*\(0, 1\].*" + repr(rho).replace(".", r"\.")):
+    NeuronConfig(gate_rho=rho)
+  with pytest.raises(ValueError, match=r"\(0, 1\]"):
+    nn_lib.create_model({"name": "vgg9", "neuron": {"gate_rho": rho}}, 10)
+  assert NeuronConfig(gate_rho=1.0).gate_rho == 1.0 and NeuronConfig().gate_rho is None

@@ -108,6 +108,63 @@ def test_quantized_variant_has_same_taps_and_superset_params(name):
   assert flat(fp_vars.get("batch_stats", {})).keys() == flat(q_vars.get("batch_stats", {})).keys()
 
 
+GATE_COLS = ["gate_masks", "gate_losses"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gated_variant_gates_every_unit_and_sows_masks_and_losses(name):
+  """gate_rho on: a '<unit>_gate' beside every conv + BN unit (and hidden dense layer), the
+  rest of the tree unchanged; a training forward sows [T or 1, B, C] masks and scalar BCEs."""
+  size = SIZES[name][0]
+  x = image(size, input_channels(name))
+  model, plain = abstract_vars(name, size)
+  gated = create_model(config(name, neuron={"gate_rho": 0.85}), 10)
+  variables = jax.eval_shape(lambda: init_variables(gated, key(0), jnp.zeros(x.shape)))
+  p, g = flat(plain["params"]), flat(variables["params"])
+  assert set(p) < set(g) and all(p[k].shape == g[k].shape for k in p)
+  extra = set(g) - set(p)
+  assert all(k.rsplit("/", 2)[-2].endswith("_gate") and k.endswith(("gate_w", "gate_b"))
+             for k in extra), extra
+  units = {k[:-len("/conv/kernel")] for k in p if k.endswith("/conv/kernel")}
+  if name == "digits_mlp":
+    units = {"fc1"}
+  assert {k.rsplit("/", 1)[0][:-len("_gate")] for k in extra} >= units
+  fn = lambda v, x: gated.apply(v, x, train=True, timesteps=2,
+                                mutable=GATE_COLS + ["batch_stats", "quant_state"])
+  logits, cols = jax.eval_shape(fn, variables, x)
+  masks, losses = tap_shapes(cols["gate_masks"]), tap_shapes(cols["gate_losses"])
+  assert set(masks) == set(losses) == {k.rsplit("/", 1)[0] for k in extra}
+  for tap, shape in masks.items():
+    assert shape[0] in (1, 2) and shape[1] == 2, (tap, shape)
+    assert shape[-1] == g[f"{tap}/gate_b"].shape[0]
+  assert all(shape == () for shape in losses.values())
+
+
+def test_gated_model_with_remat_layer_has_the_same_loss_and_gradients():
+  """The gate sits outside the recomputed conv + BN unit, so its sown BCE keeps its gradient."""
+  x = _rgb(0, 4, 8)[..., :1]
+  labels = jnp.arange(4) % 10
+
+  def loss_and_grads(remat):
+    model = create_model(config("digits_cnn", timesteps=2, remat=remat, conv_impl="xla",
+                                lif_impl="scan", neuron={"gate_rho": 0.85}), 10)
+    variables = _init(model, 0, x)
+
+    def loss(params):
+      logits, cols = model.apply({**variables, "params": params}, x, train=True,
+                                 mutable=["batch_stats", "gate_losses"])
+      bce = jnp.mean(jnp.stack(jax.tree_util.tree_leaves(cols["gate_losses"])))
+      return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), labels).mean() + bce
+
+    return _compiled(jax.value_and_grad(loss), variables["params"])
+
+  (l0, g0), (l1, g1) = loss_and_grads("none"), loss_and_grads("layer")
+  np.testing.assert_allclose(float(l0), float(l1), rtol=1e-6)
+  for (path, a), b in zip(flat(g0).items(), flat(g1).values()):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6, err_msg=path)
+  assert float(jnp.abs(g0["conv1_gate"]["gate_w"]).max()) > 0
+
+
 def test_event_input_shapes_and_two_polarity_stem():
   model, _ = abstract_vars("vgg9", 32)
   x = jax.ShapeDtypeStruct((2, 5, 48, 48, 2), jnp.float32)  # [B, T, H, W, 2]

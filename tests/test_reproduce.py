@@ -3,6 +3,7 @@ after SIGTERM, FLOPs from masks against a hand count, bad inputs, every config b
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -103,6 +104,14 @@ def test_table_at_smoke_scale_end_to_end(tmp_path, name):
                                     "2 bits stored")
     for key in ("fp", "w4", "w4_tern_lt"):  # ungated: nothing skipped
       assert next(r for r in rows if r["key"] == key)["flops"]["reduction"] == 0.0
+    # The learned-gate row is trained and measured: its gates' own FLOPs are charged on top
+    # of the prior's, and its training logged the gate's BCE.
+    gate, prior = (next(r for r in rows if r["key"] == k) for k in ("gate", "prune_p-0.8"))
+    assert gate["available"] and gate["flops"]["gate"] > prior["flops"]["gate"]
+    assert gate["flops"]["dense"] == prior["flops"]["dense"]
+    log = tmp_path / "spquant" / "digits" / "gate_seed0" / "qat" / "metrics.jsonl"
+    records = [json.loads(l) for l in log.read_text().splitlines()]
+    assert any(r.get("gate", 0) > 0 for r in records), records
   for l in lines:
     if l["available"] == "True":
       for c in columns:
@@ -261,6 +270,87 @@ def test_flops_from_masks_equal_a_hand_count():
   c2 = reproduce.FlopsCounter([conv], [lifs[1]], gated=[])
   c2.add({"a": masks_a.sum(-1), "b": masks_b.sum(-1)}, t=2, b=1)
   assert (c2.result()["dense"], c2.result()["active"]) == (ref["dense"], ref["active"])
+
+
+def test_flops_with_a_learned_gate_equal_a_hand_count():
+  """A 3×3 conv, 2 → 3 channels on a 4×4 output (stride 1: a 4×4 input), whose learned gate
+  'g' masks its output, which feeds LIF 'b' (3 channels of 4×4); T = 2, B = 1."""
+  gate_cost = prune.gate_flops(2, 3, 4, 4)
+  assert gate_cost == 16 * 2 + 3 * 2 + 2 * 3 + 2 * 3  # pool, softmax, 1×1 conv, bias + compare
+  conv = reproduce.KernelLayer("conv", k=3, c_in=2, c_out=3, h=4, w=4, out_lif="b", gate="g",
+                               gate_flops=gate_cost)
+  lif = reproduce.LifLayer("b", 3, 4, 4)
+  dense = 2 * (9 * 2 * 3 * 16 + 3 * 16 * 3)  # 2 steps × (conv + LIF)
+
+  # 1. The gate alone keeps channels {0, 2} at t = 0 and {2} at t = 1.
+  gate = np.array([[[1, 0, 1]], [[0, 0, 1]]])
+  counts = reproduce.active_channel_counts({}, {"g": gate}, [("g", "b")], 2)
+  np.testing.assert_array_equal(counts["g"], [[2], [1]])
+  np.testing.assert_array_equal(counts["b"], [[2], [1]])  # a closed channel gets no current
+  counter = reproduce.FlopsCounter([conv], [lif])
+  counter.add(counts, t=2, b=1)
+  out = counter.result()
+  active = 9 * 16 * 2 * (2 + 1) + 3 * 16 * (2 + 1)
+  assert (out["dense"], out["active"], out["gate"]) == (dense, active, 2 * gate_cost)
+  assert (dense, active, 2 * gate_cost) == (2016, 1008, 100)
+  assert out["reduction"] == pytest.approx((2016 - 1008 - 100) / 2016)
+
+  # 2. Gate and membrane prior on 'b': a static-stem-like gate mask [1, B, C] = {0, 1} holds
+  #    at both steps; the prior keeps {0, 1, 2} at t = 0 and {1, 2} at t = 1. Active: both.
+  gate = np.array([[[1, 1, 0]]])
+  prior = np.array([[[1, 1, 1]], [[0, 1, 1]]])
+  counts = reproduce.active_channel_counts({"b": prior}, {"g": gate}, [("g", "b")], 2)
+  np.testing.assert_array_equal(counts["g"], [[2], [2]])
+  np.testing.assert_array_equal(counts["b"], [[2], [1]])  # {0, 1}, then {1}
+  counter = reproduce.FlopsCounter([conv], [lif], gated=["b"])
+  counter.add(counts, t=2, b=1)
+  out = counter.result()
+  prior_cost = 16 * 3 + 2 * 3
+  assert (out["dense"], out["active"]) == (2016, 1008)
+  assert out["gate"] == 2 * gate_cost + 2 * prior_cost == 208
+  assert out["reduction"] == pytest.approx((2016 - 1008 - 208) / 2016)
+  assert out["factor"] == pytest.approx(2016 / (1008 + 208))
+
+  # 3. A gated layer feeding no LIF (e.g. a residual branch): its output count is the gate's.
+  branch = dataclasses.replace(conv, out_lif=None)
+  counter = reproduce.FlopsCounter([branch], [])
+  counter.add(reproduce.active_channel_counts({}, {"g": gate}, [], 2), t=2, b=1)
+  assert counter.result()["active"] == 9 * 16 * 2 * (2 + 2)
+
+
+def test_model_structure_links_learned_gates_and_counts_the_masks_it_sowed():
+  model = nn.create_model({"name": "digits_cnn", "timesteps": 2,
+                           "neuron": {"prune_prior": 0.0, "gate_rho": 0.85}}, 10)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 8, 8, 1))
+  v = nn.init_variables(model, jax.random.PRNGKey(1), x[:1])
+  # random gate parameters: some channels closed
+  for g in ("conv0_gate", "conv1_gate"):
+    v["params"][g]["gate_b"] = jax.random.normal(jax.random.PRNGKey(len(g)),
+                                                 v["params"][g]["gate_b"].shape)
+  layers, lifs = reproduce.model_structure(model, v, x[:1], 2)
+  assert [(l.name, l.in_lif, l.out_lif, l.gate, l.gate_flops) for l in layers] == [
+      ("conv0/conv", None, None, "conv0_gate", prune.gate_flops(1, 16, 8, 8)),  # static stem
+      ("conv1/conv", "lif0", "lif1", "conv1_gate", prune.gate_flops(16, 32, 4, 4)),
+      ("fc", None, None, None, 0)]
+  _, cols = model.apply(v, x, train=False, mutable=["prune_masks", "gate_masks"])
+  prior = {k: np.asarray(m["m"][0]) for k, m in cols["prune_masks"].items()}
+  gates = {k: np.asarray(m["m"][0]) for k, m in cols["gate_masks"].items()}
+  assert gates["conv0_gate"].shape == (1, 3, 16) and gates["conv1_gate"].shape == (2, 3, 32)
+  assert 0 < gates["conv1_gate"].mean() < 1
+  links = [(l.gate, l.out_lif) for l in layers if l.gate and l.out_lif]
+  counter = reproduce.FlopsCounter(layers, lifs, gated=["lif0", "lif1"])
+  counter.add(jax.device_get(reproduce.active_channel_counts(prior, gates, links, 2)), t=2, b=3)
+  # By hand from the masks: the stem's gate (broadcast over T) sets its output channels but,
+  # behind the broadcast, not lif0's (counted from its prior alone, conservative).
+  n0_out = np.broadcast_to(gates["conv0_gate"], (2, 3, 16)).sum(-1)
+  n_lif0 = prior["lif0"].sum(-1)
+  n_lif1 = (prior["lif1"] * gates["conv1_gate"]).sum(-1)
+  active = (np.sum(9 * 64 * 1 * n0_out) + np.sum(9 * 16 * n_lif0 * n_lif1) + 2 * 3 * 128 * 10
+            + np.sum(3 * 64 * n_lif0) + np.sum(3 * 16 * n_lif1))
+  overhead = 2 * 3 * (prune.gate_flops(1, 16, 8, 8) + prune.gate_flops(16, 32, 4, 4)
+                      + prune.prior_mask_flops(16, 8, 8) + prune.prior_mask_flops(32, 4, 4))
+  out = counter.result()
+  assert (out["active"], out["gate"]) == (active, overhead)
 
 
 def test_model_structure_finds_which_lif_gates_each_layer():

@@ -140,6 +140,7 @@ def test_four_device_step_equals_one_device_step():
     ("--config.stages=fp,distill", "distill"),
     ("--config.train.global_batch=0", "train.global_batch must be an int >= 1, got 0"),
     ("--config.loss.kind=hinge", "hinge"),
+    ("--config.model.neuron.gate_rho=1.5", "gate_rho must be None (no learned gate) or lie in (0, 1]"),
 ])
 def test_bad_config_fails_before_training(tmp_path, override, message):
   proc = _launch(tmp_path, override)
@@ -268,3 +269,73 @@ def test_unknown_feature_source_fails_before_training(tmp_path):
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode != 0 and "currents" in out and "membranes" in out, out
   assert not (tmp_path / "fp" / "checkpoints").exists(), "training started despite a bad config"
+
+
+@pytest.mark.parametrize("stage", ["fp", "qat", "md", "md_gated_teacher"])
+def test_gated_model_trains_its_gate_and_reports_it_in_every_stage(stage):
+  """L = task (+ KD) + loss.gate_weight · mean gate BCE, 'gate' in the metrics; the gate's
+  parameters move; eval and the (ungated, or gated) teacher's forward run."""
+  from mdsnn_jax import nn
+  from mdsnn_jax.train import steps
+  from mdsnn_jax.train.config import base_config
+  from mdsnn_jax.train.loop import stage_model_config
+  from mdsnn_jax.train.state import TrainState, make_optimizer
+  c = base_config()
+  c.model.name = "digits_cnn"
+  c.model.timesteps = 2
+  c.model.quant.weight = {"kind": "lsq", "bits": 2}
+  c.loss.gate_weight = 0.5
+  c.distill.alpha, c.distill.beta = 1.0, 1.0
+  c.model.neuron.gate_rho = 0.85
+  md = stage.startswith("md")
+  student = nn.create_model(stage_model_config(c, stage[:3] if md else stage), 10)
+  teacher = (nn.create_model(stage_model_config(c if stage == "md_gated_teacher" else
+                                                _ungated(c), "fp"), 10) if md else None)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((8, 8, 8, 1)), jnp.float32)
+  batch = {"image": x, "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
+  sv = nn.init_variables(student, jax.random.PRNGKey(1), x[:1])
+  tv = nn.init_variables(teacher, jax.random.PRNGKey(0), x[:1]) if md else None
+  assert (tv is None or ("conv1_gate" in tv["params"]) == (stage == "md_gated_teacher"))
+  state = TrainState.create(variables=dict(sv), tx=make_optimizer(c.optim, 10))
+  before = jax.tree.map(np.asarray, state.params["conv1_gate"])
+  step = jax.jit(lambda s, b, t: steps.train_step(
+      s, b, t, model=student, loss_cfg=c.loss, distill_cfg=c.distill if md else None,
+      teacher_model=teacher, timesteps=2))
+  for _ in range(3):
+    state, m = step(state, batch, tv)
+    m = {k: float(v) for k, v in m.items()}
+    assert np.isfinite(m["gate"]) and m["gate"] > 0, m
+    task = m["total"] if md else m["ce"]
+    np.testing.assert_allclose(m["loss"], task + 0.5 * m["gate"], rtol=1e-5)
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                       state.params["conv1_gate"], before)
+  assert all(v > 0 for v in jax.tree.leaves(moved)), moved
+  ev = steps.eval_step(state.variables, {**batch, "mask": jnp.ones(8)}, model=student, timesteps=2)
+  assert float(ev["count"]) == 8
+
+
+def _ungated(c):
+  import copy
+  u = copy.deepcopy(c)
+  u.model.neuron.gate_rho = None
+  return u
+
+
+def test_gate_fields_leave_ungated_and_older_runs_unchanged():
+  """gate_rho None and loss.gate_weight (read only by the gate) are no part of an ungated
+  run's identity, so a run stored before the fields existed is the same run."""
+  from mdsnn_jax.train.config import base_config
+  from mdsnn_jax.train.stages import diff_fields, result_fields
+  c = base_config()
+  new = result_fields(c, "fp")
+  assert "gate_weight" not in new["loss"] and new["model"]["neuron"]["gate_rho"] is None
+  old = json.loads(json.dumps(new))
+  del old["model"]["neuron"]["gate_rho"]
+  assert diff_fields(old, new) == []
+  c.loss.gate_weight = 3.0
+  assert diff_fields(old, result_fields(c, "fp")) == []
+  c.model.neuron.gate_rho = 0.85
+  gated = result_fields(c, "qat")
+  assert gated["loss"]["gate_weight"] == 3.0
+  assert "loss.gate_weight: (absent) -> 3.0" in diff_fields(old, gated)

@@ -301,6 +301,11 @@ def _check_exportable(model, membrane_quant: str, layer: str) -> None:
         f"layer {name!r}: membrane-prior channel gating (neuron.prune_prior="
         f"{neuron.prune_prior}) cannot be exported to NIR: it zeroes a channel's input from "
         f"the previous step's spatial-mean membrane, which no NIR node computes")
+  if neuron.gate_rho is not None:
+    raise ValueError(
+        f"layer {name!r}: the learned channel gate (neuron.gate_rho={neuron.gate_rho}) cannot "
+        f"be exported to NIR: it zeroes output channels per sample from a softmax of the "
+        f"pooled input, which no NIR node computes")
   mq = resolve_membrane_quantizer(model.quant.membrane)
   if mq is not None:
     if membrane_quant == "error":

@@ -11,6 +11,9 @@ Variable collections:
                   train=True and the collection is mutable, like BN statistics.
   'membranes'     every LIF sows its pre-reset membrane h [T, B, ...] as 'h'.
   'spikes'        every LIF sows its spikes s [T, B, ...] as 's'.
+  'prune_masks'   every membrane-prior LIF sows its active-channel masks [T, B, C] as 'm'.
+  'gate_masks'    every learned channel gate (`ChannelGate`) sows its masks [T, B, C] as 'm'
+  'gate_losses'   ... and its BCE loss against the mass target (a scalar) as 'bce'.
 
 Quantizers come from `mdsnn_jax.quant.registry` configs ({'kind': ..., **kwargs}) or are passed
 as ready `WeightQuantizer` / `MembraneQuantizer` tuples. Kind 'none' (or None) means full
@@ -35,7 +38,8 @@ from mdsnn_jax.lif_vjp import fused_lif_scan
 from mdsnn_jax.neuron import RESETS, lif_scan
 from mdsnn_jax.nn.conv import IMPLS as CONV_IMPLS
 from mdsnn_jax.nn.conv import conv2d
-from mdsnn_jax.prune import gated_lif_scan
+from mdsnn_jax.prune import (channel_gate_logits, gate_bce_loss, gate_mask, gated_lif_scan,
+                             mass_target)
 from mdsnn_jax.quant.base import MembraneQuantizer, WeightQuantizer
 from mdsnn_jax.quant.batchnorm import fold_batchnorm, quantize_folded
 from mdsnn_jax.quant.registry import make_membrane_quantizer, make_weight_quantizer
@@ -49,6 +53,10 @@ SAME = "same"
 LIF_IMPLS = ("scan", "fused", "auto")
 # checkpoint_name of every convolution output (see models.REMATS).
 CONV_OUT = "conv_out"
+# The learned gate's bias at init: σ(0.1) > 0.5, so every channel starts open (a student
+# starts as the teacher it was copied from), and a channel whose target is 0 can close after
+# a few tens of Adam steps at lr ~1e-3.
+GATE_BIAS_INIT = 0.1
 
 
 # ----------------------------------------------------------------------------------------
@@ -91,6 +99,9 @@ class NeuronConfig:
   prune_prior: None (off) or p, SpQuant's membrane-prior channel gating (SPEC §4,
   `mdsnn_jax.prune.gated_lif_scan`): at t ≥ 1 a channel whose spatial-mean membrane at t−1 is
   below p gets zero input current.
+  gate_rho: None (off) or ρ ∈ (0, 1], SpQuant's learned channel gate (SPEC §4, `ChannelGate`)
+  on every conv + BN unit and hidden dense layer, trained towards keeping the channels that
+  hold a share ρ of the output's peak mass (SpQuant: 0.85).
   """
   decay: float = 0.5
   threshold: float = 1.0
@@ -100,6 +111,7 @@ class NeuronConfig:
   detach_reset: bool = False
   learn_threshold: bool = False
   prune_prior: float | None = None
+  gate_rho: float | None = None
 
   def __post_init__(self):
     if not (isinstance(self.decay, (int, float)) and 0.0 <= self.decay <= 1.0):
@@ -112,6 +124,11 @@ class NeuronConfig:
       raise ValueError(f"unknown surrogate {self.surrogate!r}; known surrogates: {sorted(SURROGATES)}")
     if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
       raise ValueError(f"surrogate alpha must be None or a positive finite number, got {self.alpha!r}")
+    rho = self.gate_rho
+    if rho is not None and (isinstance(rho, bool) or not isinstance(rho, (int, float))
+                            or not 0.0 < rho <= 1.0):
+      raise ValueError(f"neuron gate_rho must be None (no learned gate) or lie in (0, 1] (the "
+                       f"share of the output's peak mass the gate keeps, e.g. 0.85), got {rho!r}")
 
   @classmethod
   def from_dict(cls, cfg: Mapping[str, Any] | None = None, **overrides) -> NeuronConfig:
@@ -262,6 +279,43 @@ class LIF(nn.Module):
     self.sow("membranes", "h", h.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
     self.sow("spikes", "s", s.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
     return s
+
+
+class ChannelGate(nn.Module):
+  """SpQuant's learned channel gate (SPEC §4, `mdsnn_jax.prune`) on the output y of a conv +
+  BN unit (or a dense layer), predicted from the unit's input x; both time-major
+  [T, B, ..., C], gated per row of the merged T·B axis:
+
+      logits = softmax_c(avgpool(x)) · W + b        W 'gate_w' [C_in, C_out], b 'gate_b' [C_out]
+      m = 1[σ(logits) > 0.5]  (STE: dσ)              ỹ = m · y   (broadcast over H, W)
+      L_gate = BCE(logits, mass_target(sg(y), ρ))
+
+  The gate reads the spikes coming into the unit, so the channels it closes need not be
+  computed at all; the target is made from the ungated output (no gradient through it).
+  Sows m [T, B, C_out] (float32) into 'gate_masks'/'m' and L_gate into 'gate_losses'/'bce',
+  keeping only the latest call (as LIF's taps). W starts at 0 and b at GATE_BIAS_INIT > 0:
+  every channel starts open. The gate computes in float32 whatever y's dtype.
+  """
+  rho: float = 0.85
+
+  @nn.compact
+  def __call__(self, x: Array, y: Array) -> Array:
+    if x.ndim < 3 or y.ndim < 3 or x.shape[:2] != y.shape[:2]:
+      raise ValueError(f"ChannelGate needs time-major x [T, B, ..., C_in] and y [T, B, ..., C_out] "
+                       f"with the same T and B; got x {x.shape} and y {y.shape}")
+    c_in, c_out = x.shape[-1], y.shape[-1]
+    w = self.param("gate_w", nn.initializers.zeros, (c_in, c_out), jnp.float32)
+    b = self.param("gate_b", nn.initializers.constant(GATE_BIAS_INIT), (c_out,), jnp.float32)
+    lead = y.shape[:2]
+    rows = lambda a: a.reshape((-1,) + a.shape[2:]).astype(jnp.float32)  # noqa: E731
+    logits = channel_gate_logits(rows(x), w, b)  # [T·B, C_out]
+    mask = gate_mask(logits)
+    target = mass_target(rows(jax.lax.stop_gradient(y)), self.rho)
+    self.sow("gate_losses", "bce", gate_bce_loss(logits, target), init_fn=tuple,
+             reduce_fn=_latest)
+    self.sow("gate_masks", "m", jax.lax.stop_gradient(mask).reshape(lead + (c_out,)),
+             init_fn=tuple, reduce_fn=_latest)
+    return y * mask.reshape(lead + (1,) * (y.ndim - 3) + (c_out,)).astype(y.dtype)
 
 
 def _quantize_kernel(module: nn.Module, wq: WeightQuantizer, kernel: Array, train: bool

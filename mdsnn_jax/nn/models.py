@@ -17,7 +17,9 @@ by the total pooling factor (8 for VGG-9, 32 for VGG-16).
 
 Module names are fixed by the architecture and never depend on the quantization config, so
 the FP and quantized variants of a model have identical membrane / spike tap names (e.g.
-'layer1/block0/lif1') and the quantized parameter tree is a superset of the FP one.
+'layer1/block0/lif1') and the quantized parameter tree is a superset of the FP one. A
+learned gate (neuron.gate_rho) adds a module '<unit>_gate' beside each gated unit (e.g.
+'conv1_gate'), so a gated student's tree is a superset of its ungated teacher's too.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import ml_collections
 from flax import traverse_util
 from flax.core import unfreeze
 
-from mdsnn_jax.nn.layers import LIF, NeuronConfig, QConvBN, QDense, QuantConfig
+from mdsnn_jax.nn.layers import LIF, ChannelGate, NeuronConfig, QConvBN, QDense, QuantConfig
 
 Array = jax.Array
 
@@ -48,7 +50,7 @@ RESNET19_STAGES = ((128, 3, 1), (256, 3, 2), (512, 2, 2))
 # A training forward updates these (pass them as `mutable`, like BN statistics) ...
 TRAIN_MUTABLE = ("batch_stats", "quant_state")
 # ... and sows the taps into these when they are mutable.
-TAP_COLLECTIONS = ("membranes", "spikes", "prune_masks")
+TAP_COLLECTIONS = ("membranes", "spikes", "prune_masks", "gate_masks", "gate_losses")
 
 BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantConfig.weight)
 
@@ -90,10 +92,24 @@ class Builder:
     unit = QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
                    bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,
                    scale_init=scale_init, name=name)
-    if self.remat != "layer":
+    if self.remat == "layer":
+      unit = functools.partial(recompute_in_backward, unit,
+                               residual_dtype=jnp.bfloat16 if spike_input else None)
+    if self.neuron.gate_rho is None:
       return unit
-    return functools.partial(recompute_in_backward, unit,
-                             residual_dtype=jnp.bfloat16 if spike_input else None)
+    # The gate sits outside the recomputed unit: its sown loss must keep its gradient.
+    gate = self.gate(name)
+    return lambda x, train: gate(x, unit(x, train))
+
+  def gate(self, name: str) -> Callable[[Array, Array], Array]:
+    """(x, y) -> y, or SpQuant's learned channel gate m·y (`ChannelGate` '{name}_gate', from
+    the unit's input x) when neuron.gate_rho is set. Every conv + BN unit and hidden dense
+    layer is gated, the static stem too: its gate reads the image once, like the stem's
+    conv, and its mask [1, B, C] holds at every step (`reproduce.FlopsCounter` broadcasts
+    it over T and charges stem and gate at every step, as it charges the stem's conv)."""
+    if self.neuron.gate_rho is None:
+      return lambda x, y: y
+    return ChannelGate(self.neuron.gate_rho, name=f"{name}_gate")
 
   def lif(self, name: str) -> LIF:
     # remat 'layer' keeps only the membranes of a LIF: the fused custom-VJP recurrence
@@ -320,7 +336,7 @@ class MSResNet(SpikingNet):
       h = Stage(self.build, MSBlock, self.ch(c), n, s, name=f"layer{i + 1}")(h, train)
     h = self.build.lif("head_lif")(h).mean(axis=(2, 3))
     if self.hidden is not None:
-      h = self.build.dense(self.ch(self.hidden), name="fc1")(h, train)
+      h = self.build.gate("fc1")(h, self.build.dense(self.ch(self.hidden), name="fc1")(h, train))
       h = self.build.lif("fc1_lif")(h)
     return self.classifier(h, train)
 
@@ -353,7 +369,8 @@ class DigitsMLP(SpikingNet):
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps, static_ndim=(2, 4))
     h = h.reshape(h.shape[:2] + (-1,))
-    h = self.build.dense(self.ch(self.hidden), weight_quant=self.quant.first, name="fc1")(h, train)
+    y = self.build.dense(self.ch(self.hidden), weight_quant=self.quant.first, name="fc1")(h, train)
+    h = self.build.gate("fc1")(h, y)
     if static:
       h = _broadcast_time(h, t)
     h = self.build.lif("lif1")(h)
@@ -410,7 +427,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   """Every field of `create_model`'s config with its default.
 
   neuron.decay / threshold / alpha None: the family default (λ = 0.5, θ = 1.0, or
-  λ = 0.25, θ = 0.5 for MS-ResNets) and the surrogate's default slope.
+  λ = 0.25, θ = 0.5 for MS-ResNets) and the surrogate's default slope. neuron.prune_prior
+  and neuron.gate_rho None: no membrane-prior pruning, no learned gate.
   quant.* configs are {'kind': ..., **kwargs} for `mdsnn_jax.quant.registry`; first_layer /
   last_layer {'kind': 'same'} reuse quant.weight, {'kind': 'none'} keeps them full precision.
   """
@@ -425,7 +443,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.lif_impl = "auto"  # membrane-only custom-VJP LIF on CPU, XLA's scan autodiff on GPU/TPU
   cfg.neuron = ml_collections.ConfigDict(dict(
       decay=ph(float), threshold=ph(float), reset="hard", surrogate="arctan", alpha=ph(float),
-      detach_reset=False, learn_threshold=False, prune_prior=ph(float)))
+      detach_reset=False, learn_threshold=False, prune_prior=ph(float), gate_rho=ph(float)))
   cfg.quant = ml_collections.ConfigDict(dict(
       weight={"kind": "none"}, membrane={"kind": "none"}, first_layer={"kind": "none"},
       last_layer={"kind": "none"}, bn_fold=False, bias_bits=16))

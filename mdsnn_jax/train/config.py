@@ -126,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
       tensorboard=True))  # also write <workdir>/<stage>/tb/ event files (tensorboardX)
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9))
-  c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05))
+  # gate_weight: the weight of the learned gate's BCE (used only with model.neuron.gate_rho).
+  c.loss = ml_collections.ConfigDict(dict(kind="ce", tet_lambda=0.05, gate_weight=1.0))
   c.distill = ml_collections.ConfigDict(dict(
       alpha=1.0, beta=1.0, temperature=4.0, gamma=0.0, layers="all", decorrelate=True,
       temporal_weight=1.0, align="prefix", teacher_timesteps=0, teacher_workdir="",

@@ -148,6 +148,17 @@ def _check_distill(config, stages: list[str]) -> None:
     logging.warning("distill.alpha, beta and gamma are all 0: the md stage trains without KD")
 
 
+def _check_gate(config) -> None:
+  rho = config.model.neuron.get("gate_rho")
+  if rho is None:
+    return
+  nn_lib.NeuronConfig(gate_rho=rho)  # ρ ∈ (0, 1], or ValueError naming it
+  w = config.loss.get("gate_weight", 1.0)
+  if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+    raise ValueError(f"loss.gate_weight (the learned gate's BCE weight) must be a finite number "
+                     f">= 0, got {w!r}")
+
+
 def _teacher_result(plan_fp: StagePlan | None, tdir: pathlib.Path) -> dict:
   """The identity of a student's teacher: its folder and the config that decided it."""
   if plan_fp is not None:
@@ -188,6 +199,7 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
   note = note or (lambda s: logging.warning("%s", s))
   workdir = pathlib.Path(workdir)
   stages = parse_stages(config.stages)
+  _check_gate(config)
   info = data_lib.dataset_info(config.data)
   _check_schedule(config, info.num_train)
   _check_distill(config, stages)

@@ -75,7 +75,7 @@ def format_progress(step: int, total: int, metrics: dict[str, float], steps_per_
                     overall_steps_per_s: float | None = None) -> str:
   """'step 120/500 | loss 0.4102 ce 0.3811 md 0.0213 | train acc 91.41 % | 35.2 steps/s |
   ETA 0:00:11'. Rates exclude the first (compiling) step; the ETA uses the overall rate."""
-  order = ("loss", "ce", "md", "md_spatial", "md_temporal", "kd", "feature")
+  order = ("loss", "ce", "md", "md_spatial", "md_temporal", "kd", "feature", "gate")
   terms = " ".join(f"{k} {sig(metrics[k])}" for k in order if k in metrics)
   acc = f" | train acc {pct(metrics['accuracy'])}" if "accuracy" in metrics else ""
   rate = overall_steps_per_s or steps_per_s

@@ -9,10 +9,11 @@ seed has its own FP teacher (teacher_seed<s>), which its students start from and
 After training, every row of every seed is measured on the test split (`data.test_subset`
 when set) from its saved variables: accuracy, per-neuron firing rates (EMD to the FP teacher
 of the same seed), the crossbar model in dense and event mode (`report.hardware_for`, first
-/ last layers at their own bits), the FLOPs that the membrane-prior masks the model produced
-let it skip (`FlopsCounter`), weight / membrane memory, the per-layer EMD and dead fraction
-(`emd`, with `emd_verdict`), and the saliency consistency of each student with its teacher
-on the first SALIENCY_EXAMPLES test images (`feature_kd`, `report.saliency_maps_of`).
+/ last layers at their own bits), the FLOPs that the membrane-prior and learned-gate masks
+the model produced let it skip (`FlopsCounter`), weight / membrane memory, the per-layer EMD
+and dead fraction (`emd`, with `emd_verdict`), and the saliency consistency of each student
+with its teacher on the first SALIENCY_EXAMPLES test images (`feature_kd`,
+`report.saliency_maps_of`).
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ SALIENCY_K = sal.DEFAULT_TOP_K  # top-k % of pixels for the IoU
 @dataclasses.dataclass(frozen=True)
 class KernelLayer:
   """A conv / dense layer for FLOPs: k×k kernel, c_in → c_out, output h × w (before any
-  pooling), and the LIF layers whose masks gate its input / output channels (None: dense)."""
+  pooling), the LIF layers whose masks gate its input / output channels (None: dense), and
+  its learned channel gate: the gate's tap name in 'gate_masks' (None: no gate) and the
+  gate's own FLOPs per sample and step (`prune.gate_flops` on the layer's input)."""
   name: str
   k: int
   c_in: int
@@ -64,6 +67,8 @@ class KernelLayer:
   w: int
   in_lif: str | None = None
   out_lif: str | None = None
+  gate: str | None = None
+  gate_flops: int = 0
 
   @property
   def macs(self) -> int:
@@ -88,8 +93,9 @@ def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLay
 
   A layer's input is gated by a LIF when it reads that LIF's spikes directly (or, in a VGG,
   through the 2×2 average pooling, which keeps an inactive channel at zero); its output when
-  it is that LIF's input current. Anything else in between (a residual sum, a flatten, the
-  static stem's broadcast over T) is counted dense: conservative."""
+  it is that LIF's input current, directly or through its learned gate (`ChannelGate`, whose
+  masks then gate the layer's output). Anything else in between (a residual sum, a flatten,
+  the static stem's broadcast over T) is counted dense: conservative."""
   import flax.linen as fnn
 
   kernels: list[dict] = []
@@ -106,6 +112,19 @@ def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLay
     key = tuple(mod.scope.path)
     name = "/".join(key)
     x = fargs[0]
+    if isinstance(mod, nn_lib.layers.ChannelGate):
+      y = fargs[1] if len(fargs) > 1 else fkwargs["y"]
+      feeding = [i for i, o in kernel_out if o is y]
+      if not feeding:
+        raise ValueError(f"learned gate {name!r} does not gate a conv / dense layer's output")
+      out = next_fun(*fargs, **fkwargs)
+      layer = kernels[feeding[-1]]
+      spatial = x.shape[2:-1]  # the gate pools the layer's input: [T, B, H, W, C] or [T, B, C]
+      layer["gate"] = name
+      layer["gate_flops"] = prune.gate_flops(int(x.shape[-1]), int(y.shape[-1]),
+                                             *(map(int, spatial) if spatial else (1, 1)))
+      kernel_out.append((feeding[-1], out))  # a LIF fed by the gate is fed by the layer
+      return out
     direct = [n for n, o, _ in lif_out if o is x]
     last_lif = lif_out[-1] if lif_out else None
     before = len(kernels)
@@ -113,8 +132,8 @@ def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLay
       seen.add(key)
       kshape = tuple(mod.variables["params"]["kernel"].shape)
       kernels.append(dict(name=name, k=kshape[0] if len(kshape) == 4 else 1, c_in=kshape[-2],
-                          c_out=kshape[-1], h=1, w=1, in_lif=None, out_lif=None,
-                          conv=len(kshape) == 4))
+                          c_out=kshape[-1], h=1, w=1, in_lif=None, out_lif=None, gate=None,
+                          gate_flops=0, conv=len(kshape) == 4))
     out = next_fun(*fargs, **fkwargs)
     if len(kernels) > before:
       # A wrapper (conv + BN) and the conv inside it: the layer's input is the outermost
@@ -148,20 +167,24 @@ class FlopsCounter:
   """FLOPs of a forward pass from the active-channel masks a model produced (SPEC §4).
 
   Per timestep t and sample b, with n_in / n_out the active input / output channels (the
-  gating LIF's mask count, or all channels when the side is not gated):
+  count of the LIF it reads / feeds, else of its learned gate's mask on the output side,
+  else all channels; `active_channel_counts` makes a LIF's count from every mask on it):
 
       conv / dense:  dense k²·H·W·C_in·C_out,   active k²·H·W·n_in·n_out
-      LIF:           dense 3·H·W·C,             active 3·H·W·n  (gated LIFs; else dense)
+      LIF:           dense 3·H·W·C,             active 3·H·W·n  (masked LIFs; else dense)
       prior:         H·W·C + 2·C per gated LIF  (`prune.prior_mask_flops`), every (t, b)
+      learned gate:  `KernelLayer.gate_flops` per gated layer, every (t, b)
 
-  reduction = (dense − active − prior) / dense; factor = dense / (active + prior)."""
+  reduction = (dense − active − prior − gates) / dense; factor = dense / (active + prior +
+  gates). `gated` names the membrane-prior LIFs (charged the prior's cost)."""
 
   def __init__(self, layers: list[KernelLayer], lifs: list[LifLayer], gated: Iterable[str] = ()):
     self.layers, self.lifs, self.gated = list(layers), list(lifs), set(gated)
     self.dense = self.active = self.gate = 0
 
   def add(self, counts: Mapping[str, Any], t: int, b: int) -> None:
-    """counts: {gated LIF: active channels per (t, b), int [T, B]} of one batch."""
+    """counts: {masked LIF or learned gate: active channels per (t, b), int [T, B]} of one
+    batch (`active_channel_counts`)."""
     full = np.ones((t, b), np.int64)
     n = {k: np.asarray(v, np.int64) for k, v in counts.items()}
     for m in n.values():
@@ -169,9 +192,11 @@ class FlopsCounter:
         raise ValueError(f"mask counts must be [T, B] = {(t, b)}, got {m.shape}")
     for l in self.layers:
       n_in = n.get(l.in_lif, full * l.c_in)
-      n_out = n.get(l.out_lif, full * l.c_out)
+      n_out = n.get(l.out_lif, n.get(l.gate, full * l.c_out))
       self.dense += t * b * l.macs
       self.active += int(np.sum(l.k * l.k * l.h * l.w * n_in * n_out))
+      if l.gate is not None:
+        self.gate += t * b * l.gate_flops
     for l in self.lifs:
       per_channel = prune.LIF_OPS_PER_NEURON * l.h * l.w
       self.dense += t * b * per_channel * l.c
@@ -184,6 +209,23 @@ class FlopsCounter:
     return dict(dense=float(self.dense), active=float(self.active), gate=float(self.gate),
                 reduction=prune.flops_reduction(self.dense, self.active, self.gate),
                 factor=float(self.dense / spent) if spent else math.inf)
+
+
+def active_channel_counts(prior_masks: Mapping[str, Any], gate_masks: Mapping[str, Any],
+                          links: Iterable[tuple[str, str]], timesteps: int) -> dict:
+  """{LIF or gate: active channels per (t, b), int32 [T, B]} from one batch's sown masks.
+
+  prior_masks {LIF: [T, B, C]} ('prune_masks'); gate_masks {gate: [T or 1, B, C]}
+  ('gate_masks'; a static stem's [1, B, C] holds at every step); links: (gate, LIF) pairs
+  where the gate's output is the LIF's input current (`KernelLayer.gate` / `out_lif`). A
+  LIF's channel is active when every mask on it keeps it: m = m_prior · m_gate (either
+  zeroes its current). Works on NumPy and JAX arrays (jit-able)."""
+  gates = {g: jnp.broadcast_to(m, (timesteps,) + tuple(m.shape[1:])) for g, m in gate_masks.items()}
+  active = dict(prior_masks)
+  for g, lif in links:
+    if g in gates:
+      active[lif] = gates[g] * active[lif] if lif in active else gates[g]
+  return {k: jnp.sum(m, -1).astype(jnp.int32) for k, m in {**gates, **active}.items()}
 
 
 # ------------------------------------------------------------------------ measurement
@@ -226,22 +268,29 @@ def load_run(stage_dir: pathlib.Path, *, ptq_teacher: pathlib.Path | None = None
   return Run(model, variables, model_cfg, data_cfg, info, timesteps, sample, eval_batch)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _eval_step(model, timesteps, with_masks, stats, variables, x, y):
-  cols = ["spikes"] + (["prune_masks"] if with_masks else [])
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _eval_step(model, timesteps, prior, learned, links, stats, variables, x, y):
+  cols = (["spikes"] + (["prune_masks"] if prior else [])
+          + (["gate_masks"] if learned else []))
   logits, c = model.apply(variables, x, train=False, timesteps=timesteps, mutable=cols)
-  counts = ({k: jnp.sum(m, -1).astype(jnp.int32)
-             for k, m in distill.flatten_taps(c["prune_masks"]).items()} if with_masks else {})
+  counts = {}
+  if prior or learned:
+    counts = active_channel_counts(distill.flatten_taps(c.get("prune_masks", {})),
+                                   distill.flatten_taps(c.get("gate_masks", {})), links,
+                                   int(logits.shape[0]))
   correct = jnp.sum(jnp.argmax(logits.mean(0), -1) == y)
   return firing.update_rates(stats, distill.flatten_taps(c["spikes"])), correct, counts
 
 
 def evaluate_run(run: Run) -> dict:
   """One pass over the whole test split: accuracy (%), per-neuron rates and (membrane-prior
-  models) the FLOPs counted from the masks of every test example."""
-  gated = run.model_cfg.get("neuron", {}).get("prune_prior") is not None
+  or learned-gate models) the FLOPs counted from the masks of every test example."""
+  neuron = run.model_cfg.get("neuron") or {}
+  prior = neuron.get("prune_prior") is not None
+  learned = neuron.get("gate_rho") is not None
   layers, lifs = model_structure(run.model, run.variables, run.sample, run.timesteps)
-  counter = FlopsCounter(layers, lifs, [l.name for l in lifs] if gated else ())
+  links = tuple((l.gate, l.out_lif) for l in layers if l.gate and l.out_lif)
+  counter = FlopsCounter(layers, lifs, [l.name for l in lifs] if prior else ())
   loader = data_lib.make_loader(run.data_cfg, "test", batch_size=run.eval_batch, seed=0,
                                 shuffle=False, num_epochs=1, drop_remainder=False)
   stats = None
@@ -254,7 +303,8 @@ def evaluate_run(run: Run) -> dict:
       spikes = jax.eval_shape(report_lib.spike_forward(run.model, run.timesteps), run.variables, x)[1]
       stats = firing.init_rates(spikes)
       t_steps = int(next(iter(spikes.values())).shape[0])
-    stats, c, counts = _eval_step(run.model, run.timesteps, gated, stats, run.variables, x, y)
+    stats, c, counts = _eval_step(run.model, run.timesteps, prior, learned, links, stats,
+                                  run.variables, x, y)
     counter.add(jax.device_get(counts), t_steps, int(y.shape[0]))
     correct += int(c)
     examples += int(y.shape[0])
@@ -727,9 +777,9 @@ def render_markdown(result: dict) -> str:
                      f"({f['factor']:.2f}×) | {mem['weight_mb']:.4g} | {mem['membrane_mb']:.4g} | "
                      f"{mem['weight_reduction']:.2f} | {mem['membrane_reduction']:.2f} | "
                      f"{mem['total_reduction']:.2f} |")
-      lines += ["", "FLOPs: per sample, counted from the membrane-prior masks each model produced "
-                "on every test example (1 MAC = 1 FLOP, 3 per LIF update, the prior's own cost "
-                "charged); layers whose input or output passes a residual sum, a flatten or the "
+      lines += ["", "FLOPs: per sample, counted from the membrane-prior and learned-gate masks "
+                "each model produced on every test example (1 MAC = 1 FLOP, 3 per LIF update, "
+                "the prior's and the gate's own cost charged); layers whose input or output passes a residual sum, a flatten or the "
                 "static stem's broadcast are counted dense. Memory: weights k²·C_in·C_out per "
                 f"conv / dense layer × its stored bits (FP: {MEMORY_FP_BITS}-bit float), "
                 f"membranes one value per neuron × stored bits (FP {MEMORY_FP_BITS}, ternary 2 = "

@@ -116,16 +116,22 @@ def result_fields(config, stage: str, teacher: dict | None = None) -> dict:
   batch, the mesh, the process count and the report do not: a run may resume on another
   topology or log more often without counting as a different run."""
   train = config.train
+  model = stage_model_config(config, stage).to_dict()
+  loss = config.loss.to_dict()
+  if model["neuron"].get("gate_rho") is None:
+    # Only the learned gate's loss reads it: an ungated run (or one stored before the field
+    # existed) is the same run whatever its value.
+    loss.pop("gate_weight", None)
   out = {
       "stage": stage,
       "seed": int(config.seed),
       "data": {k: v for k, v in config.data.to_dict().items() if k != "worker_count"},
-      "model": stage_model_config(config, stage).to_dict(),
+      "model": model,
       "train": {"global_batch": int(train.global_batch), "steps": int(train.steps),
                 "nan_policy": str(train.get("nan_policy", "stop")),
                 "max_skipped": int(train.get("max_skipped", 10))},
       "optim": config.optim.to_dict(),
-      "loss": config.loss.to_dict(),
+      "loss": loss,
   }
   if stage != "fp":
     out["init_from_teacher"] = bool(config.init_from_teacher)

@@ -57,6 +57,8 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
                loss_cfg, distill_cfg=None, teacher_model=None,
                timesteps: int | None = None) -> tuple[TrainState, dict]:
   """One optimizer step. With `distill_cfg` (stage 'md'): L = task + α·MD + β·τ²KL + γ·feat.
+  A model with a learned channel gate (neuron.gate_rho) adds loss.gate_weight × the mean
+  over its gates of their BCE against the mass target (metric 'gate', unweighted).
 
   The feature term (γ > 0) reads the taps of `distill_cfg.feature_source` ('membranes' or
   'spikes') through the projectors in `state.distill_params` ({tap: projector}), which
@@ -64,6 +66,8 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
   images, labels = batch["image"], batch["label"]
   kind = loss_cfg.get("kind", "ce")
   tet_lambda = float(loss_cfg.get("tet_lambda", 0.05))
+  gated = has_gate(model)
+  gate_weight = float(loss_cfg.get("gate_weight", 1.0))
 
   taps = ()
   feature_source = None
@@ -85,7 +89,8 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
     params, distill_params = trainable
     variables = {"params": params, "batch_stats": state.batch_stats,
                  "quant_state": state.quant_state}
-    logits_t, cols = _apply(model, variables, images, train=True, timesteps=timesteps, taps=taps)
+    logits_t, cols = _apply(model, variables, images, train=True, timesteps=timesteps,
+                            taps=taps + (("gate_losses",) if gated else ()))
     metrics = {}
     if distill_cfg is None:
       loss = task_loss(logits_t, labels, kind, tet_lambda)
@@ -104,6 +109,9 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
           teacher_feature_taps=teacher_features, return_terms=True)
       if kind != "ce":  # swap the CE task term for the configured one
         loss = loss - metrics["ce"] + task_loss(logits_t, labels, kind, tet_lambda)
+    if gated:
+      metrics["gate"] = gate_loss(cols)
+      loss = loss + gate_weight * metrics["gate"]
     metrics["loss"] = loss
     metrics["accuracy"] = jnp.mean(jnp.argmax(logits_t.mean(0), -1) == labels)
     return loss, (metrics, cols)
@@ -117,6 +125,20 @@ def train_step(state: TrainState, batch: dict, teacher_variables: Any = None, *,
       quant_state=cols.get("quant_state", state.quant_state), apply=finite)
   metrics["finite"] = finite
   return new_state, metrics
+
+
+def has_gate(model) -> bool:
+  """Whether `model` has learned channel gates (its neuron config's gate_rho is set)."""
+  return getattr(getattr(model, "neuron", None), "gate_rho", None) is not None
+
+
+def gate_loss(cols: dict) -> jax.Array:
+  """Mean over the gated layers of the BCE each sowed into 'gate_losses' (a scalar)."""
+  losses = distill.flatten_taps(cols.get("gate_losses", {}))
+  if not losses:
+    raise ValueError("the model has neuron.gate_rho set but no layer sowed a gate loss into "
+                     "'gate_losses'")
+  return jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for v in losses.values()]))
 
 
 def layer_spec(spec):

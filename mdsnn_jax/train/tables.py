@@ -370,10 +370,9 @@ SPQUANT = Table(
             tuple({**_LT, "model.neuron.prune_prior": -0.8}.items())),
         Row("prune_p0", "+ membrane-prior pruning, p = 0", "student", "none",
             tuple({**_LT, "model.neuron.prune_prior": 0.0}.items())),
-        Row("gate", "+ learned gate", "unavailable",
-            note="the learned gate exists as pure functions (prune.channel_gate_logits, gate_mask, "
-                 "mass_target, gate_bce_loss) but no model layer uses it yet, so there is nothing "
-                 "to train"),
+        Row("gate", "+ learned gate (ρ = 0.85)", "student", "none",
+            tuple({**_LT, "model.neuron.prune_prior": -0.8,
+                   "model.neuron.gate_rho": 0.85}.items())),
     ),
     baseline="fp",
     datasets=_spquant_datasets,
