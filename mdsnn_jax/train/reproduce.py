@@ -684,6 +684,107 @@ def render_csv(result: dict) -> str:
   return buf.getvalue()
 
 
+def main_table_lines(result: dict, ds: dict) -> list[str]:
+  """The headline table of one dataset of a table (the README shows exactly these lines)."""
+  rows = ds["rows"]
+  table = result["table"]
+  if table == "md_snn":
+    lines = ["| row | accuracy (%) | Δ vs QAT, no KD (pp) | pooled firing EMD to FP | bits W/U "
+             "| EDAP ×, dense | TOPS/W ×, dense | TOPS/mm² ×, dense | EDAP ×, event "
+             "| TOPS/W ×, event | TOPS/mm² ×, event |", "|" + "---|" * 11]
+    for e in rows:
+      if not e["available"]:
+        lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 9)
+        continue
+      g = e["gains"][f"fp{FP_BITS_MAIN}"]
+      lines.append(
+          f"| {e['label']} | {_acc(e)} | {_delta(e)} | {e['emd_to_fp']:.4f} | "
+          f"{e['weight_bits']:.0f}/{e['membrane_bits']:.0f} | "
+          + " | ".join(f"{g[m][k]:.2f}" for m in ("dense", "event") for k in GAIN_FIELDS) + " |")
+    return lines
+  if table == "emd":
+    lines = ["| row | accuracy (%) | Δ vs FP (pp) | pooled firing EMD to FP | dead fraction "
+             "| mean rate |", "|" + "---|" * 6]
+    for e in rows:
+      lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {_pm(e, 'emd_to_fp', 4)} | "
+                   f"{_pm(e, 'dead_fraction', 3)} | {_pm(e, 'mean_rate', 4)} |")
+    return lines + ["", f"**\"Uniform drifts, LQ-Net preserves\" (pooled EMD to FP, mean ± std "
+                        f"over {len(result['seeds'])} seed(s)): {ds['verdict']['status']}.**"]
+  if table == "feature_kd":
+    lines = ["| row | accuracy (%) | Δ vs no KD at the same T (pp) | saliency Spearman ρ vs "
+             f"teacher | saliency top-{SALIENCY_K:g} % IoU vs teacher |", "|" + "---|" * 5]
+    for e in rows:
+      sa = e.get("saliency")
+      lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | "
+                   f"{_f(sa['spearman'], 3) if sa else '—'} | {_f(sa['iou'], 3) if sa else '—'} |")
+    return lines
+  lines = ["| row | accuracy (%) | Δ vs FP (pp) | FLOPs reduction (measured) | weight MB | "
+           "membrane MB | weight ×↓ | membrane ×↓ | total ×↓ |", "|" + "---|" * 9]
+  for e in rows:
+    if not e["available"]:
+      lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 7)
+      continue
+    f, mem = e["flops"], e["memory"]
+    lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {100 * f['reduction']:.1f} % "
+                 f"({f['factor']:.2f}×) | {mem['weight_mb']:.4g} | {mem['membrane_mb']:.4g} | "
+                 f"{mem['weight_reduction']:.2f} | {mem['membrane_reduction']:.2f} | "
+                 f"{mem['total_reduction']:.2f} |")
+  return lines
+
+
+def _extra_lines(result: dict, ds: dict) -> list[str]:
+  """What the full .md adds below a dataset's headline table."""
+  rows = ds["rows"]
+  avail = [e for e in rows if e["available"]]
+  table = result["table"]
+  if table == "md_snn":
+    lines = [f"Gains are over the FP teacher charged at {FP_BITS_MAIN}-bit weights and "
+             f"{report_lib.FP_MEMBRANE_BITS}-bit membranes (EDAP ×: FP / ours, lower is better "
+             "for EDAP so > 1 is a gain; TOPS ×: ours / FP). The paper does not state its FP "
+             "weight width; the gains at 8, 16 and 32 bits:", "",
+             "| row | mode | " + " | ".join(f"{k} vs FP{b}" for b in FP_BITS_SHOWN
+                                          for k in ("EDAP ×", "TOPS/W ×", "TOPS/mm² ×")) + " |",
+             "|" + "---|" * (2 + 3 * len(FP_BITS_SHOWN))]
+    for e in avail:
+      for mode in ("dense", "event"):
+        lines.append(f"| {e['label']} | {mode} | " + " | ".join(
+            f"{e['gains'][f'fp{b}'][mode][k]:.2f}" for b in FP_BITS_SHOWN for k in GAIN_FIELDS)
+            + " |")
+    lines += ["", "Crossbar figures (mean over seeds; dense is seed-independent):", "",
+              "| row | mode | energy (µJ) | latency (ms) | area (mm²) | EDAP (J·s·mm²) | TOPS/W "
+              "| TOPS/mm² |", "|" + "---|" * 8]
+    for e in avail:
+      for mode in ("dense", "event"):
+        h = e["hardware"][mode]
+        lines.append(f"| {e['label']} | {mode} | {h['energy_uj']:.4g} | {h['latency_ms']:.4g} | "
+                     f"{h['area_mm2']:.4g} | {h['edap_js_mm2']:.4g} | {h['tops_per_w']:.4g} | "
+                     f"{h['tops_per_mm2']:.4g} |")
+    return lines + ["", result["bits_note"]]
+  if table == "emd":
+    return [f"- {l}" for l in ds["verdict"]["lines"]] + [
+        "", "EMD: 1-D Wasserstein-1 distance between the FP teacher's and the row's per-neuron "
+        "firing rates on the test images of the dataset line (pooled: all spiking layers in one "
+        "distribution; per layer in the figure), each student against the teacher of its own "
+        "seed, whose weights it started from. Dead fraction: neurons that never fired on those "
+        "images. ± is the sample std over seeds."]
+  if table == "feature_kd":
+    first = next((e["saliency"] for e in rows if e.get("saliency")), None)
+    return ["Students are full precision, trained from scratch, distilled from the FP teacher of "
+            "their seed (T = 2 students from the T = 4 teacher). Saliency consistency "
+            "**[reconstruction]** (`mdsnn_jax.saliency`): input-gradient saliency of the "
+            "predicted class (|∂Σ_t z_c/∂x|, max over channels) of student and teacher on the "
+            f"first {int(first['examples']) if first else 0} test images; mean over images of "
+            "the Spearman rank correlation, and of the IoU of their top-k % pixels; mean over "
+            "seeds."]
+  return ["FLOPs: per sample, counted from the membrane-prior and learned-gate masks each model "
+          "produced on every test example (1 MAC = 1 FLOP, 3 per LIF update, the prior's and the "
+          "gate's own cost charged); layers whose input or output passes a residual sum, a "
+          "flatten or the static stem's broadcast are counted dense. Memory: weights "
+          f"k²·C_in·C_out per conv / dense layer × its stored bits (FP: {MEMORY_FP_BITS}-bit "
+          f"float), membranes one value per neuron × stored bits (FP {MEMORY_FP_BITS}, ternary "
+          "2 = ⌈log2 3⌉), in MB = 10⁶ bytes; ×↓ = FP / row."]
+
+
 def render_markdown(result: dict) -> str:
   prov = result["provenance"]
   lines = [f"# {result['title']}", "",
@@ -694,103 +795,36 @@ def render_markdown(result: dict) -> str:
   lines += [f"- {p}" for p in result["paper"]] + [""]
   for ds in result["datasets"]:
     lines += [f"## {ds['key']}", "", ds["description"] + ".", ""]
-    rows = ds["rows"]
-    avail = [e for e in rows if e["available"]]
+    avail = [e for e in ds["rows"] if e["available"]]
     if result["table"] != "feature_kd":  # (feature_kd's rows are all float)
       lines += ["Quantization of each row (weights W, membranes U; levels and stored bits):", ""]
       lines += [f"- {e['label']}: {e['quantization']}" for e in avail if "quantization" in e]
       lines += [""]
-    if result["table"] == "md_snn":
-      lines += ["| row | accuracy (%) | Δ vs QAT, no KD (pp) | pooled firing EMD to FP | bits W/U "
-                "| EDAP ×, dense | TOPS/W ×, dense | TOPS/mm² ×, dense | EDAP ×, event "
-                "| TOPS/W ×, event | TOPS/mm² ×, event |", "|" + "---|" * 11]
-      for e in rows:
-        if not e["available"]:
-          lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 9)
-          continue
-        g = e["gains"][f"fp{FP_BITS_MAIN}"]
-        lines.append(
-            f"| {e['label']} | {_acc(e)} | {_delta(e)} | {e['emd_to_fp']:.4f} | "
-            f"{e['weight_bits']:.0f}/{e['membrane_bits']:.0f} | "
-            + " | ".join(f"{g[m][k]:.2f}" for m in ("dense", "event") for k in GAIN_FIELDS) + " |")
-      lines += ["", f"Gains are over the FP teacher charged at {FP_BITS_MAIN}-bit weights and "
-                f"{report_lib.FP_MEMBRANE_BITS}-bit membranes (EDAP ×: FP / ours, lower is better "
-                "for EDAP so > 1 is a gain; TOPS ×: ours / FP). The paper does not state its FP "
-                "weight width; the gains at 8, 16 and 32 bits:", "",
-                "| row | mode | " + " | ".join(f"{k} vs FP{b}" for b in FP_BITS_SHOWN
-                                             for k in ("EDAP ×", "TOPS/W ×", "TOPS/mm² ×")) + " |",
-                "|" + "---|" * (2 + 3 * len(FP_BITS_SHOWN))]
-      for e in avail:
-        for mode in ("dense", "event"):
-          lines.append(f"| {e['label']} | {mode} | " + " | ".join(
-              f"{e['gains'][f'fp{b}'][mode][k]:.2f}" for b in FP_BITS_SHOWN for k in GAIN_FIELDS)
-              + " |")
-      lines += ["", "Crossbar figures (mean over seeds; dense is seed-independent):", "",
-                "| row | mode | energy (µJ) | latency (ms) | area (mm²) | EDAP (J·s·mm²) | TOPS/W "
-                "| TOPS/mm² |", "|" + "---|" * 8]
-      for e in avail:
-        for mode in ("dense", "event"):
-          h = e["hardware"][mode]
-          lines.append(f"| {e['label']} | {mode} | {h['energy_uj']:.4g} | {h['latency_ms']:.4g} | "
-                       f"{h['area_mm2']:.4g} | {h['edap_js_mm2']:.4g} | {h['tops_per_w']:.4g} | "
-                       f"{h['tops_per_mm2']:.4g} |")
-      lines += ["", result["bits_note"], ""]
-    elif result["table"] == "emd":
-      lines += ["| row | accuracy (%) | Δ vs FP (pp) | pooled firing EMD to FP | dead fraction "
-                "| mean rate |", "|" + "---|" * 6]
-      for e in rows:
-        lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {_pm(e, 'emd_to_fp', 4)} | "
-                     f"{_pm(e, 'dead_fraction', 3)} | {_pm(e, 'mean_rate', 4)} |")
-      v = ds["verdict"]
-      lines += ["", f"**\"Uniform drifts, LQ-Net preserves\" (pooled EMD to FP, mean ± std over "
-                f"{len(result['seeds'])} seed(s)): {v['status']}.**", ""]
-      lines += [f"- {l}" for l in v["lines"]]
-      lines += ["", "EMD: 1-D Wasserstein-1 distance between the FP teacher's and the row's "
-                "per-neuron firing rates on the test images of the dataset line (pooled: all spiking layers in one "
-                "distribution; per layer in the figure), each student against the teacher of its "
-                "own seed, whose weights it started from. Dead fraction: neurons that never fired "
-                "on those images. ± is the sample std over seeds.", ""]
-    elif result["table"] == "feature_kd":
-      lines += ["| row | accuracy (%) | Δ vs no KD at the same T (pp) | saliency Spearman ρ vs "
-                f"teacher | saliency top-{SALIENCY_K:g} % IoU vs teacher |", "|" + "---|" * 5]
-      for e in rows:
-        sa = e.get("saliency")
-        lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | "
-                     f"{_f(sa['spearman'], 3) if sa else '—'} | {_f(sa['iou'], 3) if sa else '—'} |")
-      first = next((e["saliency"] for e in rows if e.get("saliency")), None)
-      lines += ["", "Students are full precision, trained from scratch, distilled from the FP "
-                "teacher of their seed (T = 2 students from the T = 4 teacher). Saliency "
-                "consistency **[reconstruction]** (`mdsnn_jax.saliency`): input-gradient saliency "
-                "of the predicted class (|∂Σ_t z_c/∂x|, max over channels) of student and teacher "
-                f"on the first {int(first['examples']) if first else 0} test images; mean over "
-                "images of the Spearman rank correlation, and of the IoU of their top-k % pixels; "
-                "mean over seeds.", ""]
-    else:
-      lines += ["| row | accuracy (%) | Δ vs FP (pp) | FLOPs reduction (measured) | weight MB | "
-                "membrane MB | weight ×↓ | membrane ×↓ | total ×↓ |", "|" + "---|" * 9]
-      for e in rows:
-        if not e["available"]:
-          lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 7)
-          continue
-        f, mem = e["flops"], e["memory"]
-        lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {100 * f['reduction']:.1f} % "
-                     f"({f['factor']:.2f}×) | {mem['weight_mb']:.4g} | {mem['membrane_mb']:.4g} | "
-                     f"{mem['weight_reduction']:.2f} | {mem['membrane_reduction']:.2f} | "
-                     f"{mem['total_reduction']:.2f} |")
-      lines += ["", "FLOPs: per sample, counted from the membrane-prior and learned-gate masks "
-                "each model produced on every test example (1 MAC = 1 FLOP, 3 per LIF update, "
-                "the prior's and the gate's own cost charged); layers whose input or output passes a residual sum, a flatten or the "
-                "static stem's broadcast are counted dense. Memory: weights k²·C_in·C_out per "
-                f"conv / dense layer × its stored bits (FP: {MEMORY_FP_BITS}-bit float), "
-                f"membranes one value per neuron × stored bits (FP {MEMORY_FP_BITS}, ternary 2 = "
-                "⌈log2 3⌉), in MB = 10⁶ bytes; ×↓ = FP / row.", ""]
+    lines += main_table_lines(result, ds) + [""] + _extra_lines(result, ds) + [""]
   m = prov.get("machine", {})
   lines += ["## Provenance", "",
             f"Command: `{prov.get('command')}`", "",
-            f"Machine: {m.get('cpu')} ({m.get('cores')} cores, {m.get('devices')}); date "
-            f"{prov.get('date')}; wall time {result['wall_seconds']:.0f} s "
-            f"({provenance.describe(prov)}).", "",
+            f"Machine: {machine_line(result)}.", "",
             f"Files: `{result['table']}.json` (every seed's numbers), `.csv`, `.png`.", ""]
+  return "\n".join(lines)
+
+
+def machine_line(result: dict) -> str:
+  """'<cpu> (<cores> cores, <devices>); date <date>; wall time <s> s (<load etc.>)'."""
+  prov = result["provenance"]
+  m = prov.get("machine", {})
+  return (f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('devices')}); date {prov.get('date')}; "
+          f"wall time {result['wall_seconds']:.0f} s ({provenance.describe(prov)})")
+
+
+def render_summary(result: dict) -> str:
+  """A table's headline results for README.md: per dataset its description and headline
+  table (`main_table_lines`), then the command and the machine line. README quotes it
+  verbatim (a test checks it against results/tables/<table>.json)."""
+  lines = []
+  for ds in result["datasets"]:
+    lines += [f"*{ds['key']}*: {ds['description']}.", ""] + main_table_lines(result, ds) + [""]
+  lines += [f"Command: `{result['provenance'].get('command')}`. Machine: {machine_line(result)}."]
   return "\n".join(lines)
 
 
