@@ -72,3 +72,20 @@ def test_md_significance_and_noise_floor_are_the_recorded_ones():
                  f"5-seed mean is +{all5['mean']:.2f} pp"):
     assert quoted in text, quoted
   assert "One-sided tests" in text
+
+
+def test_reproduce_tables_in_readme_are_the_recorded_results():
+  # README's "Reproducing the papers" quotes each results/tables/<table>.json through
+  # reproduce.render_summary, verbatim: the numbers there are the files' numbers.
+  import json
+
+  from mdsnn_jax.train import reproduce
+
+  text = README.read_text()
+  files = sorted((RESULTS / "tables").glob("*.json"))
+  assert {f.stem for f in files} >= {"md_snn", "spquant"}, files
+  for f in files:
+    result = json.loads(f.read_text())
+    assert result["scale"] == "cpu" and len(result["seeds"]) >= 3, (f, result["seeds"])
+    assert reproduce.render_summary(result) in text, f"README does not quote {f.name}"
+    assert (f.with_suffix(".md")).read_text() == reproduce.render_markdown(result), f

@@ -57,6 +57,8 @@ def test_table_at_smoke_scale_end_to_end(tmp_path, name):
   table = tables.TABLES[name]
   assert result["seeds"] == [0, 1, 2] and result["provenance"]["command"]
   assert result["provenance"]["machine"]["cpu"] and result["wall_seconds"] > 0
+  # Training time: the runs' own wall times, summed (kept when a later command reads them back).
+  assert 0 < result["datasets"][0]["training_seconds"] < time.time() - start
   rows = result["datasets"][0]["rows"]
   assert [r["key"] for r in rows] == [r.key for r in table.rows]
   for r in rows:

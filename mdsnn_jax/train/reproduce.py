@@ -425,14 +425,17 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
   rows = list(table.rows)
   students = [r for r in rows if r.kind == "student" and r.available(dataset.is_event)[0]]
   teachers = [k for k in configs if k in tables_lib.TEACHERS or k.startswith("teacher")]
+  training_seconds = 0.0  # the runs' own wall times, however many invocations trained them
   for seed in seeds:
     for key in teachers:
-      experiments.run_teacher(configs[key], root, overwrite=overwrite, name=f"{key}_seed{seed}",
-                              seed=seed)
+      summary = experiments.run_teacher(configs[key], root, overwrite=overwrite,
+                                        name=f"{key}_seed{seed}", seed=seed)
+      training_seconds += float(summary.get("wall_seconds", 0.0))
     for row in students:
-      experiments.run_student(configs[row.key], root, row.method, seed, name=row.key,
-                              teacher_dir=root / f"{row.teacher}_seed{seed}" / "fp",
-                              overwrite=overwrite)
+      summary = experiments.run_student(configs[row.key], root, row.method, seed, name=row.key,
+                                        teacher_dir=root / f"{row.teacher}_seed{seed}" / "fp",
+                                        overwrite=overwrite)
+      training_seconds += float(summary.get("wall_seconds", 0.0))
 
   out_rows = []
   measured: dict[str, list[dict]] = {}
@@ -526,7 +529,7 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
       total = entry["memory"]["weight_mb"] + entry["memory"]["membrane_mb"]
       entry["memory"]["total_reduction"] = (fp_mem["weight_mb"] + fp_mem["membrane_mb"]) / total
   out = dict(key=dataset.key, description=dataset.description, is_event=dataset.is_event,
-             rows=out_rows)
+             rows=out_rows, training_seconds=training_seconds)
   if table.name == "emd":
     out["verdict"] = emd_verdict(out_rows, len(seeds))
   return out
@@ -801,7 +804,6 @@ def render_markdown(result: dict) -> str:
       lines += [f"- {e['label']}: {e['quantization']}" for e in avail if "quantization" in e]
       lines += [""]
     lines += main_table_lines(result, ds) + [""] + _extra_lines(result, ds) + [""]
-  m = prov.get("machine", {})
   lines += ["## Provenance", "",
             f"Command: `{prov.get('command')}`", "",
             f"Machine: {machine_line(result)}.", "",
@@ -810,11 +812,12 @@ def render_markdown(result: dict) -> str:
 
 
 def machine_line(result: dict) -> str:
-  """'<cpu> (<cores> cores, <devices>); date <date>; wall time <s> s (<load etc.>)'."""
-  prov = result["provenance"]
-  m = prov.get("machine", {})
-  return (f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('devices')}); date {prov.get('date')}; "
-          f"wall time {result['wall_seconds']:.0f} s ({provenance.describe(prov)})")
+  """'<date · machine · load · commit>; training <s> s (...), this command <s> s'. Training:
+  the sum of every run's own wall time (`summary.json`), which a later command that reads
+  the runs back does not change."""
+  training = sum(ds.get("training_seconds", 0.0) for ds in result["datasets"])
+  return (f"{provenance.describe(result['provenance'])}; training {training:.0f} s (the sum of "
+          f"the runs' wall times); wall time of this command {result['wall_seconds']:.0f} s")
 
 
 def render_summary(result: dict) -> str:
