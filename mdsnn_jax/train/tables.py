@@ -276,7 +276,7 @@ def _sew_full(dataset: str, timesteps: int, epochs: int = 300):
   return _quiet(c)
 
 
-CPU_STEPS.update({"emd": {"cifar10": (300, 60)}, "feature_kd": {"cifar10": (300, 80)}})
+CPU_STEPS.update({"emd": {"cifar10": (300, 60)}, "feature_kd": {"cifar10": (200, 60)}})
 EMD_BITS = (2, 4)
 # (key, label, weight quantizer spec): the students of the `emd` table, each at EMD_BITS.
 EMD_QUANTIZERS = (
