@@ -447,18 +447,19 @@ BASELINES = {"feature_kd": {r.key: (f"none_t{r.key.rsplit('_t', 1)[1]}" if r.kin
 
 TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT, EMD, FEATURE_KD)}
 
-# Seconds per table at each scale, measured (smoke) or extrapolated (cpu): see ESTIMATE_NOTE.
+# Seconds per table at each scale (3 seeds), measured: see ESTIMATE_NOTE.
 ESTIMATES_S: dict[str, dict[str, float | None]] = {
-    "md_snn": {"smoke": 65.0, "cpu": None, "full": None},
-    "spquant": {"smoke": 70.0, "cpu": None, "full": None},
+    "md_snn": {"smoke": 65.0, "cpu": 1906.0, "full": None},
+    "spquant": {"smoke": 70.0, "cpu": 1023.0, "full": None},
     "emd": {"smoke": None, "cpu": None, "full": None},
     "feature_kd": {"smoke": None, "cpu": None, "full": None},
 }
 ESTIMATE_NOTE = (
-    "Times: smoke was measured (3 seeds, one run each, on a 2-core Xeon shared with other jobs, "
-    "load ~4). cpu and full are not estimated: no cpu-scale table has been run yet, and digits "
-    "step times do not extrapolate to CIFAR-10 / N-MNIST models. Each table's training steps "
-    "per seed are listed above; the first run's wall time (in <table>.md) is the estimate to use.")
+    "Times: measured with 3 seeds on a 2-core Xeon, each table's first run, everything trained "
+    "(smoke: shared with other jobs, load ~4; cpu: load ~2-3, the first command's wall time; "
+    "results/tables/<table>.md gives the runs' training time). full is not estimated: it is the papers' setting "
+    "for a GPU or TPU, which no run here has measured. Each table's training steps per seed "
+    "are listed above.")
 
 
 def baseline_of(table: "Table", row_key: str) -> str:
