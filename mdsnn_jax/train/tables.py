@@ -451,8 +451,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT, EMD, FEATURE_KD
 ESTIMATES_S: dict[str, dict[str, float | None]] = {
     "md_snn": {"smoke": 65.0, "cpu": 1906.0, "full": None},
     "spquant": {"smoke": 70.0, "cpu": 1023.0, "full": None},
-    "emd": {"smoke": None, "cpu": None, "full": None},
-    "feature_kd": {"smoke": None, "cpu": None, "full": None},
+    "emd": {"smoke": None, "cpu": 1270.0, "full": None},
+    "feature_kd": {"smoke": None, "cpu": 1949.0, "full": None},
 }
 ESTIMATE_NOTE = (
     "Times: measured with 3 seeds on a 2-core Xeon, each table's first run, everything trained "
