@@ -385,9 +385,8 @@ def quantization_of(model_cfg: Mapping[str, Any]) -> str:
 
   text = f"W: {w_text(weight)}"
   if weight.get("kind", "none") != "none":
-    ends = [((quant.get(k) or {}).get("kind", "none")) for k in ("first_layer", "last_layer")]
-    ends = ["same" if e == "same" else ("float" if e == "none" else w_text(quant.get(k)))
-            for e, k in zip(ends, ("first_layer", "last_layer"))]
+    ends = ["same" if (quant.get(k) or {}).get("kind") == "same" else w_text(quant.get(k))
+            for k in ("first_layer", "last_layer")]
     text += f" (first / last layer: {ends[0]} / {ends[1]})"
   membrane = quant.get("membrane") or {"kind": "none"}
   if membrane.get("kind", "none") == "none":
