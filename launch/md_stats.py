@@ -8,6 +8,8 @@ Reads
   results/md_cifar10_8bit/table_v1_bb0c7c7.json   the same config and seeds, first measured
       with the code of commit bb0c7c7 (the table committed there as results/md_cifar10/)
   results/quickstart.json (optional)          repeated quickstart runs
+  results/tables/md_evidence.json (optional)  the runner's MD evidence table (current code):
+      full-grid and symmetric-grid students, each MD / logit KD against its own no-KD row
 
 and reports, for each method pair, the paired-by-seed Δ (`experiments.paired_delta`) with
 ONE-SIDED tests of Δ > 0: a paired t-test and the exact Wilcoxon signed-rank test, over all
@@ -48,14 +50,23 @@ def one_sided_tests(delta) -> dict:
   return out
 
 
+EVIDENCE_PAIRS = PAIRS + (("md_sym", "none_sym"), ("logit_sym", "none_sym"),
+                         ("md_sym", "logit_sym"))
+
+
 def rows_by_method(table: dict) -> dict:
+  """{method or row key: {seed: accuracy}} of a `md_table.py` table as written before it ran
+  on the table runner ('rows' with 'method'), or of a runner table (its first dataset)."""
+  if "datasets" in table:
+    return {r["key"]: dict(zip(r["seeds"], r["accuracy"]))
+            for r in table["datasets"][0]["rows"] if r["available"]}
   return {r["method"]: dict(zip(r["seeds"], r["accuracy"])) for r in table["rows"]}
 
 
-def significance(table: dict, seed_sets: dict) -> dict:
+def significance(table: dict, seed_sets: dict, pairs=PAIRS) -> dict:
   rows = rows_by_method(table)
   out = {}
-  for a, b in PAIRS:
+  for a, b in pairs:
     if a not in rows or b not in rows:
       continue
     for label, seeds in seed_sets.items():
@@ -89,8 +100,13 @@ def render(stats: dict) -> str:
   lines = ["# MD evidence: one-sided significance and noise floor", "",
            "Written by `python launch/md_stats.py` from the table files named below; "
            "all tests one-sided (H1: Δ > 0), Δ in pp, paired by seed.", ""]
-  for name, block in (("all-2-bit student (`md_cifar10_all2/table_5seeds.json`)", "all2"),
-                      ("8-bit first/last student (`md_cifar10_8bit/table.json`)", "eightbit")):
+  blocks = [("all-2-bit student (`md_cifar10_all2/table_5seeds.json`)", "all2"),
+            ("8-bit first/last student (`md_cifar10_8bit/table.json`)", "eightbit")]
+  if "evidence" in stats:
+    blocks.append(("`md_evidence` at `--scale=cpu`, current code: the full grid (`md`, "
+                   "`logit`, `none`) and the symmetric grid (`*_sym`) "
+                   "(`tables/md_evidence.json`)", "evidence"))
+  for name, block in blocks:
     lines += [f"## {name}", "",
               "| comparison | seeds | Δ mean ± std | > 0 | t (df) | p (t, one-sided) | p (Wilcoxon exact, one-sided) |",
               "|---|---|---|---|---|---|---|"]
@@ -132,6 +148,11 @@ def write_stats(root: pathlib.Path) -> dict:
       "inputs": ["md_cifar10_all2/table_5seeds.json", "md_cifar10_8bit/table.json",
                  "md_cifar10_8bit/table_v1_bb0c7c7.json"],
   }
+  if (root / "tables" / "md_evidence.json").exists():
+    ev = read("tables/md_evidence.json")
+    stats["evidence"] = significance(ev, {f"seeds {','.join(map(str, ev['seeds']))}": ev["seeds"]},
+                                     EVIDENCE_PAIRS)
+    stats["inputs"].append("tables/md_evidence.json")
   if (root / "quickstart.json").exists():
     q = read("quickstart.json")
     stats["quickstart_repeats"] = {"runs": len(q["runs"]), "identical": q["identical_across_runs"]}

@@ -219,24 +219,22 @@ def test_report_accuracy_columns_say_test_accuracy_in_percent(tmp_path):
 
 # ------------------------------------------------------- 8. ablation taps by position
 def test_ablation_variants_name_taps_relative_to_the_model():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("md_ablation", REPO / "launch" / "md_ablation.py")
-  ablation = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = ablation
-  spec.loader.exec_module(ablation)
+  from mdsnn_jax.train import tables
   vgg = [f"lif{i}" for i in range(7)]
-  assert ablation.LAST2.resolve(vgg) == "lif5,lif6"
-  assert ablation.EARLY2.resolve(vgg) == "lif1,lif2"
-  assert ablation.LAST3.resolve(["a", "b", "c", "d", "e"]) == "c,d,e"
+  assert tables.LAST2.resolve(vgg) == "lif5,lif6"
+  assert tables.EARLY2.resolve(vgg) == "lif1,lif2"
+  assert tables.LAST3.resolve(["a", "b", "c", "d", "e"]) == "c,d,e"
   with pytest.raises(ValueError, match=r"needs at least 4 LIF layers, but the model has 2: "
                                        r"\['lif0', 'lif1'\]"):
-    ablation.EARLY2.resolve(["lif0", "lif1"])
-  taps = ablation.model_taps(_config("md"))  # the digits MLP has one hidden LIF layer
+    tables.EARLY2.resolve(["lif0", "lif1"])
+  taps = tables.model_taps(_config("md"))  # the digits MLP has one hidden LIF layer
   assert taps == ["lif1"]
-  cfg = ablation._override(_config("md"), {"distill.layers": ablation.LifTaps(-1, None, 1)})
-  assert cfg.distill.layers == "lif1"
+  row = tables.Row("late", "late", "student", "mdonly",
+                   (("distill.layers", tables.LifTaps(-1, None, 1)),))
+  assert tables.student_config(_config("md"), row).distill.layers == "lif1"
+  row = tables.Row("late2", "late2", "student", "mdonly", (("distill.layers", tables.LAST2),))
   with pytest.raises(ValueError, match=r"needs at least 3 LIF layers, but the model has 1"):
-    ablation._override(_config("md"), {"distill.layers": ablation.LAST2})
+    tables.student_config(_config("md"), row)
 
 
 def test_a_field_added_as_none_does_not_make_a_stored_run_stale():

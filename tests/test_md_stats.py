@@ -62,3 +62,18 @@ def test_md_stats_on_the_committed_tables(tmp_path):
   assert round(stats["noise_floor"]["max_abs_pp"], 2) == 4.74 and stats["noise_floor"]["n"] == 9
   assert {"commit", "command", "machine", "load_average", "date"} <= set(stats["provenance"])
   assert (tmp_path / "md_stats.md").read_text().startswith("# MD evidence")
+
+
+def test_significance_reads_a_runner_table_and_pairs_each_grid_with_its_own_no_kd_row():
+  def row(key, acc, available=True):
+    return {"key": key, "available": available, "seeds": [0, 1, 2], "accuracy": acc}
+
+  table = {"seeds": [0, 1, 2], "datasets": [{"rows": [
+      row("fp", [60.0] * 3), row("none", [50.0, 51.0, 52.0]), row("md", [52.0, 51.5, 55.0]),
+      row("none_sym", [40.0, 41.0, 42.0]), row("md_sym", [39.0, 42.0, 42.5]),
+      {"key": "logit_sym", "available": False, "note": "not run"}]}]}
+  sig = md_stats.significance(table, {"all": [0, 1, 2]}, md_stats.EVIDENCE_PAIRS)
+  assert sig["md vs none, all"]["delta"] == [2.0, 0.5, 3.0]
+  assert sig["md_sym vs none_sym, all"]["delta"] == [-1.0, 1.0, 0.5]
+  assert sig["md_sym vs none_sym, all"]["positive"] == 2
+  assert not any(k.startswith(("logit", "md vs logit", "md_sym vs logit")) for k in sig)

@@ -368,6 +368,64 @@ def test_model_structure_finds_which_lif_gates_each_layer():
   assert [(l.name, l.c, l.h * l.w) for l in lifs] == [("lif0", 16, 64), ("lif1", 32, 16)]
 
 
+def test_md_evidence_at_smoke_scale_shares_one_teacher_and_sets_both_grids_side_by_side(tmp_path):
+  start = time.time()
+  res = _launch("--table=md_evidence", f"--workdir={tmp_path}", "--scale=smoke")
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  assert time.time() - start < 120 * 1.5, "a smoke table must stay near 2 minutes"
+  result = json.loads((tmp_path / "md_evidence.json").read_text())
+  rows = {r["key"]: r for r in result["datasets"][0]["rows"]}
+  assert list(rows) == list(tables.MD_EVIDENCE.default_rows) and result["shared_teacher"]
+  root = tmp_path / "md_evidence" / "digits"
+  # One teacher for the table, not one per seed: every seed reads the same FP accuracy.
+  assert sorted(p.name for p in root.iterdir() if p.name.startswith("teacher")) == ["teacher"]
+  assert len(set(rows["fp"]["accuracy"])) == 1 and rows["fp"]["delta_vs_baseline"] is None
+  for key in ("none", "logit", "md", "none_sym", "md_sym"):
+    stage = "qat" if key.startswith("none") else "md"
+    stored = json.loads((root / f"{key}_seed2" / stage / "config.json").read_text())
+    assert stored["config"]["distill"]["teacher_workdir"] == str(root / "teacher" / "fp")
+  # The real 2-bit (4-level) student beside the ternary-weight one, each paired with its own
+  # no-KD row.
+  assert rows["md"]["quantization"].startswith("W: lsq 2-bit full grid, 4 levels")
+  assert rows["md_sym"]["quantization"].startswith("W: lsq 2-bit symmetric grid, 3 levels")
+  assert rows["ptq_sym"]["quantization"].startswith("W: lsq 2-bit symmetric grid, 3 levels")
+  for key, base in (("md", "none"), ("md_sym", "none_sym"), ("ptq_sym", "none_sym")):
+    assert rows[key]["baseline"] == base
+    np.testing.assert_allclose(rows[key]["delta_vs_baseline"]["delta"],
+                               np.subtract(rows[key]["accuracy"], rows[base]["accuracy"]))
+  md = (tmp_path / "md_evidence.md").read_text()
+  assert "symmetric grid: QAT + MD" in md and "gap to FP" in md and "vs `none_sym`" in md
+  lines = list(csv.DictReader(io.StringIO((tmp_path / "md_evidence.csv").read_text())))
+  for l in lines:
+    float(l["accuracy_mean"]), float(l["emd_to_fp"])
+
+
+def test_md_ablation_at_smoke_scale_lists_what_the_model_cannot_take(tmp_path):
+  res = _launch("--table=md_ablation", f"--workdir={tmp_path}", "--scale=smoke", "--seeds=0")
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  result = json.loads((tmp_path / "md_ablation.json").read_text())
+  rows = {r["key"]: r for r in result["datasets"][0]["rows"]}
+  assert list(rows) == ["fp", *tables.ABLATION_VARIANTS]
+  # The digits MLP has one LIF layer: variants naming more are listed, saying why.
+  off = {k for k, r in rows.items() if not r["available"]}
+  assert off == {"mdonly_late", "mdonly_early", "feature"}, off
+  assert all("LIF layers, but the model has 1" in rows[k]["note"] for k in off)
+  root = tmp_path / "md_ablation" / "digits"
+  for key, (method, _, _, base) in tables.ABLATION_VARIANTS.items():
+    if key in off:
+      continue
+    assert (root / f"abl_{key}_seed0" / _stage_of(method) / "summary.json").exists()
+    assert rows[key]["baseline"] == base
+    if key != base:
+      np.testing.assert_allclose(rows[key]["delta_vs_baseline"]["delta"],
+                                 np.subtract(rows[key]["accuracy"], rows[base]["accuracy"]))
+
+
+def _stage_of(method: str) -> str:
+  from mdsnn_jax.train.experiments import METHODS
+  return METHODS[method][0]
+
+
 # ------------------------------------------------------------------------ 4. bad input
 @pytest.mark.parametrize("args,words", [
     (["--table=nope"], ["unknown table 'nope'", "md_snn", "spquant"]),
@@ -376,6 +434,10 @@ def test_model_structure_finds_which_lif_gates_each_layer():
     (["--table=md_snn", "--seeds=0,x"], ["invalid seed list", "comma-separated"]),
     (["--table=spquant", "--scale=cpu", "--seeds=0,1"], ["over >= 3 seeds", "at least 3"]),
     (["--table=spquant", "--scale=full", "--seeds=1,1,2"], ["negative or repeated"]),
+    (["--table=md_evidence", "--rows=none,kd"], ["unknown rows ['kd'] of table 'md_evidence'",
+                                                 "allowed", "none_sym"]),
+    (["--table=md_evidence", "--scale=cpu", "--config=launch/configs/default.py"],
+     ["--scale='cpu' and --config were both given"]),
 ])
 def test_bad_inputs_fail_before_training_with_one_line(tmp_path, args, words):
   res = _launch(*args, f"--workdir={tmp_path / 'w'}", timeout=120)

@@ -158,6 +158,46 @@ def low_bit_student(c: ml_collections.ConfigDict, weight_bits: int = 2,
   c.model.quant.bn_fold = True
 
 
+def md_cifar10_config(first_last_bits: str = "8", grid: str = "symmetric") -> ml_collections.ConfigDict:
+  """The MD evidence setting (README, `launch/configs/md_cifar10.py`, table `md_evidence`):
+  the CIFAR-10 subset of ../shared/data, VGG-9 at a quarter width (16–64 channels) to fit a
+  2-core CPU, T = 2, direct encoding; a 2,400-step FP teacher (≈ 15 epochs at batch 64) and
+  250-step low-bit students (2-bit LSQ weights, batch norm folded and quantized with a 16-bit
+  bias, ternary membranes), α = β = 1, τ = 4.
+
+  first_last_bits: '8' (uniform 8-bit first and last layers) or '2' (2-bit LSQ like the body).
+  grid: the LSQ grid, 'symmetric' (3 levels at 2 bits: README's MD tables were made with it)
+  or 'full' (4 levels, LSQ's own)."""
+  if first_last_bits not in ("8", "2"):
+    raise ValueError(f"md_cifar10 first/last layer bits must be '8' or '2', got {first_last_bits!r}")
+  c = base_config()
+  c.report = False  # per-run reports are not needed for the table
+  c.data.name = "cifar10"
+  c.data.root = "../shared/data"
+  c.data.augment = True
+  c.model.name = "vgg9"
+  c.model.width = 0.25
+  c.model.timesteps = 2
+  c.model.conv_impl = "auto"
+  low_bit_student(c, grid=grid)
+  c.model.quant.bias_bits = 16
+  if first_last_bits == "2":
+    set_quant(c, "first_layer", "same")
+    set_quant(c, "last_layer", "same")
+  c.teacher_steps = 2400  # ≈ 15 epochs of 10,000 images at batch 64
+  c.train.steps = 250  # student steps (≈ 1.6 epochs)
+  c.train.global_batch = 64
+  c.train.eval_batch = 500
+  c.train.log_every = 50
+  c.train.eval_every = 800
+  c.train.checkpoint_every = 200
+  c.optim.lr = 1e-3
+  c.distill.alpha = 1.0
+  c.distill.beta = 1.0
+  c.distill.temperature = 4.0
+  return c
+
+
 def msresnet18_paper_config(stages: str, dataset: str, root: str, *, epochs: int,
                             steps_per_epoch: int) -> ml_collections.ConfigDict:
   """The MD-SNN paper rows on static images: MS-ResNet-18, T = 4 (λ = 0.25, θ = 0.5),

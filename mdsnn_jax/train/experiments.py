@@ -1,11 +1,11 @@
-"""The MD evidence experiments (`launch/md_table.py`, `launch/md_ablation.py`) as functions.
+"""The runs of a table as functions: an FP teacher, and quantized students that differ only
+in which distillation terms are switched on (`METHODS`), started from a teacher and reading it
+as their distillation target (`reproduce.run_dataset` places them: one teacher per seed, or
+one per table in root/teacher for the MD evidence tables).
 
-One FP teacher per table folder (root/teacher), and quantized students that differ only in
-which distillation terms are switched on, all started from that teacher and reading it as
-their distillation target. Every run goes through `train_and_evaluate`: a finished run
-with the same config is read back untouched, an unfinished one resumes, and a run made with
-a different config is refused (listing the fields) unless `overwrite`. Test accuracies are
-in percent.
+Every run goes through `train_and_evaluate`: a finished run with the same config is read back
+untouched, an unfinished one resumes, and a run made with a different config is refused
+(listing the fields) unless `overwrite`. Test accuracies are in percent.
 """
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ from mdsnn_jax.train.loop import train_and_evaluate
 METHODS = {"none": ("qat", ()), "logit": ("md", ("beta",)), "md": ("md", ("alpha", "beta")),
            "mdonly": ("md", ("alpha",)), "feature": ("md", ("gamma",)),
            "feature_logit": ("md", ("beta", "gamma"))}
-NAMES = {"none": "QAT, no KD", "logit": "QAT + logit KD", "md": "QAT + MD (membrane + logit KD)",
-         "mdonly": "QAT + membrane KD only", "feature": "QAT + affine-projector feature KD only",
-         "feature_logit": "QAT + affine-projector feature KD + logit KD"}
 
 
 def read_or_run(config, workdir: pathlib.Path, stage: str, *, overwrite: bool = False,

@@ -4,8 +4,10 @@
 
 Every run goes through `loop.train_and_evaluate` (via `experiments`): a finished run with
 the same config is read back, an unfinished one resumes from its checkpoint, a changed one is
-refused unless `overwrite`. Runs live in <workdir>/<table>/<dataset>/<row>_seed<s>/; each
-seed has its own FP teacher (teacher_seed<s>), which its students start from and distil.
+refused unless `overwrite`. Runs live in <workdir>/<table>/<dataset>/<row>_seed<s>/ (with
+`config=`, a user's config: in <workdir> itself); each seed has its own FP teacher
+(teacher_seed<s>), which its students start from and distil, except in the MD evidence tables
+(`Table.shared_teacher`), where one teacher (<root>/teacher) serves every seed.
 After training, every row of every seed is measured on the test split (`data.test_subset`
 when set) from its saved variables: accuracy, per-neuron firing rates (EMD to the FP teacher
 of the same seed), the crossbar model in dense and event mode (`report.hardware_for`, first
@@ -17,6 +19,7 @@ with its teacher on the first SALIENCY_EXAMPLES test images (`feature_kd`,
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import functools
@@ -47,9 +50,9 @@ FP_BITS_MAIN = report_lib.FP_WEIGHT_BITS  # the FP weight width the headline gai
 FP_BITS_SHOWN = (8, 16, 32)
 MEMORY_FP_BITS = 32  # float32, as this library stores FP weights and membranes
 GAIN_FIELDS = ("edap_reduction", "tops_per_w_gain", "tops_per_mm2_gain")
-PTQ_SOURCE = "qat"  # the PTQ row is this row's student before training
 SALIENCY_EXAMPLES = report_lib.SALIENCY_EXAMPLES  # test images the saliency consistency uses
 SALIENCY_K = sal.DEFAULT_TOP_K  # top-k % of pixels for the IoU
+SHARED_TEACHER_TABLES = ("md_evidence", "md_ablation")  # rendered as accuracy tables
 
 
 # ------------------------------------------------------------------- model structure
@@ -420,20 +423,23 @@ def _gains(fp_cost, q_cost) -> dict:
 def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: pathlib.Path,
                 seeds: list[int], *, overwrite: bool = False) -> dict:
   """Trains (or reads back) every run of `table` on `dataset`, then measures every row."""
-  configs = tables_lib.row_configs(table, dataset)
+  configs, notes = tables_lib.plan(table, dataset)
   rows = list(table.rows)
-  students = [r for r in rows if r.kind == "student" and r.available(dataset.is_event)[0]]
+  students = [r for r in rows if r.kind == "student" and r.key not in notes]
   teachers = [k for k in configs if k in tables_lib.TEACHERS or k.startswith("teacher")]
   training_seconds = 0.0  # the runs' own wall times, however many invocations trained them
-  for seed in seeds:
+  for i, seed in enumerate(seeds):
     for key in teachers:
+      if table.shared_teacher and i > 0:
+        continue  # one teacher (the config's seed) for every seed
       summary = experiments.run_teacher(configs[key], root, overwrite=overwrite,
-                                        name=f"{key}_seed{seed}", seed=seed)
+                                        name=table.teacher_run(key, seed),
+                                        seed=None if table.shared_teacher else seed)
       training_seconds += float(summary.get("wall_seconds", 0.0))
     for row in students:
-      summary = experiments.run_student(configs[row.key], root, row.method, seed, name=row.key,
-                                        teacher_dir=root / f"{row.teacher}_seed{seed}" / "fp",
-                                        overwrite=overwrite)
+      summary = experiments.run_student(
+          configs[row.key], root, row.method, seed, name=table.student_run(row.key),
+          teacher_dir=root / table.teacher_run(row.teacher, seed) / "fp", overwrite=overwrite)
       training_seconds += float(summary.get("wall_seconds", 0.0))
 
   out_rows = []
@@ -441,23 +447,30 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
   fp_rates: dict[int, dict] = {}
   fp_hw: dict[int, dict] = {}
   fp_saliency: dict[int, tuple] = {}
+  by_key = {r.key: r for r in rows}
+  loaded: dict[tuple, tuple] = {}
   for row in rows:
-    ok, why = row.available(dataset.is_event)
-    if not ok:
-      out_rows.append(dict(key=row.key, label=row.label, available=False, note=why))
+    if row.key in notes:
+      out_rows.append(dict(key=row.key, label=row.label, available=False, note=notes[row.key]))
       continue
     per_seed = []
     for seed in seeds:
-      teacher_dir = root / f"teacher_seed{seed}" / "fp"
+      teacher_dir = root / table.teacher_run(tables_lib.TEACHERS[0], seed) / "fp"
+
+      def student_dir(r):
+        return root / f"{table.student_run(r.key)}_seed{seed}" / experiments.METHODS[r.method][0]
+
       if row.kind == "teacher":
-        stage_dir, run = teacher_dir, load_run(teacher_dir)
+        stage_dir, ptq = teacher_dir, None
       elif row.kind == "ptq":
-        stage_dir = root / f"{PTQ_SOURCE}_seed{seed}" / "qat"
-        run = load_run(stage_dir, ptq_teacher=teacher_dir)
+        stage_dir, ptq = student_dir(by_key[row.ptq_of]), teacher_dir
       else:
-        stage_dir = root / f"{row.key}_seed{seed}" / experiments.METHODS[row.method][0]
-        run = load_run(stage_dir)
-      ev = evaluate_run(run)
+        stage_dir, ptq = student_dir(row), None
+      key = (str(stage_dir), str(ptq))
+      if key not in loaded:  # a shared teacher is one run for every seed: measured once
+        run = load_run(stage_dir, ptq_teacher=ptq)
+        loaded[key] = run, evaluate_run(run)
+      run, ev = loaded[key]
       summary = json.loads((stage_dir / stages_lib.SUMMARY_FILE).read_text())
       m = dict(seed=seed, accuracy=ev["accuracy"] if row.kind == "ptq" else summary["test_accuracy"],
                accuracy_remeasured=ev["accuracy"], examples=ev["examples"],
@@ -580,32 +593,77 @@ def emd_verdict(rows: list[dict], n_seeds: int) -> dict:
   return dict(status=overall, per_bits=per_bits, lines=lines)
 
 
-def check_inputs(table: str, scale: str, seeds: str) -> tuple[tables_lib.Table, list[int]]:
-  """Everything about the command line that can be wrong, before any training."""
-  t = tables_lib.get_table(table)
-  tables_lib.check_scale(scale)
+def use_compile_cache(workdir) -> None:
+  """Keep XLA's compiled programs in <workdir>/.jax_cache (unless the user set a cache).
+
+  Each run of a table is a fresh train_and_evaluate that would recompile the same train and
+  eval steps (~8 s each on 2 CPU cores); jax's persistent cache makes seeds 1.. reuse seed 0's."""
+  if jax.config.jax_compilation_cache_dir:  # the user's own cache wins
+    return
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(workdir) / ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def check_inputs(table: str, scale: str, seeds: str,
+                 rows: Iterable[str] | None = None) -> tuple[tables_lib.Table, list[int]]:
+  """Everything about the command line that can be wrong, before any training: the table
+  (with only `rows` and what they need, `tables.select_rows`) and the seed list."""
+  t = tables_lib.select_rows(tables_lib.get_table(table), rows)
+  if scale != CONFIG_SCALE:
+    tables_lib.check_scale(scale)
   return t, tables_lib.parse_seeds(seeds, scale)
 
 
+CONFIG_SCALE = tables_lib.CONFIG_SCALE
+
+
+def config_dataset(config: ml_collections.ConfigDict) -> tables_lib.Dataset:
+  """A table's dataset made of a user's training config (`--config`): its rows run on it."""
+  info = data_lib.dataset_info(config.data)
+  teacher_steps = int(config.get("teacher_steps", config.train.steps))
+  return tables_lib.Dataset(
+      info.name, f"the given config: {info.name}, {config.model.name}, T = "
+      f"{int(config.model.timesteps)}, {teacher_steps} teacher / {int(config.train.steps)} student "
+      f"steps at batch {int(config.train.global_batch)}", bool(info.is_event),
+      lambda: copy.deepcopy(config))
+
+
 def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0,1,2",
-              overwrite: bool = False, command: str | None = None) -> dict:
-  """Runs (or reads back) every row of `table` at `scale` and writes the table files."""
+              overwrite: bool = False, command: str | None = None,
+              rows: Iterable[str] | None = None, config: ml_collections.ConfigDict | None = None,
+              out: str | None = None) -> dict:
+  """Runs (or reads back) every row of `table` at `scale` and writes the table files
+  <workdir>/<out or table>.{md,csv,json,png}.
+
+  rows: the row keys to run (with the rows they need); None: the table's default rows.
+  config: run the rows on this training config instead of the scale's datasets (scale
+  'config', >= 1 seed); its runs then live in <workdir> itself, not <workdir>/<table>/<dataset>
+  (the layout of `launch/md_table.py` and `md_ablation.py`)."""
   t0 = time.time()
+  if config is not None:
+    scale = CONFIG_SCALE
   t, seed_list = check_inputs(table, scale, ",".join(map(str, seeds))
-                              if isinstance(seeds, (list, tuple)) else seeds)
-  datasets = t.datasets(scale)
+                              if isinstance(seeds, (list, tuple)) else seeds, rows)
+  workdir = pathlib.Path(workdir)
+  if config is not None:
+    datasets = (config_dataset(config),)
+    roots = [workdir]
+  else:
+    datasets = t.datasets(scale)
+    roots = [workdir / t.name / ds.key for ds in datasets]
   for ds in datasets:  # every config builds (an override naming a wrong field fails here)
     tables_lib.row_configs(t, ds)
-  workdir = pathlib.Path(workdir)
-  results = [run_dataset(t, ds, workdir / t.name / ds.key, seed_list, overwrite=overwrite)
-             for ds in datasets]
-  out = dict(table=t.name, title=t.title, scale=scale, seeds=seed_list, baseline=t.baseline,
-             paper=list(t.paper), datasets=results, unit="percent",
-             fp_weight_bits_main=FP_BITS_MAIN, fp_weight_bits_shown=list(FP_BITS_SHOWN),
-             memory_fp_bits=MEMORY_FP_BITS, bits_note=report_lib.BITS_NOTE,
-             wall_seconds=time.time() - t0, provenance=provenance.record(command))
-  write_table(out, workdir)
-  return out
+  results = [run_dataset(t, ds, root, seed_list, overwrite=overwrite)
+             for ds, root in zip(datasets, roots)]
+  result = dict(table=t.name, title=t.title, scale=scale, seeds=seed_list, baseline=t.baseline,
+                paper=list(t.paper), datasets=results, unit="percent",
+                shared_teacher=t.shared_teacher,
+                fp_weight_bits_main=FP_BITS_MAIN, fp_weight_bits_shown=list(FP_BITS_SHOWN),
+                memory_fp_bits=MEMORY_FP_BITS, bits_note=report_lib.BITS_NOTE,
+                wall_seconds=time.time() - t0, provenance=provenance.record(command),
+                basename=out or t.name)
+  write_table(result, workdir, result["basename"])
+  return result
 
 
 # ------------------------------------------------------------------------------ output
@@ -686,6 +744,11 @@ def render_csv(result: dict) -> str:
   return buf.getvalue()
 
 
+def _not_run(entry, columns: int) -> str:
+  """A table line for a row that did not run: its label, the reason, empty cells."""
+  return f"| {entry['label']} | not run: {entry['note']} |" + " |" * (columns - 2)
+
+
 def main_table_lines(result: dict, ds: dict) -> list[str]:
   """The headline table of one dataset of a table (the README shows exactly these lines)."""
   rows = ds["rows"]
@@ -696,13 +759,28 @@ def main_table_lines(result: dict, ds: dict) -> list[str]:
              "| TOPS/W ×, event | TOPS/mm² ×, event |", "|" + "---|" * 11]
     for e in rows:
       if not e["available"]:
-        lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 9)
+        lines.append(_not_run(e, 11))
         continue
       g = e["gains"][f"fp{FP_BITS_MAIN}"]
       lines.append(
           f"| {e['label']} | {_acc(e)} | {_delta(e)} | {e['emd_to_fp']:.4f} | "
           f"{e['weight_bits']:.0f}/{e['membrane_bits']:.0f} | "
           + " | ".join(f"{g[m][k]:.2f}" for m in ("dense", "event") for k in GAIN_FIELDS) + " |")
+    return lines
+  if table in SHARED_TEACHER_TABLES:
+    fp = next((e for e in rows if e["available"] and e["key"] == "fp"), None)
+    lines = ["| row | test accuracy (%): mean ± std (per seed) | gap to FP (pp) | Δ vs its "
+             "no-KD row, paired by seed (pp) | pooled firing EMD to FP |", "|" + "---|" * 5]
+    for e in rows:
+      if not e["available"]:
+        lines.append(_not_run(e, 5))
+        continue
+      seeds = ", ".join(f"{a:.2f}" for a in e["accuracy"])
+      gap = "—" if fp is None else f"{fp['accuracy_mean'] - e['accuracy_mean']:.2f}"
+      base = e.get("baseline")
+      delta = _delta(e) + (f" vs `{base}`" if e.get("delta_vs_baseline") and base != "none" else "")
+      lines.append(f"| {e['label']} | {_acc(e)} ({seeds}) | {gap} | {delta} | "
+                   f"{_pm(e, 'emd_to_fp', 4)} |")
     return lines
   if table == "emd":
     lines = ["| row | accuracy (%) | Δ vs FP (pp) | pooled firing EMD to FP | dead fraction "
@@ -724,7 +802,7 @@ def main_table_lines(result: dict, ds: dict) -> list[str]:
            "membrane MB | weight ×↓ | membrane ×↓ | total ×↓ |", "|" + "---|" * 9]
   for e in rows:
     if not e["available"]:
-      lines.append(f"| {e['label']} | not run: {e['note']} |" + " |" * 7)
+      lines.append(_not_run(e, 9))
       continue
     f, mem = e["flops"], e["memory"]
     lines.append(f"| {e['label']} | {_acc(e)} | {_delta(e)} | {100 * f['reduction']:.1f} % "
@@ -762,6 +840,14 @@ def _extra_lines(result: dict, ds: dict) -> list[str]:
                      f"{h['area_mm2']:.4g} | {h['edap_js_mm2']:.4g} | {h['tops_per_w']:.4g} | "
                      f"{h['tops_per_mm2']:.4g} |")
     return lines + ["", result["bits_note"]]
+  if table in SHARED_TEACHER_TABLES:
+    return ["One FP teacher, trained once with the config's seed, for every row and seed: every "
+            "student starts from its weights and distils it, so a row's seeds differ only in the "
+            "student's data order and initialisation of what the teacher does not give. Δ: the "
+            "row minus the no-KD row of the same setting (`none`, or the named one), paired by "
+            "seed. PTQ: the teacher's weights quantized as its source row's student, before any "
+            "step. EMD: 1-D Wasserstein-1 distance between the teacher's and the row's per-neuron "
+            "firing rates on the test images, pooled over the spiking layers."]
   if table == "emd":
     return [f"- {l}" for l in ds["verdict"]["lines"]] + [
         "", "EMD: 1-D Wasserstein-1 distance between the FP teacher's and the row's per-neuron "
@@ -806,7 +892,7 @@ def render_markdown(result: dict) -> str:
   lines += ["## Provenance", "",
             f"Command: `{prov.get('command')}`", "",
             f"Machine: {machine_line(result)}.", "",
-            f"Files: `{result['table']}.json` (every seed's numbers), `.csv`, `.png`.", ""]
+            f"Files: `{result.get('basename', result['table'])}.json` (every seed's numbers), `.csv`, `.png`.", ""]
   return "\n".join(lines)
 
 
@@ -885,8 +971,8 @@ def _plot_layer_emd(ax, rows: list[dict]) -> None:
   ax.legend(fontsize=6, ncol=2)
 
 
-def write_table(result: dict, workdir: pathlib.Path) -> None:
-  name = result["table"]
+def write_table(result: dict, workdir: pathlib.Path, name: str | None = None) -> None:
+  name = name or result["table"]
   provenance.write_json_atomic(workdir / f"{name}.json", report_lib._to_jsonable(result))
   provenance.write_text_atomic(workdir / f"{name}.csv", render_csv(result))
   provenance.write_text_atomic(workdir / f"{name}.md", render_markdown(result))
@@ -903,21 +989,27 @@ def _fmt_s(s: float | None) -> str:
 def describe_tables() -> str:
   lines = []
   for t in tables_lib.TABLES.values():
-    per_row = sorted(set(tables_lib.BASELINES.get(t.name, {}).values()) - {"fp"})
-    base = (f"{t.baseline}" if not per_row else
-            f"per row: {', '.join(per_row)} (the no-KD row at the row's T)")
-    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {base}", "  rows:"]
+    per_row = sorted({tables_lib.baseline_of(t, r.key) for r in t.rows if r.kind != "teacher"})
+    base = (f"{t.baseline}" if len(per_row) < 2 else
+            f"per row: {', '.join(per_row)} (the no-KD row of the row's setting)")
+    lines += [f"{t.name}: {t.title}", f"  baseline for Δ: {base}"]
+    if t.shared_teacher:
+      lines.append("  one FP teacher for every row and seed (trained once, the config's seed)")
+    lines.append("  rows:")
     for r in t.rows:
       extra = f" [not run: {r.note}]" if r.kind == "unavailable" else (
           f" [not on event data: {r.event_note}]" if r.event_note else "")
+      if t.default_rows is not None and r.key not in t.default_rows:
+        extra += " [only with --rows]"
       lines.append(f"    {r.key:14s} {r.label}{extra}")
     for scale in tables_lib.SCALES:
       est = tables_lib.ESTIMATES_S[t.name][scale]
       lines.append(f"  --scale={scale} ({_fmt_s(est)}, seeds >= {tables_lib.MIN_SEEDS[scale]}):")
       for ds in t.datasets(scale):
-        ts, ss = tables_lib.training_steps(t, ds)
-        lines.append(f"    {ds.key}: {ds.description} [per seed: {ts} teacher + {ss} student "
-                     "training steps]")
+        ts, ss = tables_lib.training_steps(tables_lib.select_rows(t, None), ds)
+        teacher = f"{ts} teacher steps once; per seed:" if t.shared_teacher else \
+            f"per seed: {ts} teacher +"
+        lines.append(f"    {ds.key}: {ds.description} [{teacher} {ss} student training steps]")
     lines.append("")
   lines.append(tables_lib.ESTIMATE_NOTE)
   return "\n".join(lines)

@@ -3,8 +3,11 @@ the papers' figures (SPEC §7), and the time each table is expected to take.
 
 A table is a list of `Row`s run on each of its datasets. A row is the FP teacher, or a
 quantized student (stage 'qat' or 'md', `experiments.METHODS`) made from the dataset's base
-config by dotted overrides, started from and distilled from the teacher of the same seed,
-or the PTQ point (the teacher's weights quantized, read from the QAT row's step 0). Scales:
+config by dotted overrides, started from and distilled from the teacher of the same seed
+(or, in `shared_teacher` tables, the one teacher of the table), or the PTQ point (the
+teacher's weights quantized as row `ptq_of`'s student, before its first step). The MD evidence
+tables (`md_evidence`, `md_ablation`) also run on a user's config (`launch/md_table.py`,
+`launch/md_ablation.py`, `reproduce.py --config`). Scales:
 
 - smoke: sklearn's bundled digits, tiny steps: the whole pipeline in CI (< 2 min a table).
 - cpu:   the real data in ../shared/data (CIFAR-10 subset, N-MNIST recordings as event
@@ -15,16 +18,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from mdsnn_jax.train.config import (base_config, low_bit_student, msresnet18_paper_config,
+from mdsnn_jax.train.config import (base_config, low_bit_student, md_cifar10_config,
+                                    msresnet18_paper_config,
                                     ncaltech101_vgg_paper_config, set_quant,
                                     spquant_resnet19_paper_config)
 
 SCALES = ("smoke", "cpu", "full")
-MIN_SEEDS = {"smoke": 1, "cpu": 3, "full": 3}
+CONFIG_SCALE = "config"  # a table run on a user's config (`reproduce.run_table(config=...)`)
+MIN_SEEDS = {"smoke": 1, "cpu": 3, "full": 3, CONFIG_SCALE: 1}
 DEFAULT_SEEDS = (0, 1, 2)
 SHARED_DATA = "../shared/data"
 TEACHERS = ("teacher", "teacher2t")  # the FP teacher at the student's T, and at 2·T
@@ -34,7 +39,7 @@ TEACHERS = ("teacher", "teacher2t")  # the FP teacher at the student's T, and at
 class Row:
   """One row of a table.
 
-  kind: 'teacher' (the FP teacher), 'ptq' (the teacher's weights quantized as the QAT row's
+  kind: 'teacher' (the FP teacher), 'ptq' (the teacher's weights quantized as row `ptq_of`'s
   student, before training: that row's step-0 accuracy), 'student' (trained with `method`),
   or 'unavailable' (listed with `note` saying why; nothing runs).
   overrides: dotted config fields set on the dataset's base config (students only).
@@ -49,6 +54,7 @@ class Row:
   teacher_t_factor: int = 1
   note: str = ""
   event_note: str = ""
+  ptq_of: str = "qat"
 
   def available(self, is_event: bool) -> tuple[bool, str]:
     if self.kind == "unavailable":
@@ -82,6 +88,18 @@ class Table:
   datasets: Callable[[str], tuple[Dataset, ...]]
   paper: tuple[str, ...]  # the papers' figures, one line each (SPEC §6 / §7)
   columns: tuple[str, ...]  # the measured columns besides accuracy (names in the json rows)
+  # One FP teacher per dataset (root/teacher, the config's seed) for every seed and row,
+  # instead of one per seed: the MD evidence design, where only the student's seed varies.
+  shared_teacher: bool = False
+  run_prefix: str = ""  # students run in root/<run_prefix><row>_seed<s>
+  default_rows: tuple[str, ...] | None = None  # the rows run when none are named (None: all)
+
+  def teacher_run(self, key: str, seed: int) -> str:
+    """The folder name of teacher `key` ('teacher', 'teacher2t') for `seed`."""
+    return key if self.shared_teacher else f"{key}_seed{seed}"
+
+  def student_run(self, row_key: str) -> str:
+    return f"{self.run_prefix}{row_key}"
 
 
 # ------------------------------------------------------------------------- base configs
@@ -445,7 +463,155 @@ FEATURE_KD = Table(
 BASELINES = {"feature_kd": {r.key: (f"none_t{r.key.rsplit('_t', 1)[1]}" if r.kind == "student"
                                     else r.key) for r in FEATURE_KD.rows}}
 
-TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT, EMD, FEATURE_KD)}
+
+
+# ------------------------------------------------- the MD evidence and its ablations
+@dataclasses.dataclass(frozen=True)
+class LifTaps:
+  """LIF layers named relative to the model (its membrane taps in call order), so a row's
+  `distill.layers` fits any network: LifTaps(-2, None, 3) = the last two, LifTaps(1, 3, 4) =
+  the two after the stem; `need`: the fewest LIF layers the model must have."""
+  start: int | None
+  stop: int | None
+  need: int
+
+  def resolve(self, taps: list[str]) -> str:
+    if len(taps) < self.need:
+      raise ValueError(f"this row needs at least {self.need} LIF layers, but the model has "
+                       f"{len(taps)}: {taps}")
+    return ",".join(taps[self.start:self.stop])
+
+
+LAST2, LAST3, EARLY2 = LifTaps(-2, None, 3), LifTaps(-3, None, 4), LifTaps(1, 3, 4)
+
+
+def model_taps(config) -> list[str]:
+  """The student's LIF membrane taps in call order (abstract forward pass: no compute)."""
+  import jax
+
+  from mdsnn_jax import data as data_lib
+  from mdsnn_jax import distill
+  from mdsnn_jax import nn as nn_lib
+  from mdsnn_jax.train.stages import abstract_variables, sample_input, stage_model_config
+  info = data_lib.dataset_info(config.data)
+  model = nn_lib.create_model(stage_model_config(config, "md"), info.num_classes)
+  sample = sample_input(info, int(config.model.timesteps))
+  variables = abstract_variables(model, sample)
+  _, cols = jax.eval_shape(lambda v: model.apply(v, sample, train=False, mutable=["membranes"]),
+                           variables)
+  return list(distill.flatten_taps(cols["membranes"]))
+
+
+def _md_evidence_datasets(scale: str, first_last_bits: str = "2",
+                          grid: str = "full") -> tuple[Dataset, ...]:
+  if scale == "smoke":
+    return (Dataset("digits", "sklearn digits, digits MLP (both layers 2-bit), T = 2, 40 teacher "
+                    "/ 20 student steps: a pipeline check, not a result", False,
+                    lambda: _md_student(_smoke(base_config(), 2))),)
+  if scale == "cpu":
+    ends = ("the whole network 2-bit LSQ (first and last layers too)" if first_last_bits == "2"
+            else "first and last layers 8-bit uniform")
+    return (Dataset("cifar10", "CIFAR-10 subset (10,000 train / all 10,000 test images), VGG-9 "
+                    f"at quarter width (16–64 channels), T = 2, {ends}, {grid}-grid LSQ; one "
+                    "2,400-step FP teacher, 250-step students at batch 64 "
+                    "(`md_cifar10_config`)", False,
+                    lambda: _quiet(md_cifar10_config(first_last_bits, grid=grid))),)
+
+  def cifar():
+    c = md_cifar10_config(first_last_bits, grid=grid)
+    c.model.width = 1.0
+    c.train.global_batch = 128
+    c.teacher_steps = 300 * 390  # 300 epochs of 50,000 images at batch 128
+    c.train.steps = 30 * 390
+    c.train.eval_every = 0
+    return _quiet(c)
+
+  return (Dataset("cifar10", "CIFAR-10 (50,000 / 10,000), VGG-9 at full width, T = 2, the "
+                  "cpu setting's students, 300-epoch teacher, 30-epoch students", False, cifar),)
+
+
+_SYM = (("model.quant.weight.grid", "symmetric"),)
+MD_EVIDENCE = Table(
+    name="md_evidence",
+    title="MD evidence: one FP teacher, the same low-bit student trained with and without KD",
+    rows=(
+        Row("fp", "FP teacher", "teacher"),
+        Row("ptq", "PTQ (teacher quantized, no training)", "ptq", ptq_of="none"),
+        Row("none", "QAT, no KD", "student", "none"),
+        Row("logit", "QAT + logit KD", "student", "logit"),
+        Row("md", "QAT + MD (membrane + logit KD)", "student", "md"),
+        Row("mdonly", "QAT + membrane KD only", "student", "mdonly"),
+        Row("feature", "QAT + affine-projector feature KD only", "student", "feature"),
+        Row("feature_logit", "QAT + feature KD + logit KD", "student", "feature_logit"),
+        Row("ptq_sym", "symmetric grid: PTQ", "ptq", ptq_of="none_sym"),
+        Row("none_sym", "symmetric grid: QAT, no KD", "student", "none", _SYM),
+        Row("logit_sym", "symmetric grid: QAT + logit KD", "student", "logit", _SYM),
+        Row("md_sym", "symmetric grid: QAT + MD", "student", "md", _SYM),
+    ),
+    baseline="none",
+    datasets=_md_evidence_datasets,
+    paper=("MD-SNN (SPEC §7): distilling the FP teacher's membrane potentials into the low-bit "
+           "student recovers accuracy that QAT alone loses (CIFAR-10 MS-ResNet-18 T = 4 low-bit "
+           "94.27 %).",),
+    columns=("emd_to_fp",),
+    shared_teacher=True,
+    default_rows=("fp", "ptq", "none", "logit", "md", "ptq_sym", "none_sym", "logit_sym",
+                  "md_sym"),
+)
+
+_T1 = {"model.timesteps": 1, "distill.teacher_timesteps": 2}
+_ALL2 = {"model.quant.first_layer.kind": "same", "model.quant.last_layer.kind": "same"}
+# variant -> (method, dotted overrides, what it asks, the no-KD variant it is paired with).
+ABLATION_VARIANTS: dict[str, tuple[str, dict, str, str]] = {
+    "none": ("none", {}, "baseline: QAT, no KD", "none"),
+    "logit": ("logit", {}, "logit KD, β = 1, τ = 4 (table)", "none"),
+    "md": ("md", {}, "MD, α = 1, β = 1, τ = 4 (table)", "none"),
+    "mdonly": ("mdonly", {}, "membrane KD only, α = 1 (all LIF layers)", "none"),
+    "logit_tau1": ("logit", {"distill.temperature": 1.0}, "logit KD at τ = 1", "none"),
+    "mdonly_a10": ("mdonly", {"distill.alpha": 10.0}, "membrane KD only, α = 10", "none"),
+    "mdonly_rawmse": ("mdonly", {"distill.decorrelate": False},
+                      "membrane KD on raw membranes (no per-(t,c) standardisation)", "none"),
+    "mdonly_late": ("mdonly", {"distill.layers": LAST2},
+                    "membrane KD on the last two LIF layers only", "none"),
+    "T1_none": ("none", {"model.timesteps": 1}, "student T = 1, no KD", "T1_none"),
+    "T1_mdonly_prefix": ("mdonly", {**_T1, "distill.align": "prefix"},
+                         "student T = 1, teacher T = 2, align = prefix", "T1_none"),
+    "T1_mdonly_window": ("mdonly", {**_T1, "distill.align": "window_mean"},
+                         "student T = 1, teacher T = 2, align = window_mean", "T1_none"),
+    "mdonly_a0.1": ("mdonly", {"distill.alpha": 0.1}, "membrane KD only, α = 0.1", "none"),
+    "md_b0.1": ("md", {"distill.beta": 0.1}, "MD with a light logit term, α = 1, β = 0.1",
+                "none"),
+    "mdonly_early": ("mdonly", {"distill.layers": EARLY2},
+                     "membrane KD on the first two hidden LIF layers after the stem", "none"),
+    "feature": ("feature", {"distill.feature_layers": LAST3},
+                "affine-projector feature KD only (γ = 1, time-mean membranes of the last 3 LIF "
+                "layers)", "none"),
+    "all2_none": ("none", _ALL2, "first/last layer at the body's bits too, no KD", "all2_none"),
+    "all2_mdonly": ("mdonly", _ALL2, "first/last layer at the body's bits too, membrane KD only",
+                    "all2_none"),
+    "all2_md": ("md", _ALL2, "first/last layer at the body's bits too, MD", "all2_none"),
+}
+
+MD_ABLATION = Table(
+    name="md_ablation",
+    title="Why does (or doesn't) membrane distillation help? Ablations around the MD evidence",
+    rows=(Row("fp", "FP teacher", "teacher"),) + tuple(
+        Row(name, f"{name}: {what}", "student", method, tuple(over.items()))
+        for name, (method, over, what, _) in ABLATION_VARIANTS.items()),
+    baseline="none",
+    datasets=lambda scale: _md_evidence_datasets(scale, "8", "symmetric"),
+    paper=("MD-SNN (SPEC §7): membrane distillation with logit KD; no ablation figures to set "
+           "beside ours.",),
+    columns=("emd_to_fp",),
+    shared_teacher=True,
+    run_prefix="abl_",
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (MD_SNN, SPQUANT, EMD, FEATURE_KD, MD_EVIDENCE,
+                                                 MD_ABLATION)}
+BASELINES["md_evidence"] = {"fp": "fp", **{r.key: "none_sym" for r in MD_EVIDENCE.rows
+                                           if r.key.endswith("_sym")}}
+BASELINES["md_ablation"] = {"fp": "fp", **{k: v[3] for k, v in ABLATION_VARIANTS.items()}}
 
 # Seconds per table at each scale (3 seeds), measured: see ESTIMATE_NOTE.
 ESTIMATES_S: dict[str, dict[str, float | None]] = {
@@ -453,11 +619,16 @@ ESTIMATES_S: dict[str, dict[str, float | None]] = {
     "spquant": {"smoke": 70.0, "cpu": 1023.0, "full": None},
     "emd": {"smoke": None, "cpu": 1270.0, "full": None},
     "feature_kd": {"smoke": None, "cpu": 1949.0, "full": None},
+    "md_evidence": {"smoke": 45.0, "cpu": 2550.0, "full": None},
+    "md_ablation": {"smoke": 100.0, "cpu": 6200.0, "full": None},
 }
 ESTIMATE_NOTE = (
     "Times: measured with 3 seeds on a 2-core Xeon, each table's first run, everything trained "
     "(smoke: shared with other jobs, load ~4; cpu: load ~2-3, the first command's wall time; "
-    "results/tables/<table>.md gives the runs' training time). full is not estimated: it is the papers' setting "
+    "results/tables/<table>.md gives the runs' training time). md_evidence at cpu: its 5-seed "
+    "run's teacher (681 s) + 3/5 of its students (2,910 s) + measuring; md_ablation at cpu is "
+    "derived from those per-run times (18 variants × 3 seeds × 97 s), not run. full is not "
+    "estimated: it is the papers' setting "
     "for a GPU or TPU, which no run here has measured. Each table's training steps per seed "
     "are listed above.")
 
@@ -491,7 +662,8 @@ def check_scale(scale: str) -> str:
 
 def parse_seeds(text: str, scale: str) -> list[int]:
   """'0,1,2' -> [0, 1, 2]: distinct non-negative ints, at least MIN_SEEDS[scale]."""
-  check_scale(scale)
+  if scale != CONFIG_SCALE:
+    check_scale(scale)
   parts = [p.strip() for p in str(text).split(",") if p.strip()]
   need = MIN_SEEDS[scale]
   allowed = (f"allowed: a comma-separated list of at least {need} distinct non-negative integer "
@@ -526,25 +698,85 @@ def teacher_config(base, factor: int = 1) -> ml_collections.ConfigDict:
   return cfg
 
 
-def student_config(base, row: Row) -> ml_collections.ConfigDict:
-  cfg = override(base, row.overrides)
+def student_config(base, row: Row, taps: list[str] | None = None) -> ml_collections.ConfigDict:
+  """Row's student config: `base` with its overrides (`LifTaps` resolved against `taps`, the
+  model's LIF layers; found by an abstract forward when not given)."""
+  over = dict(row.overrides)
+  if any(isinstance(v, LifTaps) for v in over.values()):
+    taps = model_taps(base) if taps is None else taps
+    over = {k: v.resolve(taps) if isinstance(v, LifTaps) else v for k, v in over.items()}
+  cfg = override(base, over)
   if row.teacher_t_factor != 1:
     with cfg.unlocked():
       cfg.distill.teacher_timesteps = int(base.model.timesteps) * row.teacher_t_factor
   return cfg
 
 
-def row_configs(table: Table, dataset: Dataset) -> dict[str, Any]:
-  """{teacher key or row key: config} of every run of the table on `dataset` (seed unset)."""
+def plan(table: Table, dataset: Dataset) -> tuple[dict[str, Any], dict[str, str]]:
+  """({teacher key or row key: config} of every run of the table on `dataset` (seed unset),
+  {row key: why it cannot run here} of the rows that cannot).
+
+  Besides `Row.available`, a student row cannot run when it names LIF layers the model does
+  not have (`LifTaps`), or asks for a teacher at another T than its table's teacher."""
   base = dataset.build()
-  out: dict[str, Any] = {}
+  configs: dict[str, Any] = {}
+  notes: dict[str, str] = {}
+  taps = None
   for row in table.rows:
-    if not row.available(dataset.is_event)[0] or row.kind == "ptq":
+    ok, why = row.available(dataset.is_event)
+    if not ok:
+      notes[row.key] = why
+      continue
+    if row.kind == "ptq":
       continue
     if row.kind == "teacher":
-      out[TEACHERS[0]] = teacher_config(base)
-    else:
-      if row.teacher not in out:
-        out[row.teacher] = teacher_config(base, row.teacher_t_factor)
-      out[row.key] = student_config(base, row)
-  return out
+      configs[TEACHERS[0]] = teacher_config(base)
+      continue
+    if taps is None and any(isinstance(v, LifTaps) for _, v in row.overrides):
+      taps = model_taps(base)
+    try:
+      cfg = student_config(base, row, taps)
+    except ValueError as e:  # a LifTaps the model cannot fill
+      notes[row.key] = str(e)
+      continue
+    want = int(base.model.timesteps) * row.teacher_t_factor
+    asked = int(cfg.distill.get("teacher_timesteps") or 0)  # 0: the teacher runs at the student's T
+    if asked and asked != want:
+      notes[row.key] = (f"needs a teacher at T = {asked}, but this table's teacher runs at "
+                        f"T = {want} (the config's model.timesteps)")
+      continue
+    if row.teacher not in configs:
+      configs[row.teacher] = teacher_config(base, row.teacher_t_factor)
+    configs[row.key] = cfg
+  for row in table.rows:  # a PTQ row reads its source row's student
+    if row.kind == "ptq" and row.key not in notes and row.ptq_of not in configs:
+      notes[row.key] = f"its source row {row.ptq_of!r} does not run here"
+  return configs, notes
+
+
+def row_configs(table: Table, dataset: Dataset) -> dict[str, Any]:
+  """{teacher key or row key: config} of every run of the table on `dataset` (seed unset)."""
+  return plan(table, dataset)[0]
+
+
+def select_rows(table: Table, keys: Iterable[str] | None) -> Table:
+  """`table` with only the rows `keys` (None: `table.default_rows`, else all) and the rows they
+  need: the FP teacher, each row's Δ baseline and each PTQ row's source. An unknown key is a
+  ValueError listing the table's rows."""
+  if keys is None:
+    if table.default_rows is None:
+      return table
+    keys = table.default_rows
+  keys = [k for k in keys if k]
+  known = [r.key for r in table.rows]
+  unknown = [k for k in keys if k not in known]
+  if unknown or not keys:
+    raise ValueError(f"unknown rows {unknown} of table {table.name!r}; allowed: {known}"
+                     if unknown else f"no rows named; allowed: {known}")
+  want = set(keys) | {r.key for r in table.rows if r.kind == "teacher"}
+  by_key = {r.key: r for r in table.rows}
+  for k in list(want):
+    want.add(baseline_of(table, k))
+    if by_key[k].kind == "ptq":
+      want.add(by_key[k].ptq_of)
+  return dataclasses.replace(table, rows=tuple(r for r in table.rows if r.key in want))
