@@ -89,3 +89,17 @@ def test_reproduce_tables_in_readme_are_the_recorded_results():
     assert result["scale"] == "cpu" and len(result["seeds"]) >= 3, (f, result["seeds"])
     assert reproduce.render_summary(result) in text, f"README does not quote {f.name}"
     assert (f.with_suffix(".md")).read_text() == reproduce.render_markdown(result), f
+
+
+def test_current_code_ablation_in_readme_is_the_recorded_result():
+  # The investigation's re-run (launch/md_ablation.py on the table runner, one seed on
+  # md_cifar10.py) is quoted through reproduce.render_summary, verbatim.
+  import json
+
+  from mdsnn_jax.train import reproduce
+
+  f = RESULTS / "md_cifar10_ablation" / "ablation_current.json"
+  result = json.loads(f.read_text())
+  assert result["table"] == "md_ablation" and result["scale"] == "config"
+  assert reproduce.render_summary(result) in README.read_text()
+  assert f.with_suffix(".md").read_text() == reproduce.render_markdown(result)
