@@ -53,6 +53,7 @@ GAIN_FIELDS = ("edap_reduction", "tops_per_w_gain", "tops_per_mm2_gain")
 SALIENCY_EXAMPLES = report_lib.SALIENCY_EXAMPLES  # test images the saliency consistency uses
 SALIENCY_K = sal.DEFAULT_TOP_K  # top-k % of pixels for the IoU
 SHARED_TEACHER_TABLES = ("md_evidence", "md_ablation")  # rendered as accuracy tables
+CONFIG_SCALE = tables_lib.CONFIG_SCALE
 
 
 # ------------------------------------------------------------------- model structure
@@ -421,9 +422,11 @@ def _gains(fp_cost, q_cost) -> dict:
 
 
 def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: pathlib.Path,
-                seeds: list[int], *, overwrite: bool = False) -> dict:
-  """Trains (or reads back) every run of `table` on `dataset`, then measures every row."""
-  configs, notes = tables_lib.plan(table, dataset)
+                seeds: list[int], *, overwrite: bool = False,
+                plan: tuple[dict, dict] | None = None) -> dict:
+  """Trains (or reads back) every run of `table` on `dataset`, then measures every row.
+  plan: `tables.plan(table, dataset)` when the caller already made it."""
+  configs, notes = plan if plan is not None else tables_lib.plan(table, dataset)
   rows = list(table.rows)
   students = [r for r in rows if r.kind == "student" and r.key not in notes]
   teachers = [k for k in configs if k in tables_lib.TEACHERS or k.startswith("teacher")]
@@ -449,6 +452,10 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
   fp_saliency: dict[int, tuple] = {}
   by_key = {r.key: r for r in rows}
   loaded: dict[tuple, tuple] = {}
+
+  def student_dir(r, seed):
+    return root / f"{table.student_run(r.key)}_seed{seed}" / experiments.METHODS[r.method][0]
+
   for row in rows:
     if row.key in notes:
       out_rows.append(dict(key=row.key, label=row.label, available=False, note=notes[row.key]))
@@ -456,16 +463,12 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
     per_seed = []
     for seed in seeds:
       teacher_dir = root / table.teacher_run(tables_lib.TEACHERS[0], seed) / "fp"
-
-      def student_dir(r):
-        return root / f"{table.student_run(r.key)}_seed{seed}" / experiments.METHODS[r.method][0]
-
       if row.kind == "teacher":
         stage_dir, ptq = teacher_dir, None
       elif row.kind == "ptq":
-        stage_dir, ptq = student_dir(by_key[row.ptq_of]), teacher_dir
+        stage_dir, ptq = student_dir(by_key[row.ptq_of], seed), teacher_dir
       else:
-        stage_dir, ptq = student_dir(row), None
+        stage_dir, ptq = student_dir(row, seed), None
       key = (str(stage_dir), str(ptq))
       if key not in loaded:  # a shared teacher is one run for every seed: measured once
         run = load_run(stage_dir, ptq_teacher=ptq)
@@ -609,12 +612,7 @@ def check_inputs(table: str, scale: str, seeds: str,
   """Everything about the command line that can be wrong, before any training: the table
   (with only `rows` and what they need, `tables.select_rows`) and the seed list."""
   t = tables_lib.select_rows(tables_lib.get_table(table), rows)
-  if scale != CONFIG_SCALE:
-    tables_lib.check_scale(scale)
-  return t, tables_lib.parse_seeds(seeds, scale)
-
-
-CONFIG_SCALE = tables_lib.CONFIG_SCALE
+  return t, tables_lib.parse_seeds(seeds, scale)  # checks the scale first
 
 
 def config_dataset(config: ml_collections.ConfigDict) -> tables_lib.Dataset:
@@ -651,10 +649,10 @@ def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = 
   else:
     datasets = t.datasets(scale)
     roots = [workdir / t.name / ds.key for ds in datasets]
-  for ds in datasets:  # every config builds (an override naming a wrong field fails here)
-    tables_lib.row_configs(t, ds)
-  results = [run_dataset(t, ds, root, seed_list, overwrite=overwrite)
-             for ds, root in zip(datasets, roots)]
+  # Every config builds before any training (an override naming a wrong field fails here).
+  plans = [tables_lib.plan(t, ds) for ds in datasets]
+  results = [run_dataset(t, ds, root, seed_list, overwrite=overwrite, plan=plan)
+             for ds, root, plan in zip(datasets, roots, plans)]
   result = dict(table=t.name, title=t.title, scale=scale, seeds=seed_list, baseline=t.baseline,
                 paper=list(t.paper), datasets=results, unit="percent",
                 shared_teacher=t.shared_teacher,
