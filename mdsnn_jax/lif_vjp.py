@@ -14,6 +14,11 @@ Everything else is recomputed from h inside one reverse scan of fused elementwis
 and ∂L/∂θ summed over t from the same vjp. The decay λ is a constant here (not
 differentiated); the membrane quantizer must be a pure function of u (no traced
 parameters closed over); use `lif_scan` otherwise.
+
+Both scans are fully unrolled when T ≤ `FULL_UNROLL_MAX_T` (unroll=None): XLA:CPU then fuses
+the T steps of each element into one pass over memory instead of a loop that writes one
+[B, ...] slice per step, 2–4× faster per step for T ≤ 8 and no faster from T ≈ 10 on
+(`bench/lif_unroll.py`, BENCHMARKS.md), where the compile time of a full unroll keeps growing.
 """
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ import jax.numpy as jnp
 
 from mdsnn_jax.neuron import _concrete, lif_scan, prepare_lif, spike_and_reset
 from mdsnn_jax.surrogate import SpikeFn
+
+# The largest T whose scans run fully unrolled when unroll=None (see the module docstring).
+FULL_UNROLL_MAX_T = 8
 
 
 def fused_lif_scan(
@@ -38,9 +46,12 @@ def fused_lif_scan(
     detach_reset: bool = False,
     membrane_quantizer: Callable[[jax.Array], jax.Array] | None = None,
     u0: jax.Array | None = None,
+    unroll: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`lif_scan` (same arguments, same (spikes, membranes h, final state) result) with the
-  membrane-only backward above. decay must be a concrete number (ValueError otherwise)."""
+  membrane-only backward above. decay must be a concrete number (ValueError otherwise).
+  unroll: the `jax.lax.scan` unroll factor of the forward and the backward scan, a positive
+  int; None: T (fully unrolled) when T ≤ FULL_UNROLL_MAX_T, else 1."""
   spike_fn, decay_arr, theta, u = prepare_lif(
       currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate,
       alpha=alpha, u0=u0)
@@ -49,7 +60,12 @@ def fused_lif_scan(
     raise ValueError(f"fused_lif_scan needs a concrete scalar decay, got {decay!r}; use lif_scan "
                      f"for a traced or per-channel decay")
   del decay_arr
-  return _fused(float(d), spike_fn, reset, bool(detach_reset), membrane_quantizer,
+  t = int(currents.shape[0])
+  if unroll is None:
+    unroll = t if t <= FULL_UNROLL_MAX_T else 1
+  elif isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+    raise ValueError(f"unroll must be a positive int or None, got {unroll!r}")
+  return _fused(float(d), spike_fn, reset, bool(detach_reset), membrane_quantizer, min(unroll, t),
                 currents, theta, u)
 
 
@@ -59,18 +75,18 @@ def _post(h, theta, *, spike_fn, reset, detach_reset, membrane_quantizer):
                          membrane_quantizer=membrane_quantizer)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _fused(decay, spike_fn, reset, detach_reset, mq, currents, theta, u0):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
+def _fused(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0):
   return lif_scan(currents, decay=decay, threshold=theta, reset=reset, surrogate=spike_fn,
-                  detach_reset=detach_reset, membrane_quantizer=mq, u0=u0)
+                  detach_reset=detach_reset, membrane_quantizer=mq, u0=u0, unroll=unroll)
 
 
-def _fused_fwd(decay, spike_fn, reset, detach_reset, mq, currents, theta, u0):
-  s, h, u_t = _fused(decay, spike_fn, reset, detach_reset, mq, currents, theta, u0)
+def _fused_fwd(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0):
+  s, h, u_t = _fused(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0)
   return (s, h, u_t), (h, theta)
 
 
-def _fused_bwd(decay, spike_fn, reset, detach_reset, mq, res, cotangents):
+def _fused_bwd(decay, spike_fn, reset, detach_reset, mq, unroll, res, cotangents):
   h, theta = res
   g_s, g_h, g_final = cotangents
   post = functools.partial(_post, spike_fn=spike_fn, reset=reset, detach_reset=detach_reset,
@@ -85,7 +101,8 @@ def _fused_bwd(decay, spike_fn, reset, detach_reset, mq, res, cotangents):
     return (decay * dh, d_theta + dth), dh
 
   init = (g_final, jnp.zeros(theta.shape, jnp.float32))
-  (a0, d_theta), dx = jax.lax.scan(step, init, (h, g_s, g_h), reverse=True)
+  (a0, d_theta), dx = jax.lax.scan(step, init, (h, g_s, g_h), reverse=True,
+                                            unroll=unroll)
   return dx, d_theta.astype(theta.dtype), a0
 
 

@@ -1,14 +1,17 @@
 """fused_lif_scan: spikes / membranes / state identical to lif_scan, gradients equal to
-jax.grad of lif_scan (the plain reference), under jit, vmap and bf16."""
+jax.grad of lif_scan (the plain reference), under jit, vmap and bf16, with the scans as a
+loop (unroll=1) and fully unrolled (unroll=None at T ≤ FULL_UNROLL_MAX_T, or an explicit
+factor)."""
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdsnn_jax.lif_vjp import fused_lif_scan
+from mdsnn_jax.lif_vjp import FULL_UNROLL_MAX_T, fused_lif_scan
 from mdsnn_jax.neuron import lif_scan
 from mdsnn_jax.quant import make_membrane_quantizer
 
@@ -37,14 +40,17 @@ CASES += [dict(reset="hard", membrane_quantizer=lambda u: TERNARY.apply({}, u)),
           dict(reset="soft", surrogate="sigmoid", alpha=2.0, decay=0.25)]
 
 
+@pytest.mark.parametrize("unroll", [1, None, 3])
 @pytest.mark.parametrize("kw", CASES)
-def test_forward_identical_and_grads_match_under_jit(kw):
+def test_forward_identical_and_grads_match_under_jit(kw, unroll):
   x, theta, u0, w, v = _inputs()
-  for a, b in zip(fused_lif_scan(x, threshold=theta, u0=u0, **kw),
+  assert x.shape[0] <= FULL_UNROLL_MAX_T  # so unroll=None is the fully unrolled path
+  fused = functools.partial(fused_lif_scan, unroll=unroll)
+  for a, b in zip(fused(x, threshold=theta, u0=u0, **kw),
                   lif_scan(x, threshold=theta, u0=u0, **kw)):
     np.testing.assert_array_equal(a, b)
   g_ref = jax.grad(_loss(lif_scan, kw, w, v), argnums=(0, 1, 2))(x, theta, u0)
-  g = jax.jit(jax.grad(_loss(fused_lif_scan, kw, w, v), argnums=(0, 1, 2)))(x, theta, u0)
+  g = jax.jit(jax.grad(_loss(fused, kw, w, v), argnums=(0, 1, 2)))(x, theta, u0)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -73,6 +79,24 @@ def test_bf16_spikes_identical_grads_close():
     assert a.dtype == jnp.bfloat16
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * np.max(np.abs(b)))
+
+
+def test_long_sequences_keep_the_loop_and_agree():
+  # T above FULL_UNROLL_MAX_T: unroll=None is the loop; an explicit full unroll agrees with it.
+  x, theta, u0, w, v = _inputs(shape=(FULL_UNROLL_MAX_T + 3, 2, 4))
+  kw = dict(reset="hard", membrane_quantizer=lambda u: TERNARY.apply({}, u))
+  g = {u: jax.jit(jax.grad(_loss(functools.partial(fused_lif_scan, unroll=u), kw, w, v),
+                           argnums=(0, 1)))(x, theta, u0) for u in (None, x.shape[0])}
+  g_ref = jax.grad(_loss(lif_scan, kw, w, v), argnums=(0, 1))(x, theta, u0)
+  for u in g:
+    for a, b in zip(g[u], g_ref):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
+def test_bad_unroll_names_the_value(bad):
+  with pytest.raises(ValueError, match=f"unroll must be a positive int or None, got {bad!r}"):
+    fused_lif_scan(jnp.ones((3, 2)), unroll=bad)
 
 
 def test_traced_decay_raises():
