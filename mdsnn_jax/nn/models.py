@@ -216,13 +216,7 @@ class SpikingNet(nn.Module):
 
 
 def _broadcast_time(x: Array, t: int) -> Array:
-  """[1, B, ...] -> [T, B, ...], T copies of the static stem's output.
-
-  Built as a concatenation, not `jnp.broadcast_to`: the backward of a broadcast is a
-  reduce_sum over T, which XLA:CPU hands to a YNNPACK reduction that took ≈ 40 ms for VGG-9's
-  [4, 32, 32, 32, 64] stem (bench/profile_step.py); the concatenation's backward is T − 1
-  fused elementwise adds."""
-  return jnp.concatenate([x] * t, axis=0)
+  return jnp.broadcast_to(x, (t,) + x.shape[1:])
 
 
 def _avg_pool(x: Array, window: int = 2) -> Array:
