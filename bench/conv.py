@@ -10,7 +10,8 @@ jax's autodiff of lax.conv_general_dilated (`jax.vjp`); for 'fast' they are
 `conv_input_grad` / `conv_kernel_grad` of mdsnn_jax.nn.conv, and fwd+bwd is `jax.value_and_grad`
 through `conv2d(impl=...)`. `--variants` also times the alternatives that were considered for
 each backward piece (im2col by conv_general_dilated_patches or by concatenated shifted slices
-with one big matmul, the chunked scan at several chunk sizes; zero-inserted vs lhs-dilated
+with one big matmul, the chunked scan at several chunk sizes and with its two product forms,
+kh·kw products of K = Cin ('taps') or kh of K = kw·Cin ('rows'); zero-inserted vs lhs-dilated
 output gradient for stride 2; lhs-dilated conv vs matmul for 1×1), so the choices in conv.py
 can be re-checked on another machine.
 """
@@ -140,6 +141,11 @@ def bench_shape(shape, repeats: int, variants: bool) -> tuple[list[tuple], float
         lambda x, g: _wgrad_patches(x, g, k, k, strides, pads), x, g)
     add("variant", "wgrad concat slices+matmul",
         lambda x, g: _wgrad_concat(x, g, k, k, strides, pads), x, g)
+    if k > 1:  # conv_kernel_grad's two product forms ('auto' picks one of them)
+      for products in ("taps", "rows"):
+        add("variant", f"wgrad products={products}",
+            lambda x, g, products=products: conv_lib.conv_kernel_grad(
+                x, g, (k, k), strides, pads, products=products), x, g)
     for kib in (256, 512, 2048, 4096):
       add("variant", f"wgrad scan chunk {kib} KiB",
           lambda x, g, kib=kib: conv_lib.conv_kernel_grad(x, g, (k, k), strides, pads,

@@ -96,6 +96,44 @@ def test_pieces_match_xla_vjp_with_chunking():
     np.testing.assert_allclose(dk, dk_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("products", ["taps", "rows"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[5]}x{c[6]}_s{c[7]}_{c[8]}" for c in CASES])
+def test_kernel_grad_products_match_xla_vjp(case, products):
+  n, h, w, cin, cout, kh, kw, strides, padding = case
+  x, kernel = _random((n, h, w, cin), 9), _random((kh, kw, cin, cout), 10)
+  pads = conv_lib._resolve_padding(padding, (h, w), (kh, kw), strides)
+  y, vjp = jax.vjp(lambda k: _xla(x, k, strides, pads), kernel)
+  g = _random(y.shape, 11)
+  per_image = (h * w * cin + y.shape[1] * y.shape[2] * cout) * 4
+  for chunk_bytes in (per_image, 2 * per_image, 1 << 20):  # chunks of 1, 2 and all images
+    dk = conv_kernel_grad(x, g, (kh, kw), strides, pads, chunk_bytes=chunk_bytes,
+                          products=products)
+    np.testing.assert_allclose(dk, vjp(g)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_grad_auto_takes_rows_for_few_channels_on_a_large_map():
+  # 'auto' = 'rows' iff Cin ≤ 64 and H·W ≥ 32·32: same result either way, and the jaxpr
+  # shows the choice (kh products of K = kw·Cin vs kh·kw products of K = Cin).
+  def n_products(x, g):
+    jaxpr = jax.make_jaxpr(lambda x, g: conv_kernel_grad(x, g, (3, 3), 1, "SAME"))(x, g)
+    return str(jaxpr).count("dot_general")
+  big = _random((1, 32, 32, 4), 12), _random((1, 32, 32, 5), 13)
+  small = _random((1, 31, 32, 4), 12), _random((1, 31, 32, 5), 13)
+  wide = _random((1, 32, 32, 65), 12), _random((1, 32, 32, 5), 13)
+  strided = _random((1, 32, 32, 4), 12), _random((1, 16, 16, 5), 13)  # stride 2, 16×16 out
+  assert n_products(*big) == 3
+  assert n_products(*small) == n_products(*wide) == 9
+  jaxpr = jax.make_jaxpr(lambda x, g: conv_kernel_grad(x, g, (3, 3), 2, "SAME"))(*strided)
+  assert str(jaxpr).count("dot_general") == 3
+
+
+def test_kernel_grad_bad_products_names_the_value():
+  x, g = _random((1, 4, 4, 2), 0), _random((1, 4, 4, 3), 1)
+  with pytest.raises(ValueError, match=r"products must be one of \['auto', 'taps', 'rows'\], "
+                                       r"got 'cols'"):
+    conv_kernel_grad(x, g, (3, 3), 1, "SAME", products="cols")
+
+
 def test_second_order_reverse_mode_matches_xla():
   x, kernel = _random((2, 6, 6, 2), 7), _random((3, 3, 2, 3), 8)
 

@@ -14,7 +14,9 @@ whose "kernel" is the whole Ho×Wo output gradient), runs several times slower.
                                              Cin], padding (kh − 1 − lo, H − 1 − (Ho − 1)·s + lo);
                                              1×1 kernels: g·k[0, 0]ᵀ spread out by lax.pad
     dk[i, j] = Σ_c g_cᵀ · x_pad,c[:, i::s, j::s]     per chunk c, kh·kw matrix products
-                                                     [Cout, M_c] × [M_c, Cin]
+                                                     [Cout, M_c] × [M_c, Cin], or kh products
+                                                     [Cout, M_c] × [M_c, kw·Cin] of the kw
+                                                     slices of a kernel row side by side
 
 where the weight-gradient sum runs over chunks of a few images (`lax.scan`), so every shifted
 slice (the im2col of that chunk) stays in cache instead of a kh·kw-times-larger im2col copy of
@@ -39,6 +41,12 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Bytes of input + output-gradient per weight-gradient chunk: the chunk and its kh·kw shifted
 # slices should fit the per-core L2 (2 MiB on the machine we tuned on, see bench/conv.py).
 _WGRAD_CHUNK_BYTES = 1 << 20
+WGRAD_PRODUCTS = ("auto", "taps", "rows")
+# 'auto' takes 'rows' for few input channels on a large input map, where the kh·kw products
+# with K = Cin are too narrow: VGG-9's 64→64 conv on 32×32 (118 → 95 ms for N = 128) and the
+# stride-2 64→128 one (56 → 43 ms); at 16×16 or Cin ≥ 128 'rows' was no faster (bench/conv.py
+# --variants, BENCHMARKS.md).
+_ROWS_MAX_CIN, _ROWS_MIN_POSITIONS = 64, 32 * 32
 
 Padding = Union[str, Sequence[Sequence[int]]]
 
@@ -163,7 +171,7 @@ def conv_input_grad(g: jax.Array, kernel: jax.Array, input_hw: tuple[int, int],
 
 def conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int],
                      strides: int | Sequence[int], pads: Padding,
-                     chunk_bytes: int = _WGRAD_CHUNK_BYTES) -> jax.Array:
+                     chunk_bytes: int = _WGRAD_CHUNK_BYTES, products: str = "auto") -> jax.Array:
   """dL/dk [kh, kw, Cin, Cout] = Σ_{n, a, b} x_pad[n, s·a + i, s·b + j, :]ᵀ g[n, a, b, :],
   the kernel gradient of conv2d(x, k, strides, pads) for g = dL/dy [N, Ho, Wo, Cout].
 
@@ -173,13 +181,23 @@ def conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int],
   [M_c, Cout]. For kh·kw > 1, g is transposed once to [Cout, M_c] so that every product
   contracts the minor dimension of its left operand (XLA:CPU runs that form about twice as
   fast as [M_c, Cin]ᵀ·[M_c, Cout]); a 1×1 kernel has a single product, which would not repay
-  the transpose. Accumulates in float32 (or the input dtype if wider), returns x's dtype.
+  the transpose. products: 'taps' (kh·kw products, K = Cin), 'rows' (kh products whose right
+  operand is the kw shifted slices of kernel row i side by side, K = kw·Cin) or 'auto' ('rows'
+  when Cin ≤ 64 and the input has ≥ 32·32 positions, see WGRAD_PRODUCTS). Accumulates in
+  float32 (or the input dtype if wider), returns x's dtype.
   """
   kernel_hw = tuple(int(k) for k in kernel_hw)
   strides = _pair(strides, "strides")
   pads = _resolve_padding(pads, tuple(x.shape[1:3]), kernel_hw, strides)
   if chunk_bytes < 1:
     raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+  if products not in WGRAD_PRODUCTS:
+    raise ValueError(f"products must be one of {list(WGRAD_PRODUCTS)}, got {products!r}")
+  if products == "auto":
+    few_channels_large_map = (x.shape[3] <= _ROWS_MAX_CIN
+                              and x.shape[1] * x.shape[2] >= _ROWS_MIN_POSITIONS)
+    products = "rows" if few_channels_large_map else "taps"
+  rows = products == "rows" and kernel_hw[1] > 1
   n = x.shape[0]
   per_image = x[0].size * x.dtype.itemsize + g[0].size * g.dtype.itemsize
   target = int(max(1, min(n, chunk_bytes // max(per_image, 1))))
@@ -187,14 +205,15 @@ def conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int],
   if 2 * chunk <= target:
     chunk = target
   main = n - n % chunk
-  acc = _kernel_grad_scan(x[:main], g[:main], kernel_hw, strides, pads, chunk)
+  acc = _kernel_grad_scan(x[:main], g[:main], kernel_hw, strides, pads, chunk, rows)
   if main < n:
-    acc = acc + _kernel_grad_scan(x[main:], g[main:], kernel_hw, strides, pads, n - main)
+    acc = acc + _kernel_grad_scan(x[main:], g[main:], kernel_hw, strides, pads, n - main, rows)
   return acc.astype(x.dtype)
 
 
-def _kernel_grad_scan(x, g, kernel_hw, strides, pads, chunk):
-  """conv_kernel_grad's scan over len(x) // chunk chunks (len(x) a multiple of chunk)."""
+def _kernel_grad_scan(x, g, kernel_hw, strides, pads, chunk, rows):
+  """conv_kernel_grad's scan over len(x) // chunk chunks (len(x) a multiple of chunk); rows:
+  one product per kernel row (K = kw·Cin) instead of one per tap (K = Cin)."""
   kh, kw = kernel_hw
   n, _, _, cin = x.shape
   _, ho, wo, cout = g.shape
@@ -210,21 +229,29 @@ def _kernel_grad_scan(x, g, kernel_hw, strides, pads, chunk):
   else:
     dims = (((0,), (0,)), ((), ()))  # [M_c, Cin]ᵀ · [M_c, Cout] -> [Cin, Cout]
 
+  def tap(xp, i, j):  # the input slice that meets kernel tap (i, j): [chunk, Ho, Wo, Cin]
+    return xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+
   def body(acc, xg):
     xc, gc = xg
     xp = jnp.pad(xc, ((0, 0), pads[0], pads[1], (0, 0)))
-    taps = []
-    for i in range(kh):
-      for j in range(kw):
-        tap = xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw].reshape(-1, cin)
-        operands = (gc, tap) if transpose_g else (tap, gc)
-        taps.append(lax.dot_general(*operands, dims, preferred_element_type=acc_dtype))
-    return acc + jnp.stack(taps), None
+    if rows:
+      rights = [jnp.concatenate([tap(xp, i, j) for j in range(kw)], axis=-1) for i in range(kh)]
+    else:
+      rights = [tap(xp, i, j) for i in range(kh) for j in range(kw)]
+    products = []
+    for right in rights:
+      right = right.reshape(-1, right.shape[-1])
+      operands = (gc, right) if transpose_g else (right, gc)
+      products.append(lax.dot_general(*operands, dims, preferred_element_type=acc_dtype))
+    return acc + jnp.stack(products), None
 
-  acc_shape = (kh * kw, cout, cin) if transpose_g else (kh * kw, cin, cout)
+  k_rows = kw * cin if rows else cin
+  n_products = kh if rows else kh * kw
+  acc_shape = (n_products, cout, k_rows) if transpose_g else (n_products, k_rows, cout)
   acc, _ = lax.scan(body, jnp.zeros(acc_shape, acc_dtype), (xs, gs))
   if transpose_g:
-    acc = acc.transpose(0, 2, 1)
+    acc = acc.transpose(0, 2, 1)  # [n_products, k_rows, Cout]; k_rows = (j, c) for rows
   return acc.reshape(kh, kw, cin, cout)
 
 
