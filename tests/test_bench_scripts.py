@@ -1,0 +1,45 @@
+"""The benchmark scripts behind BENCHMARKS.md's new tables run end to end at toy size and
+write their tables (timings are not checked: speed lives in the benchmarks)."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, tmp_path):
+  out = subprocess.run([sys.executable, *args, "--out", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def test_lif_unroll_bench_writes_a_row_per_t_and_membrane(tmp_path):
+  stdout = _run(["bench/lif_unroll.py", "--timesteps", "2,9", "--rounds", "1",
+                 "--shape", "2,3,3,4"], tmp_path)
+  rows = json.loads((tmp_path / "lif_unroll.json").read_text())["rows"]
+  assert [(r["T"], r["membrane"]) for r in rows] == [(2, "FP"), (2, "ternary"), (9, "FP"),
+                                                     (9, "ternary")]
+  assert all(r["loop_ms_per_step"] > 0 and r["unrolled_ms_per_step"] > 0 for r in rows)
+  assert "| 9 | ternary |" in stdout and "FULL_UNROLL_MAX_T = 8" in stdout
+
+
+def test_lif_unroll_bench_refuses_bad_timesteps(tmp_path):
+  out = subprocess.run([sys.executable, "bench/lif_unroll.py", "--timesteps", "2,x"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "--timesteps must be comma-separated positive ints, got '2,x'" in out.stderr
+
+
+def test_conv_torch_bench_times_all_seven_convolutions(tmp_path):
+  pytest.importorskip("torch")
+  _run(["bench/conv_torch.py", "--repeats", "1", "--batch-divisor", "64"], tmp_path)
+  data = json.loads((tmp_path / "conv_torch.json").read_text())
+  assert len(data["rows"]) == 7
+  assert all(v > 0 for r in data["rows"] for v in r["ms"].values())
+  assert "| all seven |" in (tmp_path / "conv_torch.md").read_text()
