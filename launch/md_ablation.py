@@ -34,13 +34,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   rows = [v for v in _VARIANTS.value.split(",") if v] or None
-  reproduce.check_inputs("md_ablation", reproduce.CONFIG_SCALE, _SEEDS.value, rows)
-  reproduce.use_compile_cache(_WORKDIR.value)
-  result = reproduce.run_table("md_ablation", _WORKDIR.value, config=flags.FLAGS.config,
-                               rows=rows, seeds=_SEEDS.value, overwrite=_OVERWRITE.value,
-                               out=_OUT.value)
-  print(reproduce.render_summary(result))
-  print(f"Full table: {_WORKDIR.value}/{_OUT.value}.md (.json, .csv, .png)")
+  print(reproduce.run_on_config("md_ablation", _WORKDIR.value, flags.FLAGS.config, rows=rows,
+                                seeds=_SEEDS.value, overwrite=_OVERWRITE.value, out=_OUT.value))
 
 
 if __name__ == "__main__":

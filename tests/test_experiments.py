@@ -131,6 +131,7 @@ def test_md_table_and_ablation_end_to_end_on_digits(tmp_path):
   assert list(rows) == ["fp", "ptq", "none", "md"]
   assert 0 < rows["fp"]["accuracy"][0] <= 100 and rows["ptq"]["available"]
   assert "QAT + MD" in out
+  assert f"Full table: {tmp_path}/table.md (.json, .csv, .png)" in out
   for ext in ("md", "csv", "png"):
     assert (tmp_path / f"table.{ext}").stat().st_size > 0
   np.testing.assert_allclose(rows["md"]["delta_vs_baseline"]["delta"],

@@ -903,6 +903,18 @@ def machine_line(result: dict) -> str:
           f"the runs' wall times); wall time of this command {result['wall_seconds']:.0f} s")
 
 
+def run_on_config(table: str, workdir, config: ml_collections.ConfigDict, *,
+                  rows: Iterable[str] | None, seeds: str, overwrite: bool, out: str) -> str:
+  """`launch/md_table.py` / `md_ablation.py`: checks the inputs, keeps compiled programs in
+  <workdir>/.jax_cache, runs `table`'s rows on `config` (runs in <workdir> itself) and
+  returns the summary (`render_summary`) and where the full table files are."""
+  check_inputs(table, CONFIG_SCALE, seeds, rows)
+  use_compile_cache(workdir)
+  result = run_table(table, workdir, config=config, rows=rows, seeds=seeds, overwrite=overwrite,
+                     out=out)
+  return f"{render_summary(result)}\nFull table: {workdir}/{out}.md (.json, .csv, .png)"
+
+
 def render_summary(result: dict) -> str:
   """A table's headline results for README.md: per dataset its description and headline
   table (`main_table_lines`), then the command and the machine line. README quotes it
