@@ -62,6 +62,14 @@ def write_results(name: str, markdown: str, data: dict, out_dir: str | None = No
   return str(out / f"{name}.md")
 
 
+def publish(name: str, lines: list[str], data: dict, out_dir: str | None = None) -> None:
+  """Prints a bench's table (its lines) and writes it with `data` by `write_results`,
+  printing where."""
+  text = "\n".join(lines)
+  print(text)
+  print("wrote", write_results(name, text, data, out_dir))
+
+
 class tee_results:
   """`with tee_results('conv'): main()` prints as usual and, on success, also writes what
   was printed to results/bench/conv.md and conv.json (with provenance, `write_results`)."""

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, write_results  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 from mdsnn_jax.nn.conv import conv2d  # noqa: E402
 
@@ -113,10 +113,7 @@ def main() -> None:
   lines.append(f"| all seven | {totals['jax'][0]:.1f} | {totals['torch'][0]:.1f} | "
                f"{totals['jax'][1]:.1f} | {totals['torch'][1]:.1f} | "
                f"{totals['jax'][1] / totals['torch'][1]:.2f} |")
-  text = "\n".join(lines)
-  print(text)
-  print("wrote", write_results("conv_torch", text, {"rows": rows, "totals_ms": totals,
-                                                    "args": vars(a)}, a.out))
+  publish("conv_torch", lines, {"rows": rows, "totals_ms": totals, "args": vars(a)}, a.out)
 
 
 if __name__ == "__main__":

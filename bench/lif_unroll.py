@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, write_results  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 from mdsnn_jax.lif_vjp import FULL_UNROLL_MAX_T, fused_lif_scan  # noqa: E402
 from mdsnn_jax.quant import make_membrane_quantizer  # noqa: E402
@@ -86,9 +86,7 @@ def main() -> None:
                  f"{r['unrolled_ms_per_step']:.2f} | "
                  f"{r['loop_ms_per_step'] / r['unrolled_ms_per_step']:.2f} | "
                  f"{r['loop_compile_s']:.2f} / {r['unrolled_compile_s']:.2f} |")
-  text = "\n".join(lines)
-  print(text)
-  print("wrote", write_results("lif_unroll", text, {"rows": rows, "args": vars(a)}, a.out))
+  publish("lif_unroll", lines, {"rows": rows, "args": vars(a)}, a.out)
 
 
 if __name__ == "__main__":

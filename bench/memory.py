@@ -63,7 +63,7 @@ def main() -> None:
     remat, _, lif_impl = remat.partition("/")
     print(json.dumps(child(a.kind, int(t), remat, a.batch, a.steps, lif_impl or "auto")))
     return
-  from common import machine, write_results
+  from common import machine, publish
   ts = [int(t) for t in a.timesteps.split(",")]
   remats = a.remats.split(",")
   if any(t < 1 for t in ts) or a.batch < 1 or a.steps < 1:
@@ -93,9 +93,7 @@ def main() -> None:
              if base else "– | –")
       lines.append(f"| {t} | {remat} | {r['temp_mib']:.0f} | {r['rss_rise_mib']:.0f} | "
                    f"{r['step_s']:.2f} | {rel} | {r['load']:.1f} |")
-  text = "\n".join(lines)
-  print(text)
-  print("wrote", write_results("memory", text, {"results": results, "args": vars(a)}, a.out))
+  publish("memory", lines, {"results": results, "args": vars(a)}, a.out)
 
 
 if __name__ == "__main__":

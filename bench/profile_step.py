@@ -26,7 +26,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, write_results  # noqa: E402
+from common import machine, publish  # noqa: E402
 from train_step import make_jax_step  # noqa: E402
 
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = .*?op_name="([^"]*)"', re.M)
@@ -93,11 +93,9 @@ def main() -> None:
            f"in thunks", "", "| layer kind | pass | ms/step | share |", "|---|---|---|---|"]
   for (kind, direction), ms in sorted(totals.items(), key=lambda kv: -kv[1]):
     lines.append(f"| {kind} | {direction} | {ms:.0f} | {100 * ms / total:.0f}% |")
-  text = "\n".join(lines)
-  print(text)
   rows = [{"kind": k, "pass": d, "ms": ms} for (k, d), ms in totals.items()]
-  print("wrote", write_results(f"profile_step_{a.kind}", text,
-                               {"rows": rows, "wall_ms": 1e3 * wall, "args": vars(a)}, a.out))
+  data = {"rows": rows, "wall_ms": 1e3 * wall, "args": vars(a)}
+  publish(f"profile_step_{a.kind}", lines, data, a.out)
 
 
 if __name__ == "__main__":
