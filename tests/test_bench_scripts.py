@@ -43,3 +43,21 @@ def test_conv_torch_bench_times_all_seven_convolutions(tmp_path):
   assert len(data["rows"]) == 7
   assert all(v > 0 for r in data["rows"] for v in r["ms"].values())
   assert "| all seven |" in (tmp_path / "conv_torch.md").read_text()
+
+
+def test_kd_loss_bench_times_both_forms_and_checks_they_agree(tmp_path):
+  stdout = _run(["bench/kd_loss.py", "--batch", "1", "--timesteps", "2", "--rounds", "1"],
+                tmp_path)
+  data = json.loads((tmp_path / "kd_loss.json").read_text())
+  assert set(data["ms"]) == {"moment form (library)", "standardised form (reference)",
+                             "plain MSE, decorrelate=False (floor)"}
+  assert all(v > 0 for v in data["ms"].values())
+  assert data["value_rel_diff"] < 1e-5 and data["grad_max_rel_diff"] < 1e-3
+  assert "| moment form (library) |" in stdout
+
+
+def test_kd_loss_bench_refuses_a_bad_batch(tmp_path):
+  out = subprocess.run([sys.executable, "bench/kd_loss.py", "--batch", "0"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "--batch must be a positive int, got 0" in out.stderr

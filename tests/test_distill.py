@@ -366,7 +366,7 @@ def test_zero_temporal_weight_skips_the_temporal_term(monkeypatch):
   def boom(z):
     raise AssertionError("temporal term computed although temporal_weight == 0")
 
-  monkeypatch.setattr(distill, "_temporal_corr", boom)
+  monkeypatch.setattr(distill, "_time_gram", boom)
   loss, per_layer = membrane_kd_loss(student, teacher, temporal_weight=0, return_terms=True)
   np.testing.assert_allclose(loss, spatial_only, rtol=1e-6)
   assert float(with_tm) > float(loss)
@@ -576,3 +576,84 @@ def test_every_loss_returns_a_scalar_by_default_and_terms_on_request():
   assert float(kl["kl"]) * 4.0 == pytest.approx(float(logit_kd_loss(z_s, z_t, 2.0)), rel=1e-6)
   _, per_layer = membrane_kd_loss(u_s, u_t, return_terms=True)
   assert set(per_layer["l"]) == {"spatial", "temporal"}
+
+
+# ------------------------------------------------ membrane KD from moments (issue 13)
+
+
+def _standardized_layer_md(u_s, u_t, eps=EPS):
+  """The textbook form in plain JAX (standardise, then MSE and T×T correlations): the
+  reference for the moment form's value and, through jax.grad, its gradient."""
+  def standardize(u):
+    axes = tuple(range(1, u.ndim - 1))
+    d = u - jnp.mean(u, axis=axes, keepdims=True)
+    return d * jax.lax.rsqrt(jnp.mean(d * d, axis=axes, keepdims=True) + eps * eps)
+
+  def corr(z):
+    flat = z.reshape(z.shape[0], -1)
+    return flat @ flat.T / (flat.shape[1] * z.shape[0])
+
+  z_s, z_t = standardize(u_s), standardize(jax.lax.stop_gradient(u_t))
+  return jnp.mean((z_s - z_t) ** 2), jnp.mean((corr(z_s) - corr(z_t)) ** 2)
+
+
+def _gram_reference(d):
+  return jnp.einsum("imc,jmc->ijc", d, d, precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("m", [1, 7, 128, 300, 2048])
+def test_time_gram_matches_einsum_and_its_gradient(m):
+  rng = np.random.default_rng(m)
+  d = jnp.asarray(rng.normal(size=(4, m, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 4, 3)), jnp.float32)
+  np.testing.assert_allclose(jax.jit(distill._time_gram)(d), _gram_reference(d), rtol=2e-5,
+                             atol=1e-4)
+  loss = lambda f: lambda d: jnp.sum(f(d) * w)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(distill._time_gram)))(d),
+                             jax.grad(loss(_gram_reference))(d), rtol=2e-5, atol=1e-5)
+
+
+def test_time_gram_under_vmap_and_bfloat16():
+  rng = np.random.default_rng(3)
+  d = jnp.asarray(rng.normal(size=(2, 3, 64, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 5)), jnp.float32)
+  loss = lambda f: lambda d: jnp.sum(f(d) * w)
+  np.testing.assert_allclose(jax.vmap(distill._time_gram)(d), jax.vmap(_gram_reference)(d),
+                             rtol=2e-5, atol=1e-4)
+  np.testing.assert_allclose(jax.vmap(jax.grad(loss(distill._time_gram)))(d),
+                             jax.vmap(jax.grad(loss(_gram_reference)))(d), rtol=2e-5, atol=1e-5)
+  # bf16 spikes-like values are exact products: the Gram and its cotangent keep the dtype.
+  b = jnp.asarray(rng.integers(-1, 2, size=(3, 64, 5)), jnp.bfloat16)
+  g = distill._time_gram(b)
+  assert g.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(g, np.float32),
+                                np.asarray(_gram_reference(b.astype(jnp.float32))))
+  assert jax.grad(loss(distill._time_gram))(b).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 2, 2, 3), (3, 8, 5), (2, 4, 6, 6, 16)])
+def test_moment_form_matches_standardized_form_value_and_gradient(shape):
+  rng = np.random.default_rng(len(shape))
+  u_s = jnp.asarray(rng.normal(size=shape) * 0.8 + 0.3, jnp.float32)
+  u_t = jnp.asarray(rng.normal(size=shape) * 1.5 - 0.2, jnp.float32)
+  # A dead student channel and a dead teacher channel.
+  u_s, u_t = u_s.at[..., 0].set(0.3), u_t.at[..., 1].set(-0.7)
+  ours = lambda u: sum(distill._layer_md(u, u_t, decorrelate=True, with_temporal=True, eps=EPS))
+  ref = lambda u: sum(_standardized_layer_md(u, u_t))
+  np.testing.assert_allclose(ours(u_s), ref(u_s), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(jax.grad(ours))(u_s), jax.grad(ref)(u_s), rtol=1e-4,
+                             atol=1e-5 * float(jnp.max(jnp.abs(jax.grad(ref)(u_s)))))
+
+
+def test_moment_form_is_accurate_with_an_outlying_first_sample():
+  # A ternary-like membrane: almost all 0, a few at 1, and the first sample (the shift) at 1:
+  # E[d²] − E[d]² then subtracts two numbers near 1 to get a variance of about 1e-3.
+  rng = np.random.default_rng(0)
+  u_s = (rng.random((4, 64, 8, 8, 4)) < 1e-3).astype(np.float32)
+  u_s[:, 0, 0, 0, :] = 1.0
+  u_t = rng.normal(size=u_s.shape).astype(np.float32) + u_s
+  sp, tm = np_layer_md(u_s, u_t)
+  ours = distill._layer_md(jnp.asarray(u_s), jnp.asarray(u_t), decorrelate=True,
+                           with_temporal=True, eps=EPS)
+  np.testing.assert_allclose(ours[0], sp, rtol=1e-4)
+  np.testing.assert_allclose(ours[1], tm, rtol=1e-3, atol=1e-9)
