@@ -10,14 +10,15 @@ from flax import traverse_util
 
 from mdsnn_jax.neuron import lif_scan
 from mdsnn_jax.nn import create_model, default_model_config, init_variables
-from mdsnn_jax.nn.layers import LIF, NeuronConfig, time_chunk_for, time_chunked_lif_scan
+from mdsnn_jax.nn.layers import (LIF, NeuronConfig, parameter_free_lif, time_chunk_for,
+                                 time_chunked_lif_scan)
 
 QAT = {"weight": {"kind": "lsq", "bits": 2}, "membrane": {"kind": "ternary"},
        "first_layer": {"kind": "uniform", "bits": 8}, "last_layer": {"kind": "uniform", "bits": 8},
        "bn_fold": True}
 
 
-def _grads(name, remat, quant=None, timesteps=4, size=16, width=0.125):
+def _grads(name, remat, quant=None, timesteps=4, size=16, width=0.125, taps=True):
   cfg = default_model_config()
   cfg.name, cfg.width, cfg.timesteps, cfg.remat = name, width, timesteps, remat
   if quant is not None:
@@ -28,10 +29,10 @@ def _grads(name, remat, quant=None, timesteps=4, size=16, width=0.125):
 
   def loss(params):
     logits, cols = model.apply({**variables, "params": params}, x, train=True,
-                               mutable=["batch_stats", "quant_state", "membranes"])
-    taps = sum(jnp.mean(h[0] ** 2) for h in jax.tree_util.tree_leaves(
-        cols["membranes"], is_leaf=lambda l: isinstance(l, tuple)))
-    return jnp.sum(jnp.sin(logits.mean(0))) + 0.1 * taps, cols["batch_stats"]
+                               mutable=["batch_stats", "quant_state"] + ["membranes"] * taps)
+    tap_loss = sum(jnp.mean(h[0] ** 2) for h in jax.tree_util.tree_leaves(
+        cols.get("membranes", {}), is_leaf=lambda l: isinstance(l, tuple)))
+    return jnp.sum(jnp.sin(logits.mean(0))) + 0.1 * tap_loss, cols["batch_stats"]
 
   (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
   return variables, value, stats, grads
@@ -49,11 +50,11 @@ SLOW = pytest.mark.slow
     pytest.param("vgg9", "time", QAT, marks=SLOW), pytest.param("vgg9", "layer", QAT, marks=SLOW),
     pytest.param("msresnet18", "layer", QAT, marks=SLOW),
     pytest.param("sewresnet18", "time", None, marks=SLOW)])
-def test_remat_gradients_equal_none(name, remat, quant):
+def test_remat_gradients_equal_none(name, remat, quant, taps=True):
   size = 32 if "resnet" in name else 16
   width = 1 / 16 if "resnet" in name else 0.125
-  v0, l0, s0, g0 = _grads(name, "none", quant, size=size, width=width)
-  v1, l1, s1, g1 = _grads(name, remat, quant, size=size, width=width)
+  v0, l0, s0, g0 = _grads(name, "none", quant, size=size, width=width, taps=taps)
+  v1, l1, s1, g1 = _grads(name, remat, quant, size=size, width=width, taps=taps)
   f0, f1 = _flat(v0), _flat(v1)
   assert f0.keys() == f1.keys()  # remat renames nothing
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
@@ -65,6 +66,31 @@ def test_remat_gradients_equal_none(name, remat, quant):
     for path in t0:
       scale = np.max(np.abs(t0[path])) + 1e-12
       np.testing.assert_allclose(t1[path] / scale, t0[path] / scale, atol=1e-5, err_msg=path)
+
+
+@pytest.mark.parametrize("quant", [None, pytest.param(QAT, marks=SLOW)])
+def test_remat_layer_recomputing_the_lif_gradients_equal_none(quant):
+  # Without collected taps, VGG's conv + BN + LIF run as one recomputed unit
+  # (Builder.conv_bn_lif): same values, gradients and BN statistics as no remat.
+  test_remat_gradients_equal_none("vgg9", "layer", quant, taps=False)
+
+
+def test_parameter_free_lif_is_the_lif_layer_or_none():
+  x = 1.5 * jax.random.normal(jax.random.key(2, impl="rbg"), (5, 2, 3, 3, 4))
+  for neuron, mq in ((NeuronConfig(), None), (NeuronConfig(reset="soft", decay=0.25), None),
+                     (NeuronConfig(), {"kind": "ternary"})):
+    spikes = parameter_free_lif(neuron, mq)
+    layer = LIF(neuron, mq, impl="fused", full_unroll=True)
+    variables = layer.init(jax.random.key(0, impl="rbg"), x)
+    if jax.tree_util.tree_leaves(variables.get("params", {})):
+      assert spikes is None  # a quantizer with parameters
+      continue
+    np.testing.assert_array_equal(spikes(x), layer.apply(variables, x))
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jnp.sin(spikes(x)) * x))(x),
+                               jax.grad(lambda x: jnp.sum(jnp.sin(layer.apply(variables, x)) * x))(x),
+                               rtol=1e-6)
+  assert parameter_free_lif(NeuronConfig(learn_threshold=True), None) is None
+  assert parameter_free_lif(NeuronConfig(prune_prior=0.1), None) is None
 
 
 @pytest.mark.parametrize("t,chunk", [(8, 4), (6, 3), (5, 5), (4, 1)])
@@ -139,3 +165,8 @@ def test_remat_custom_vjp_under_vmap_and_bf16(remat):
     assert a.dtype == jnp.float32
     scale = float(np.max(np.abs(b))) + 1e-6
     np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=0.05)
+
+
+@SLOW
+def test_sew_resnet_remat_layer_recomputing_the_lif_gradients_equal_none():
+  test_remat_gradients_equal_none("sewresnet18", "layer", None, taps=False)

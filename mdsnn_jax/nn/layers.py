@@ -217,6 +217,27 @@ def _has_leaves(fn, *args) -> bool:
   return bool(jax.tree_util.tree_leaves(jax.eval_shape(fn, *args)))
 
 
+def parameter_free_lif(neuron: NeuronConfig, membrane_quant: Any):
+  """x [T, B, ..., C] -> spikes: what `LIF(neuron, membrane_quant, impl='fused',
+  full_unroll=True)` computes, as a pure function, for a LIF that has no parameters (fixed θ,
+  a membrane quantizer without parameters, no prune prior); None for one that has. A
+  recomputed unit (`models.recompute_in_backward`) can then hold the LIF too: a closed-over
+  parameter would get no gradient there."""
+  if neuron.learn_threshold or neuron.prune_prior is not None:
+    return None
+  mq = resolve_membrane_quantizer(membrane_quant)
+  if mq is not None and _has_leaves(mq.init_params):
+    return None
+  mq_fn = None if mq is None else functools.partial(mq.apply, {})
+
+  def spikes(x: Array) -> Array:
+    return fused_lif_scan(x, decay=neuron.decay, threshold=neuron.threshold, reset=neuron.reset,
+                          surrogate=neuron.surrogate, alpha=neuron.alpha,
+                          detach_reset=neuron.detach_reset, membrane_quantizer=mq_fn,
+                          unroll=x.shape[0])[0]
+  return spikes
+
+
 # ----------------------------------------------------------------------------------------
 # Flax modules.
 
@@ -232,12 +253,16 @@ class LIF(nn.Module):
   with parameters needs `lif_scan`; 'scan' is `lif_scan` and its autodiff; 'auto' is 'fused'
   on CPU and 'scan' on GPU/TPU (`resolve_lif_impl`). remat_time (model.remat='time'): the
   recurrence runs as `time_chunked_lif_scan` with c = `time_chunk_for(T)`, which keeps only
-  every c-th state for the backward pass and recomputes the steps in between.
+  every c-th state for the backward pass and recomputes the steps in between. full_unroll
+  (model.remat='layer'): the fused recurrence runs fully unrolled at every T, not only up to
+  `lif_vjp.FULL_UNROLL_MAX_T`: no loop buffers stacked per step, for less peak memory
+  (BENCHMARKS.md, memory vs T) at a slower LIF from T ≈ 10 on.
   """
   neuron: NeuronConfig = NeuronConfig()
   membrane_quant: Any = None
   remat_time: bool = False
   impl: str = "scan"
+  full_unroll: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -266,7 +291,7 @@ class LIF(nn.Module):
       s, h = time_chunked_lif_scan(x, time_chunk_for(x.shape[0]), **lif_kwargs)
     elif impl == "fused" and cfg.prune_prior is None and not mq_params:
       # (a learned membrane quantizer's parameters would be closed over: scan autodiff then)
-      s, h, _ = fused_lif_scan(x, **lif_kwargs)
+      s, h, _ = fused_lif_scan(x, unroll=x.shape[0] if self.full_unroll else None, **lif_kwargs)
     elif cfg.prune_prior is None:
       s, h, _ = lif_scan(x, **lif_kwargs)
     else:

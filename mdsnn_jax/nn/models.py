@@ -35,7 +35,8 @@ import ml_collections
 from flax import traverse_util
 from flax.core import unfreeze
 
-from mdsnn_jax.nn.layers import LIF, ChannelGate, NeuronConfig, QConvBN, QDense, QuantConfig
+from mdsnn_jax.nn.layers import (LIF, ChannelGate, NeuronConfig, QConvBN, QDense, QuantConfig,
+                                 parameter_free_lif)
 
 Array = jax.Array
 
@@ -56,7 +57,9 @@ BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantC
 
 # model.remat: 'none'; 'layer': every conv + BN unit keeps only its input for the backward
 # pass (bfloat16 where the input is spikes: exact) and recomputes conv and BN there
-# (`recompute_in_backward`), and every LIF keeps only its membranes (lif_vjp); 'time':
+# (`recompute_in_backward`); the LIF after it is recomputed in the same unit where it has no
+# parameters and the taps are not collected (`Builder.conv_bn_lif`: VGG, SEW-ResNet), and
+# otherwise keeps only its membranes (lif_vjp, fully unrolled); 'time':
 # every LIF recurrence keeps only every c-th state (c ≈ √T, `layers.time_chunked_lif_scan`)
 # and recomputes the steps in between.
 REMATS = ("none", "layer", "time")
@@ -88,10 +91,8 @@ class Builder:
     """conv + tdBN; weight_quant BODY = the body's quantizer (quant.weight). With remat
     'layer' the unit runs under `recompute_in_backward`, keeping its input (in bfloat16 when
     spike_input says the input is spikes, spike counts or their 2×2 means, all exact there)."""
-    wq = self.quant.weight if weight_quant is BODY else weight_quant
-    unit = QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
-                   bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,
-                   scale_init=scale_init, name=name)
+    unit = self.qconv_bn(features, name=name, strides=strides, kernel_size=kernel_size,
+                         weight_quant=weight_quant, scale_init=scale_init)
     if self.remat == "layer":
       unit = functools.partial(recompute_in_backward, unit,
                                residual_dtype=jnp.bfloat16 if spike_input else None)
@@ -100,6 +101,36 @@ class Builder:
     # The gate sits outside the recomputed unit: its sown loss must keep its gradient.
     gate = self.gate(name)
     return lambda x, train: gate(x, unit(x, train))
+
+  def qconv_bn(self, features: int, *, name: str, strides: int = 1, kernel_size: int = 3,
+               weight_quant: Any = BODY, scale_init: float = 1.0) -> QConvBN:
+    wq = self.quant.weight if weight_quant is BODY else weight_quant
+    return QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
+                   bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,
+                   scale_init=scale_init, name=name)
+
+  def conv_bn_lif(self, features: int, *, name: str, lif_name: str, taps: bool,
+                  time_steps: int | None = None, spike_input: bool = True, **conv_kw
+                  ) -> Callable[[Array, bool], Array]:
+    """conv + tdBN (`conv_bn`, its output broadcast to time_steps steps when given: a static
+    stem) + LIF 'lif_name' -> spikes. Under remat 'layer', when the LIF has no parameters
+    (`layers.parameter_free_lif`), there is no channel gate and the caller does not collect
+    the taps (`taps`: the LIF's sown membranes would get no gradient inside the unit), the
+    three run as one `recompute_in_backward` unit: it keeps only its input and recomputes the
+    LIF's membranes too, instead of keeping them for the LIF's backward."""
+    def broadcast(y):
+      return y if time_steps is None else _broadcast_time(y, time_steps)
+
+    lif = None
+    if self.remat == "layer" and not taps and self.neuron.gate_rho is None:
+      lif = parameter_free_lif(self.neuron, self.quant.membrane)
+    if lif is None:
+      unit = self.conv_bn(features, name=name, spike_input=spike_input, **conv_kw)
+      lif_layer = self.lif(lif_name)
+      return lambda x, train: lif_layer(broadcast(unit(x, train)))
+    return functools.partial(recompute_in_backward, self.qconv_bn(features, name=name, **conv_kw),
+                             residual_dtype=jnp.bfloat16 if spike_input else None,
+                             post=lambda y: lif(broadcast(y)))
 
   def gate(self, name: str) -> Callable[[Array, Array], Array]:
     """(x, y) -> y, or SpQuant's learned channel gate m·y (`ChannelGate` '{name}_gate', from
@@ -112,10 +143,11 @@ class Builder:
     return ChannelGate(self.neuron.gate_rho, name=f"{name}_gate")
 
   def lif(self, name: str) -> LIF:
-    # remat 'layer' keeps only the membranes of a LIF: the fused custom-VJP recurrence
-    impl = "fused" if self.remat == "layer" else self.lif_impl
-    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time", impl=impl,
-               name=name)
+    # remat 'layer' keeps only the membranes of a LIF: the fused custom-VJP recurrence, fully
+    # unrolled (its loop form stacks per-step buffers that held most of the T = 16 peak)
+    layer = self.remat == "layer"
+    return LIF(self.neuron, self.quant.membrane, remat_time=self.remat == "time",
+               impl="fused" if layer else self.lif_impl, full_unroll=layer, name=name)
 
   def dense(self, features: int, *, name: str, weight_quant: Any = BODY) -> QDense:
     wq = self.quant.weight if weight_quant is BODY else weight_quant
@@ -133,30 +165,32 @@ def _opaque_zero(g: Array, dtype) -> Array:
 
 
 def recompute_in_backward(module: nn.Module, x: Array, train: bool, *,
-                          residual_dtype=None) -> Array:
-  """module(x, train) for a bound child module, under a custom VJP that keeps only x (cast
-  to residual_dtype when given: the caller vouches that this is exact) and the module's
-  variables, and re-runs the module in the backward pass. Same outputs, variable updates and
-  gradients as module(x, train)."""
+                          residual_dtype=None, post: Callable[[Array], Array] | None = None
+                          ) -> Array:
+  """post(module(x, train)) for a bound child module and a pure function post (default:
+  identity), under a custom VJP that keeps only x (cast to residual_dtype when given: the
+  caller vouches that this is exact) and the module's variables, and re-runs both in the
+  backward pass. Same outputs, variable updates and gradients as post(module(x, train))."""
+  post = post or (lambda y: y)
   if module.is_initializing() or not train:
-    return module(x, train)
+    return post(module(x, train))
   pure_module = module.clone(parent=None)
   dtype = x.dtype
 
   def fn(mdl, x):
-    return mdl(x, train)
+    return post(mdl(x, train))
 
   def fwd(mdl, x):
     before = mdl.variables  # before any quant_state update, as the forward saw it
-    y = mdl(x, train)
+    y = post(mdl(x, train))
     return y, (before, x if residual_dtype is None else x.astype(residual_dtype))
 
   def bwd(residuals, g):
     before, xr = residuals
 
     def pure(params, x):
-      return pure_module.apply({**before, "params": params}, x, train,
-                               mutable=list(TRAIN_MUTABLE))[0]
+      return post(pure_module.apply({**before, "params": params}, x, train,
+                                    mutable=list(TRAIN_MUTABLE))[0])
 
     _, vjp = jax.vjp(pure, before["params"], xr.astype(dtype) + _opaque_zero(g, dtype))
     d_params, dx = vjp(g)
@@ -215,6 +249,11 @@ class SpikingNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
+def _collects_taps(module: nn.Module) -> bool:
+  """Whether this apply collects the LIF taps (sown membranes or spikes)."""
+  return module.is_mutable_collection("membranes") or module.is_mutable_collection("spikes")
+
+
 def _broadcast_time(x: Array, t: int) -> Array:
   return jnp.broadcast_to(x, (t,) + x.shape[1:])
 
@@ -237,17 +276,17 @@ class SpikingVGG(SpikingNet):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
+    taps = _collects_taps(self)
     i = 0
     for spec in self.layers:
       if spec == "P":
         h = _avg_pool(h)
         continue
       # after the first layer every conv input is spikes or their 2×2 means: exact in bf16
-      h = self.build.conv_bn(self.ch(spec), name=f"conv{i}", spike_input=i > 0,
-                             weight_quant=self.quant.first if i == 0 else BODY)(h, train)
-      if i == 0 and static:
-        h = _broadcast_time(h, t)
-      h = self.build.lif(f"lif{i}")(h)
+      h = self.build.conv_bn_lif(self.ch(spec), name=f"conv{i}", lif_name=f"lif{i}", taps=taps,
+                                 time_steps=t if i == 0 and static else None,
+                                 spike_input=i > 0,
+                                 weight_quant=self.quant.first if i == 0 else BODY)(h, train)
       i += 1
     return self.classifier(h.reshape(h.shape[:2] + (-1,)), train)
 
@@ -288,14 +327,13 @@ class SEWBlock(nn.Module):
 
   @nn.compact
   def __call__(self, s: Array, train: bool = False) -> Array:
-    y = self.build.conv_bn(self.features, strides=self.strides, name="conv1")(s, train)
-    y = self.build.lif("lif1")(y)
-    y = self.build.conv_bn(self.features, name="conv2")(y, train)
-    y = self.build.lif("lif2")(y)
+    taps = _collects_taps(self)
+    y = self.build.conv_bn_lif(self.features, strides=self.strides, name="conv1",
+                               lif_name="lif1", taps=taps)(s, train)
+    y = self.build.conv_bn_lif(self.features, name="conv2", lif_name="lif2", taps=taps)(y, train)
     if self.strides != 1 or s.shape[-1] != self.features:
-      s = self.build.conv_bn(self.features, strides=self.strides, kernel_size=1,
-                             name="downsample")(s, train)
-      s = self.build.lif("downsample_lif")(s)
+      s = self.build.conv_bn_lif(self.features, strides=self.strides, kernel_size=1,
+                                 name="downsample", lif_name="downsample_lif", taps=taps)(s, train)
     return y + s
 
 
@@ -350,11 +388,9 @@ class SEWResNet(SpikingNet):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
     h, t, static = self.time_major(x, timesteps)
-    h = self.build.conv_bn(self.ch(self.stem_channels), weight_quant=self.quant.first,
-                           spike_input=False, name="stem")(h, train)
-    if static:
-      h = _broadcast_time(h, t)
-    h = self.build.lif("stem_lif")(h)
+    h = self.build.conv_bn_lif(self.ch(self.stem_channels), weight_quant=self.quant.first,
+                               spike_input=False, name="stem", lif_name="stem_lif",
+                               taps=_collects_taps(self), time_steps=t if static else None)(h, train)
     for i, (c, n, s) in enumerate(self.stages):
       h = Stage(self.build, SEWBlock, self.ch(c), n, s, name=f"layer{i + 1}")(h, train)
     return self.classifier(h.mean(axis=(2, 3)), train)
