@@ -61,3 +61,13 @@ def test_kd_loss_bench_refuses_a_bad_batch(tmp_path):
                        capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "--batch must be a positive int, got 0" in out.stderr
+
+
+def test_hostmem_bench_runs_both_settings(tmp_path):
+  stdout = _run(["bench/hostmem.py", "--kinds", "fp", "--rounds", "1", "--steps", "1",
+                 "--batch", "1"], tmp_path)
+  rows = json.loads((tmp_path / "hostmem.json").read_text())["rows"]
+  assert [r["malloc"] for r in rows] == ["4 KiB pages (as started, reference)",
+                                         "huge pages (glibc.malloc.hugetlb=1)"]
+  assert all(r["ms"] > 0 and r["faults"] >= 0 for r in rows)
+  assert "| fp | huge pages (glibc.malloc.hugetlb=1) |" in stdout
