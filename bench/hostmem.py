@@ -2,9 +2,12 @@
 
     python bench/hostmem.py [--kinds fp,qat] [--rounds 3] [--steps 4] [--batch 32]
 
-Every round runs one subprocess per setting, alternately: the process as started (the
-reference) and with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (what `mdsnn_jax.hostmem` restarts
-the launchers with). Each compiles the library's step (bench/train_step.py `make_jax_step`,
+XLA:CPU allocates a step's scratch buffer afresh at every execution and glibc serves one
+that large with mmap, so the buffer faults in again, 4 KiB page by page, at every step;
+glibc ≥ 2.35 can back such mappings with 2 MiB transparent huge pages instead (the tunable
+below, read at process start; the kernel's THP mode must be 'madvise' or 'always'). Every
+round runs one subprocess per setting, alternately: the process as started (the reference)
+and with GLIBC_TUNABLES=glibc.malloc.hugetlb=1. Each compiles the library's step (bench/train_step.py `make_jax_step`,
 conv and LIF 'auto', T = 4), runs one warm-up step, then `--steps` timed steps, and reports
 the median ms per step and the minor page faults per step (getrusage). The table gives the
 median over rounds.

@@ -104,6 +104,7 @@ class Builder:
 
   def qconv_bn(self, features: int, *, name: str, strides: int = 1, kernel_size: int = 3,
                weight_quant: Any = BODY, scale_init: float = 1.0) -> QConvBN:
+    """The bare conv + tdBN module with this builder's quantizers and conv_impl."""
     wq = self.quant.weight if weight_quant is BODY else weight_quant
     return QConvBN(features, kernel_size, strides, weight_quant=wq, bn_fold=self.quant.bn_fold,
                    bias_bits=self.quant.bias_bits, conv_impl=self.conv_impl,

@@ -24,7 +24,6 @@ from typing import Callable
 
 from absl import app, flags, logging
 
-from mdsnn_jax import hostmem
 from mdsnn_jax.train.loop import DivergenceError, Interrupted, StaleRunError, WorkdirLockedError
 
 USAGE_EXIT = 2
@@ -131,7 +130,4 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """A launcher's entry point: restarts with glibc's malloc on huge pages where that helps
-  (`hostmem.reexec_with_thp_malloc`), then runs main under absl with our flag parser."""
-  hostmem.reexec_with_thp_malloc()
   app.run(guarded(main), flags_parser=parse_flags)
