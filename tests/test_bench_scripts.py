@@ -29,11 +29,17 @@ def test_lif_unroll_bench_writes_a_row_per_t_and_membrane(tmp_path):
   assert "| 9 | ternary |" in stdout and "FULL_UNROLL_MAX_T = 8" in stdout
 
 
-def test_lif_unroll_bench_refuses_bad_timesteps(tmp_path):
-  out = subprocess.run([sys.executable, "bench/lif_unroll.py", "--timesteps", "2,x"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("args,message", [
+    (["bench/lif_unroll.py", "--timesteps", "2,x"],
+     "--timesteps must be comma-separated positive ints, got '2,x'"),
+    (["bench/kd_loss.py", "--batch", "0"], "--batch must be a positive int, got 0"),
+    (["bench/hostmem.py", "--kinds", "fp,xyz"], "--kinds must be from fp,qat,md (got 'fp,xyz')"),
+])
+def test_bench_refuses_bad_input_before_any_work(args, message):
+  out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
   assert out.returncode != 0
-  assert "--timesteps must be comma-separated positive ints, got '2,x'" in out.stderr
+  assert message in out.stderr
 
 
 def test_conv_torch_bench_times_all_seven_convolutions(tmp_path):
@@ -54,13 +60,6 @@ def test_kd_loss_bench_times_both_forms_and_checks_they_agree(tmp_path):
   assert all(v > 0 for v in data["ms"].values())
   assert data["value_rel_diff"] < 1e-5 and data["grad_max_rel_diff"] < 1e-3
   assert "| moment form (library) |" in stdout
-
-
-def test_kd_loss_bench_refuses_a_bad_batch(tmp_path):
-  out = subprocess.run([sys.executable, "bench/kd_loss.py", "--batch", "0"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0
-  assert "--batch must be a positive int, got 0" in out.stderr
 
 
 def test_hostmem_bench_runs_both_settings(tmp_path):
