@@ -1,10 +1,34 @@
 """Shared fixtures. Tests run on CPU; x64 stays off (the library's default precision)."""
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
+
+
+def _share_compiled_programs() -> None:
+  """One persistent XLA compilation cache for the whole test session: its workers (pytest-xdist
+  spawns them with this process's environment) and every launcher the tests start as a
+  subprocess. Many end-to-end tests compile the same digits programs in fresh processes; a hit
+  loads the executable XLA compiled before, so the results are the same, only sooner. A cache the
+  caller set (JAX_COMPILATION_CACHE_DIR) is used as it is."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  path = tempfile.mkdtemp(prefix="mdsnn-jax-test-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  # No size limit: with one, jax rescans the whole folder at every write (thousands of entries
+  # here), which made the suite slower, not faster. An entry a worker reads while another
+  # still writes it fails to decompress, and jax then compiles instead (a warning, no error).
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+# At import, before any test module imports jax (which reads these variables then).
+_share_compiled_programs()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("MDSNN_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -228,14 +228,20 @@ def parameter_free_lif(neuron: NeuronConfig, membrane_quant: Any):
   mq = resolve_membrane_quantizer(membrane_quant)
   if mq is not None and _has_leaves(mq.init_params):
     return None
-  mq_fn = None if mq is None else functools.partial(mq.apply, {})
+  lif_kwargs = _lif_kwargs(neuron, neuron.threshold,
+                           None if mq is None else functools.partial(mq.apply, {}))
 
   def spikes(x: Array) -> Array:
-    return fused_lif_scan(x, decay=neuron.decay, threshold=neuron.threshold, reset=neuron.reset,
-                          surrogate=neuron.surrogate, alpha=neuron.alpha,
-                          detach_reset=neuron.detach_reset, membrane_quantizer=mq_fn,
-                          unroll=x.shape[0])[0]
+    return fused_lif_scan(x, unroll=x.shape[0], **lif_kwargs)[0]
   return spikes
+
+
+def _lif_kwargs(neuron: NeuronConfig, threshold, membrane_quantizer) -> dict:
+  """The recurrence's keyword arguments shared by lif_scan, fused_lif_scan and their
+  variants, so `parameter_free_lif` and `LIF` cannot drift apart."""
+  return dict(decay=neuron.decay, threshold=threshold, reset=neuron.reset,
+              surrogate=neuron.surrogate, alpha=neuron.alpha, detach_reset=neuron.detach_reset,
+              membrane_quantizer=membrane_quantizer)
 
 
 # ----------------------------------------------------------------------------------------
@@ -284,9 +290,7 @@ class LIF(nn.Module):
       mq_params = self.param("mq", lambda _: mq.init_params()) if _has_leaves(mq.init_params) else {}
       mq_fn = functools.partial(mq.apply, mq_params)
     impl = resolve_lif_impl(self.impl)
-    lif_kwargs = dict(decay=cfg.decay, threshold=threshold, reset=cfg.reset,
-                      surrogate=cfg.surrogate, alpha=cfg.alpha, detach_reset=cfg.detach_reset,
-                      membrane_quantizer=mq_fn)
+    lif_kwargs = _lif_kwargs(cfg, threshold, mq_fn)
     if self.remat_time:
       s, h = time_chunked_lif_scan(x, time_chunk_for(x.shape[0]), **lif_kwargs)
     elif impl == "fused" and cfg.prune_prior is None and not mq_params:
