@@ -477,7 +477,7 @@ def _batch2(c):
   return jnp.zeros((2, 32, 32, 3), jnp.float32)
 
 
-def _stage_of(table, key):
+def _row_and_stage(table, key):
   row = next((r for r in tables.TABLES[table].rows if r.key == key), None)
   return row, "fp" if row is None else {"none": "qat"}.get(row.method, "md")
 
@@ -485,7 +485,7 @@ def _stage_of(table, key):
 def _step_fingerprint(table, key, cfg):
   """What one train step at batch 2 depends on: two rows with the same fingerprint (a teacher
   that two tables share) compile and run the same step."""
-  row, stage = _stage_of(table, key)
+  row, stage = _row_and_stage(table, key)
   parts = [stage, stage_model_config(cfg, stage).to_json_best_effort(sort_keys=True),
            cfg.loss.to_json_best_effort(sort_keys=True), cfg.optim.to_json_best_effort(sort_keys=True),
            cfg.data.name, str(cfg.data.get("image_size")), str(cfg.model.timesteps)]
@@ -512,7 +512,7 @@ def test_every_full_scale_row_runs_one_train_step_at_batch_2(table, dataset, key
   """Abstractly for every row (jax.eval_shape); one real step on CPU for the teacher and the
   most demanding student of each dataset (MD, or the pruned SpQuant row), to keep it fast,
   once per distinct step (two tables' identical teachers run one real step)."""
-  row, stage = _stage_of(table, key)
+  row, stage = _row_and_stage(table, key)
   k = 101 if dataset == "ncaltech101" else 10
   x = _batch2(cfg)
   t = int(cfg.model.timesteps)
