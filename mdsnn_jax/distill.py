@@ -248,9 +248,9 @@ def _layer_md(u_s: Array, u_t: Array, *, decorrelate: bool, with_temporal: bool,
   """(L_sp, L_tm) of one layer; aligned teacher. L_tm = 0 when not computed.
 
   Computed from per-(t, c) moments instead of the standardised tensors Ũ (same value; on
-  the KD bench's VGG-9 taps 2.0–3.3× faster forward + backward, `bench/kd_loss.py`): with d = `_shifted`(U), μ = E[d],
-  C_ij = E[d_i d_j] − μ_i μ_j (expectations over batch and space, per channel) and
-  r = (C_ii + ε²)^(−1/2), E[Ũ_i Ũ_j] = C_ij r_i r_j, so
+  the KD bench's VGG-9 taps 2.0–3.3× faster forward + backward, `bench/kd_loss.py`): with
+  d = `_shifted`(U), μ = E[d], C_ij = E[d_i d_j] − μ_i μ_j (expectations over batch and
+  space, per channel) and r = (C_ii + ε²)^(−1/2), E[Ũ_i Ũ_j] = C_ij r_i r_j, so
     L_sp = mean_{t,c} (C^s_tt r_s² + C^t_tt r_t² − 2 C^{st}_tt r_s r_t)
     R_ij = mean_c C_ij r_i r_j / T.
   """

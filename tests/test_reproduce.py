@@ -490,7 +490,9 @@ def _step_fingerprint(table, key, cfg):
            cfg.loss.to_json_best_effort(sort_keys=True), cfg.optim.to_json_best_effort(sort_keys=True),
            cfg.data.name, str(cfg.data.get("image_size")), str(cfg.model.timesteps)]
   if stage == "md":
-    parts += [cfg.distill.to_json_best_effort(sort_keys=True), str(row.teacher_t_factor)]
+    teacher = stage_model_config(tables.teacher_config(cfg, row.teacher_t_factor), "fp")
+    parts += [cfg.distill.to_json_best_effort(sort_keys=True),
+              teacher.to_json_best_effort(sort_keys=True)]
   return "|".join(parts)
 
 
