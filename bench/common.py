@@ -9,6 +9,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from mdsnn_jax import xla_cpu
+
+# What the launchers run: XLA:CPU's convolutions on XNNPACK (MDSNN_CPU_CONV=xla for XLA's
+# default). Every bench imports this module before its first jax computation.
+CONV_LIBRARY = xla_cpu.use_xnnpack_convolutions()
+
 
 def time_fn(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float:
   """Median seconds of `fn(*args)` over `repeats` runs, after `warmup` runs (compile included there)."""

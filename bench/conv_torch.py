@@ -1,7 +1,12 @@
-"""VGG-9's convolutions, mdsnn-jax (conv impl 'fast') against PyTorch's CPU convolution (oneDNN,
-channels-last, as SpikingJelly's step runs them), piece by piece on the same shapes.
+"""VGG-9's convolutions, mdsnn-jax (conv impl 'auto', as the step runs them) against PyTorch's
+CPU convolution (oneDNN, channels-last, as SpikingJelly's step runs them), piece by piece on
+the same shapes.
 
     python bench/conv_torch.py [--repeats 5] [--torch-threads 2] [--batch-divisor 1]
+                               [--impl auto]
+
+XLA:CPU's convolutions run on XNNPACK as the launchers set them (bench/common.py,
+`mdsnn_jax.xla_cpu`); MDSNN_CPU_CONV=xla times XLA's default library instead.
 
 The training step's shapes at batch 32, T = 4 (N = T·B = 128; the static stem runs once on
 B = 32; `--batch-divisor d` divides every N by d, for a quick check): forward, and forward +
@@ -21,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, publish  # noqa: E402
+from common import CONV_LIBRARY, machine, publish  # noqa: E402
 
-from mdsnn_jax.nn.conv import conv2d  # noqa: E402
+from mdsnn_jax.nn.conv import conv2d, resolve_impl  # noqa: E402
 
 # (N, H, W, Cin, Cout) of VGG-9's 3×3 stride-1 convs in the step; stem first (once per image).
 SHAPES = ((32, 32, 32, 3, 64), (128, 32, 32, 64, 64), (128, 16, 16, 64, 128),
@@ -31,13 +36,13 @@ SHAPES = ((32, 32, 32, 3, 64), (128, 32, 32, 64, 64), (128, 16, 16, 64, 128),
           (128, 8, 8, 256, 256))
 
 
-def _jax_pieces(n, h, w, cin, cout):
+def _jax_pieces(impl, n, h, w, cin, cout):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(kx, (n, h, w, cin), jnp.float32)
   k = jax.random.normal(kk, (3, 3, cin, cout), jnp.float32) / (9 * cin) ** 0.5
   g = jax.random.normal(kg, (n, h, w, cout), jnp.float32)
-  fwd = jax.jit(lambda x, k: conv2d(x, k, impl="fast"))
-  fwd_bwd = jax.jit(jax.grad(lambda x, k, g: jnp.vdot(conv2d(x, k, impl="fast"), g), (0, 1)))
+  fwd = jax.jit(lambda x, k: conv2d(x, k, impl=impl))
+  fwd_bwd = jax.jit(jax.grad(lambda x, k, g: jnp.vdot(conv2d(x, k, impl=impl), g), (0, 1)))
   return (lambda: jax.block_until_ready(fwd(x, k)),
           lambda: jax.block_until_ready(fwd_bwd(x, k, g)))
 
@@ -63,8 +68,10 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--torch-threads", type=int, default=2)
   p.add_argument("--batch-divisor", type=int, default=1)
+  p.add_argument("--impl", default="auto", help="mdsnn-jax conv_impl: auto, xla or fast")
   p.add_argument("--out", default=None, help="results folder (default results/bench)")
   a = p.parse_args()
+  impl = resolve_impl(a.impl)
   if min(a.repeats, a.torch_threads, a.batch_divisor) < 1:
     raise ValueError(f"--repeats, --torch-threads and --batch-divisor must be positive, got "
                      f"{a.repeats}, {a.torch_threads}, {a.batch_divisor}")
@@ -76,7 +83,7 @@ def main() -> None:
   rows, totals = [], {"jax": [0.0, 0.0], "torch": [0.0, 0.0]}
   for n, *rest in SHAPES:
     shape = (max(1, n // a.batch_divisor), *rest)
-    pieces = {"jax": _jax_pieces(*shape), "torch": _torch_pieces(torch, *shape)}
+    pieces = {"jax": _jax_pieces(impl, *shape), "torch": _torch_pieces(torch, *shape)}
     times = {(lib, i): [] for lib in pieces for i in range(2)}
     for lib, fns in pieces.items():
       for fn in fns:
@@ -99,7 +106,9 @@ def main() -> None:
           f"{ms[('torch', 0)]:.1f} / {ms[('torch', 1)]:.1f} ms", flush=True)
   lines = [f"machine: {machine()}, {os.cpu_count()} cpus, load (1 min) {os.getloadavg()[0]:.2f}; "
            f"torch {torch.__version__}, {a.torch_threads} threads, channels-last; medians of "
-           f"{a.repeats} interleaved rounds", "",
+           f"{a.repeats} interleaved rounds",
+           f"mdsnn-jax conv impl {a.impl} (= {impl}); XLA:CPU convolution library: {CONV_LIBRARY}",
+           "",
            "| N×H×W, Cin→Cout (3×3) | jax fwd ms (GFLOP/s) | torch fwd ms (GFLOP/s) | "
            "jax fwd+bwd ms (GFLOP/s) | torch fwd+bwd ms (GFLOP/s) | fwd+bwd jax ÷ torch |",
            "|---|---|---|---|---|---|"]
@@ -113,7 +122,8 @@ def main() -> None:
   lines.append(f"| all seven | {totals['jax'][0]:.1f} | {totals['torch'][0]:.1f} | "
                f"{totals['jax'][1]:.1f} | {totals['torch'][1]:.1f} | "
                f"{totals['jax'][1] / totals['torch'][1]:.2f} |")
-  publish("conv_torch", lines, {"rows": rows, "totals_ms": totals, "args": vars(a)}, a.out)
+  publish("conv_torch", lines, {"rows": rows, "totals_ms": totals, "args": vars(a),
+                                "impl": impl, "conv_library": CONV_LIBRARY}, a.out)
 
 
 if __name__ == "__main__":

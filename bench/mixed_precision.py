@@ -85,4 +85,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  from mdsnn_jax import xla_cpu
+  xla_cpu.use_xnnpack_convolutions()  # the launchers' convolution library, before any jax work
   main()

@@ -1,8 +1,13 @@
 """One full-precision training step of spiking VGG-9 (CIFAR 32×32×3, T = 4, batch 32):
-mdsnn-jax with conv_impl 'xla' and 'fast', side by side with SpikingJelly (PyTorch CPU).
+mdsnn-jax (conv_impl 'auto' by default, or any of --impls), side by side with SpikingJelly
+(PyTorch CPU).
 
-    python bench/train_step.py [--batch 32] [--timesteps 4] [--steps 10] [--impls xla,fast]
+    python bench/train_step.py [--batch 32] [--timesteps 4] [--steps 10] [--impls auto,fast]
                                [--no-torch]
+
+XLA:CPU's convolutions run on XNNPACK, as the launchers set them (`mdsnn_jax.xla_cpu`, through
+bench/common.py); MDSNN_CPU_CONV=xla times XLA's default library (YNNPACK in jax 0.10) instead.
+The header says which; a conv_impl of 'auto' shows what it resolved to.
 
 A step is forward, backward and an Adam update (jax.jit, buffers donated; PyTorch eager with
 `optimizer.step()`), loss = cross-entropy of the time-averaged logits. Timing: median over
@@ -45,9 +50,10 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, matmul_peak_gflops, write_results  # noqa: E402
+from common import CONV_LIBRARY, machine, matmul_peak_gflops, write_results  # noqa: E402
 
 from mdsnn_jax.nn import create_model, init_variables  # noqa: E402
+from mdsnn_jax.nn.conv import resolve_impl  # noqa: E402
 from mdsnn_jax.nn.layers import QConv, QDense  # noqa: E402
 from mdsnn_jax.nn.models import VGG9_LAYERS  # noqa: E402
 
@@ -158,7 +164,8 @@ def bench_jax(impl: str, batch: int, timesteps: int, kind: str = "fp", lif_impl:
     holder[0], metrics = compiled(holder[0], data, teacher_vars)
     jax.block_until_ready(metrics)
 
-  row = {"framework": "mdsnn-jax", "impl": f"{kind}, conv {impl}, lif {lif_impl}", "kind": kind,
+  shown = impl if impl != "auto" else f"auto (= {resolve_impl(impl)})"
+  row = {"framework": "mdsnn-jax", "impl": f"{kind}, conv {shown}, lif {lif_impl}", "kind": kind,
          "step": run_step, "macs": macs,
          "cost_gflop": cost.get("flops", float("nan")) / 1e9,
          "cost_gbytes": cost.get("bytes accessed", float("nan")) / 1e9}
@@ -281,7 +288,7 @@ def main() -> None:
   p.add_argument("--timesteps", type=int, default=4)
   p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--impls", default="fast", help="comma-separated conv_impl values")
+  p.add_argument("--impls", default="auto", help="comma-separated conv_impl values")
   p.add_argument("--kinds", default="fp,qat,md", help=f"comma-separated steps of {KINDS}")
   p.add_argument("--lif-impls", default="auto", help="comma-separated lif_impl values (FP only "
                  "when several: the QAT / MD steps use the first)")
@@ -335,6 +342,8 @@ def main() -> None:
       f"VGG-9 (CIFAR 32x32x3, 10 classes), T={a.timesteps}, batch {a.batch}, FP32, Adam; "
       f"median of {a.steps} steps after {a.warmup} warm-up, configurations interleaved step "
       f"by step",
+      f"XLA:CPU convolution library: {CONV_LIBRARY} "
+      f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})",
       f"reference matmul ({PEAK_N}^3 float32): {start_peak:.1f} GFLOP/s before the runs, "
       f"{peak:.1f} GFLOP/s interleaved with them (the '% of ref. matmul' column; not a "
       f"measured machine peak)"]
@@ -358,7 +367,8 @@ def main() -> None:
   by = {(r["kind"], r["impl"].split(", ", 1)[1]): r["seconds"] for r in rows if "kind" in r}
   ratios = {}
   for impl in a.impls.split(","):
-    tag = f"conv {impl}, lif {lif_impls[0]}"
+    shown = impl if impl != "auto" else f"auto (= {resolve_impl(impl)})"
+    tag = f"conv {shown}, lif {lif_impls[0]}"
     fp, qat, md = (by.get((k, tag)) for k in KINDS)
     if fp and qat:
       ratios[f"qat/fp [{tag}]"] = qat / fp

@@ -115,6 +115,7 @@ def record(command: list[str] | str | None = None, config: Any = None) -> dict:
       "load_average": load_average(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "versions": versions,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if config is not None:
     out["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)

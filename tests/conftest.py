@@ -27,8 +27,18 @@ def _share_compiled_programs() -> None:
   atexit.register(shutil.rmtree, path, ignore_errors=True)
 
 
-# At import, before any test module imports jax (which reads these variables then).
+def _launchers_convolutions() -> None:
+  """XLA:CPU's convolutions on XNNPACK, as every launcher sets them (`mdsnn_jax.xla_cpu`), so
+  that in-process tests run the programs the launchers run; the workers and subprocesses inherit
+  it. Importing jax here is fine: XLA reads XLA_FLAGS when jax starts its backend, not at
+  import (the compilation-cache variables above are read at import, hence set first)."""
+  from mdsnn_jax import xla_cpu
+  xla_cpu.use_xnnpack_convolutions()
+
+
+# At import, before any test module runs a jax computation (jax reads these variables then).
 _share_compiled_programs()
+_launchers_convolutions()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("MDSNN_SHARED_DATA", REPO.parent / "shared" / "data"))

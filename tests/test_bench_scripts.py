@@ -70,3 +70,23 @@ def test_hostmem_bench_runs_both_settings(tmp_path):
                                          "huge pages (glibc.malloc.hugetlb=1)"]
   assert all(r["ms"] > 0 and r["faults"] >= 0 for r in rows)
   assert "| fp | huge pages (glibc.malloc.hugetlb=1) |" in stdout
+
+
+def test_conv_library_bench_times_both_libraries_in_their_own_processes(tmp_path):
+  stdout = _run(["bench/conv_library.py", "--rounds", "1", "--repeats", "1",
+                 "--batch-divisor", "64"], tmp_path)
+  data = json.loads((tmp_path / "conv_library.json").read_text())
+  assert data["libraries"]["xla"].startswith("MDSNN_CPU_CONV=xla")
+  assert set(data["median_ms"]) == {"xla", "xnnpack"}
+  for lib in ("xla", "xnnpack"):
+    assert len(data["median_ms"][lib]) == 6
+    assert all(set(p) == {"fwd", "xla fwd+bwd", "fast fwd+bwd"} and min(p.values()) > 0
+               for p in data["median_ms"][lib].values())
+  assert "| all six | fwd |" in stdout
+
+
+def test_conv_library_bench_refuses_bad_input_before_any_work():
+  out = subprocess.run([sys.executable, "bench/conv_library.py", "--rounds", "0"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "--rounds, --repeats and --batch-divisor must be positive, got 0, 3, 1" in out.stderr

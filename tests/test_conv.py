@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mdsnn_jax import xla_cpu
 from mdsnn_jax.nn import conv as conv_lib
 from mdsnn_jax.nn.conv import conv2d, conv_input_grad, conv_kernel_grad, resolve_impl
 
@@ -185,8 +186,13 @@ def test_mixed_dtypes_are_promoted():
   np.testing.assert_array_equal(y, _xla(x.astype(jnp.float32), kernel, (1, 1), "SAME"))
 
 
-def test_auto_follows_backend():
-  expected = "fast" if jax.default_backend() == "cpu" else "xla"
+@pytest.mark.parametrize("xla_flags, on_cpu", [
+    ("", "fast"),  # XLA's default convolution library: the custom-VJP backward
+    (" ".join(xla_cpu.XNNPACK_FLAGS), "xla"),  # XNNPACK: XLA's own autodiff
+])
+def test_auto_follows_backend_and_cpu_convolution_library(monkeypatch, xla_flags, on_cpu):
+  monkeypatch.setenv("XLA_FLAGS", xla_flags)
+  expected = on_cpu if jax.default_backend() == "cpu" else "xla"
   assert resolve_impl("auto") == expected
   assert resolve_impl("xla") == "xla" and resolve_impl("fast") == "fast"
 

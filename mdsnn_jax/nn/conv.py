@@ -5,10 +5,8 @@
 x_pad is x zero-padded by (lo, hi) along H and W; Ho = ⌊(H + lo + hi − kh) / s_h⌋ + 1, same
 for W.
 
-`impl='xla'` is `jax.lax.conv_general_dilated` and its autodiff. On XLA:CPU the forward runs
-near the matmul peak but the autodiff backward, especially the weight gradient (a convolution
-whose "kernel" is the whole Ho×Wo output gradient), runs several times slower.
-`impl='fast'` keeps the same XLA forward and replaces the backward (`jax.custom_vjp`) with
+`impl='xla'` is `jax.lax.conv_general_dilated` and its autodiff. `impl='fast'` keeps the same
+XLA forward and replaces the backward (`jax.custom_vjp`) with
 
     dx = conv(dilate_s(g), flip_hw(k)ᵀ)      a stride-1 forward conv, HWIO kernel [kh, kw, Cout,
                                              Cin], padding (kh − 1 − lo, H − 1 − (Ho − 1)·s + lo);
@@ -21,10 +19,15 @@ whose "kernel" is the whole Ho×Wo output gradient), runs several times slower.
 where the weight-gradient sum runs over chunks of a few images (`lax.scan`), so every shifted
 slice (the im2col of that chunk) stays in cache instead of a kh·kw-times-larger im2col copy of
 the whole input going through memory (bench/conv.py measures these variants; this one won).
-Products accumulate in float32 for low-precision inputs.
+Products accumulate in float32 for low-precision inputs. It was written for XLA:CPU's default
+convolution library (YNNPACK in jax 0.10), whose autodiff backward, the weight gradient above
+all, ran several times slower than its forward. With XLA:CPU's convolutions on XNNPACK
+(`mdsnn_jax.xla_cpu`, what the launchers set) XLA's own autodiff is the faster one, per
+convolution and in the VGG-9 step (bench/conv_library.py, bench/train_step.py; BENCHMARKS.md).
 
-`impl='auto'` picks 'fast' when `jax.default_backend()` is 'cpu' and 'xla' on GPU/TPU, whose
-own convolution backward is already fast. The fast path is reverse-mode only (`jax.custom_vjp`):
+`impl='auto'` picks 'xla' on GPU/TPU, whose own convolution backward is fast, and on a CPU
+whose XLA_FLAGS give the convolutions to XNNPACK (`xla_cpu.xnnpack_convolutions_active()`);
+'fast' on a CPU with XLA's default library. The fast path is reverse-mode only (`jax.custom_vjp`):
 use impl='xla' for `jax.jvp` / `jax.jacfwd`.
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Sequence, Union
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mdsnn_jax import xla_cpu
 
 IMPLS = ("xla", "fast", "auto")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -89,11 +94,14 @@ def _resolve_padding(padding: Padding, spatial: tuple[int, int], window: tuple[i
 
 
 def resolve_impl(impl: str) -> str:
-  """'xla' or 'fast': `impl`, with 'auto' resolved to 'fast' on CPU and 'xla' elsewhere."""
+  """'xla' or 'fast': `impl`, with 'auto' resolved to 'fast' on a CPU with XLA's default
+  convolution library and 'xla' elsewhere (see the module docstring)."""
   if impl not in IMPLS:
     raise ValueError(f"unknown conv impl {impl!r}; allowed: {list(IMPLS)}")
   if impl == "auto":
-    return "fast" if jax.default_backend() == "cpu" else "xla"
+    on_default_cpu_library = (jax.default_backend() == "cpu"
+                              and not xla_cpu.xnnpack_convolutions_active())
+    return "fast" if on_default_cpu_library else "xla"
   return impl
 
 

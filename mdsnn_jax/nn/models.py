@@ -474,7 +474,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.name = "digits_mlp"
   cfg.width = 1.0
   cfg.timesteps = 4
-  cfg.conv_impl = "auto"  # fast custom-VJP conv on CPU, plain XLA on GPU/TPU
+  cfg.conv_impl = "auto"  # XLA autodiff (GPU/TPU, CPU on XNNPACK), custom-VJP conv on YNNPACK
   cfg.remat = "none"  # 'none' | 'layer' | 'time' (models.REMATS): memory for recomputation
   cfg.dtype = "float32"  # 'float32' | 'bfloat16' (models.DTYPES): the compute dtype
   cfg.lif_impl = "auto"  # membrane-only custom-VJP LIF on CPU, XLA's scan autodiff on GPU/TPU

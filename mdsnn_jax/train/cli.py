@@ -10,6 +10,8 @@
   workdir, a diverged run) prints one line, `error: <what, the bad value, what is allowed>`,
   and exits 2 without a traceback. The traceback shows with `--verbosity=1` or with the
   environment variable MDSNN_TRACEBACK=1.
+- XLA:CPU's convolutions run on XNNPACK (`mdsnn_jax.xla_cpu`; MDSNN_CPU_CONV=xla keeps XLA's
+  default), set before jax starts its backend.
 - SIGINT / SIGTERM during training (`loop.Interrupted`) print the step reached and the
   command that resumes, and exit 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
 """
@@ -24,6 +26,7 @@ from typing import Callable
 
 from absl import app, flags, logging
 
+from mdsnn_jax import xla_cpu
 from mdsnn_jax.train.loop import DivergenceError, Interrupted, StaleRunError, WorkdirLockedError
 
 USAGE_EXIT = 2
@@ -66,11 +69,15 @@ def _error_line(e: BaseException) -> str:
   return f"error: {text}" if text else f"error: {type(e).__name__}"
 
 
-def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-  """`main` with quiet logging and one-line user errors (see the module docstring)."""
+def guarded(main: Callable[[list[str]], None],
+            conv_library: str | None = None) -> Callable[[list[str]], None]:
+  """`main` with quiet logging and one-line user errors (see the module docstring);
+  conv_library: what `xla_cpu.use_xnnpack_convolutions` did, logged at INFO."""
 
   def wrapped(argv):
     quiet_logging()
+    if conv_library:
+      logging.info("convolutions: %s", conv_library)
     try:
       return main(argv)
     except Interrupted as e:
@@ -130,4 +137,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  app.run(guarded(main), flags_parser=parse_flags)
+  try:
+    conv_library = xla_cpu.use_xnnpack_convolutions()
+  except ValueError as e:  # a bad MDSNN_CPU_CONV, before any work
+    print(_error_line(e), file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT)
+  app.run(guarded(main, conv_library), flags_parser=parse_flags)
