@@ -98,7 +98,7 @@ def main() -> None:
   lines = [f"machine: {machine()}, {os.cpu_count()} cpus, load (1 min) {load[0]:.2f} before, "
            f"{load[1]:.2f} after; {a.rounds} rounds of the two processes in turn, "
            f"{a.repeats} timings each; medians",
-           *(f"MDSNN_CPU_CONV={lib}: {described[lib]}" for lib in LIBRARIES), "",
+           *(f"child with MDSNN_CPU_CONV={lib} -> {described[lib]}" for lib in LIBRARIES), "",
            "| N×H×W, Cin→Cout (3×3) | piece | YNNPACK ms (GFLOP/s) | XNNPACK ms (GFLOP/s) | "
            "YNNPACK ÷ XNNPACK |", "|---|---|---|---|---|"]
   totals = {lib: dict.fromkeys(PIECES, 0.0) for lib in LIBRARIES}
