@@ -110,8 +110,9 @@ def main() -> None:
   lines = [f"machine: {machine()}, {os.cpu_count()} cpus, load (1 min) {os.getloadavg()[0]:.2f}",
            f"XLA:CPU convolution library: {CONV_LIBRARY}",
            f"VGG-9 {a.kind} step, batch {a.batch}, T={a.timesteps}, conv {conv_shown}, lif "
-           f"{a.lif_impl}: {1e3 * plain:.0f} ms/step without the profiler, {1e3 * wall:.0f} ms/step "
-           f"under it, {total:.0f} ms/step in the table", "", "| layer kind | pass | ms/step | share |", "|---|---|---|---|"]
+           f"{a.lif_impl}: {1e3 * plain:.0f} ms/step without the profiler, {1e3 * wall:.0f} "
+           f"ms/step under it, {total:.0f} ms/step in the table", "",
+           "| layer kind | pass | ms/step | share |", "|---|---|---|---|"]
   for (kind, direction), ms in sorted(totals.items(), key=lambda kv: -kv[1]):
     lines.append(f"| {kind} | {direction} | {ms:.0f} | {100 * ms / total:.0f}% |")
   rows = [{"kind": k, "pass": d, "ms": ms} for (k, d), ms in totals.items()]
