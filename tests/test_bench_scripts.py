@@ -90,3 +90,17 @@ def test_conv_library_bench_refuses_bad_input_before_any_work():
                        capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "--rounds, --repeats and --batch-divisor must be positive, got 0, 3, 1" in out.stderr
+
+
+def test_profile_step_attributes_the_step_including_xnnpacks_asynchronous_convolutions(tmp_path):
+  stdout = _run(["bench/profile_step.py", "--kind", "fp", "--batch", "1", "--timesteps", "1",
+                 "--steps", "1"], tmp_path)
+  data = json.loads((tmp_path / "profile_step_fp.json").read_text())
+  kinds = {r["kind"] for r in data["rows"]}
+  assert {"LIF", "tdBN / BN fold"} <= kinds
+  assert data["untraced_ms"] > 0 and all(r["ms"] >= 0 for r in data["rows"])
+  # The test session's XLA_FLAGS (tests/conftest.py), which this subprocess inherits, put the
+  # convolutions on XNNPACK: their row is the untraced remainder, and 'auto' is XLA's autodiff.
+  assert "already chooses" in data["conv_library"]
+  assert any(k.startswith("conv on XNNPACK") for k in kinds)
+  assert "auto (= xla)" in stdout
