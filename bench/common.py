@@ -10,10 +10,16 @@ import jax
 import jax.numpy as jnp
 
 from mdsnn_jax import xla_cpu
+from mdsnn_jax.nn.conv import resolve_impl
 
 # What the launchers run: XLA:CPU's convolutions on XNNPACK (MDSNN_CPU_CONV=xla for XLA's
 # default). Every bench imports this module before its first jax computation.
 CONV_LIBRARY = xla_cpu.use_xnnpack_convolutions()
+
+
+def conv_impl_label(impl: str) -> str:
+  """A conv_impl for a table: 'auto' shown with what it resolves to here, 'auto (= xla)'."""
+  return impl if impl != "auto" else f"auto (= {resolve_impl(impl)})"
 
 
 def time_fn(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import CONV_LIBRARY, machine, publish  # noqa: E402
+from common import CONV_LIBRARY, conv_impl_label, machine, publish  # noqa: E402
 
 from mdsnn_jax.nn.conv import conv2d, resolve_impl  # noqa: E402
 
@@ -107,7 +107,8 @@ def main() -> None:
   lines = [f"machine: {machine()}, {os.cpu_count()} cpus, load (1 min) {os.getloadavg()[0]:.2f}; "
            f"torch {torch.__version__}, {a.torch_threads} threads, channels-last; medians of "
            f"{a.repeats} interleaved rounds",
-           f"mdsnn-jax conv impl {a.impl} (= {impl}); XLA:CPU convolution library: {CONV_LIBRARY}",
+           f"mdsnn-jax conv impl {conv_impl_label(a.impl)}; XLA:CPU convolution library: "
+           f"{CONV_LIBRARY}",
            "",
            "| N×H×W, Cin→Cout (3×3) | jax fwd ms (GFLOP/s) | torch fwd ms (GFLOP/s) | "
            "jax fwd+bwd ms (GFLOP/s) | torch fwd+bwd ms (GFLOP/s) | fwd+bwd jax ÷ torch |",

@@ -29,11 +29,10 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import CONV_LIBRARY, machine, publish  # noqa: E402
+from common import CONV_LIBRARY, conv_impl_label, machine, publish  # noqa: E402
 from train_step import make_jax_step  # noqa: E402
 
 from mdsnn_jax import xla_cpu  # noqa: E402
-from mdsnn_jax.nn.conv import resolve_impl  # noqa: E402
 
 ASYNC_CONV = "conv on XNNPACK (untraced step time − the other thunks)"
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = .*?op_name="([^"]*)"', re.M)
@@ -73,7 +72,6 @@ def main() -> None:
     raise ValueError("--steps, --batch and --timesteps must be positive")
   step, state, tv, data, _, _ = make_jax_step(a.kind, a.conv_impl, a.batch, a.timesteps,
                                               lif_impl=a.lif_impl)
-  conv_shown = a.conv_impl if a.conv_impl != "auto" else f"auto (= {resolve_impl('auto')})"
   compiled = step.lower(state, data, tv).compile()
   op_names = dict(_INSTR.findall(compiled.as_text()))
   for _ in range(2):
@@ -109,9 +107,9 @@ def main() -> None:
   total = sum(totals.values())
   lines = [f"machine: {machine()}, {os.cpu_count()} cpus, load (1 min) {os.getloadavg()[0]:.2f}",
            f"XLA:CPU convolution library: {CONV_LIBRARY}",
-           f"VGG-9 {a.kind} step, batch {a.batch}, T={a.timesteps}, conv {conv_shown}, lif "
-           f"{a.lif_impl}: {1e3 * plain:.0f} ms/step without the profiler, {1e3 * wall:.0f} "
-           f"ms/step under it, {total:.0f} ms/step in the table", "",
+           f"VGG-9 {a.kind} step, batch {a.batch}, T={a.timesteps}, conv "
+           f"{conv_impl_label(a.conv_impl)}, lif {a.lif_impl}: {1e3 * plain:.0f} ms/step without "
+           f"the profiler, {1e3 * wall:.0f} ms/step under it, {total:.0f} ms/step in the table", "",
            "| layer kind | pass | ms/step | share |", "|---|---|---|---|"]
   for (kind, direction), ms in sorted(totals.items(), key=lambda kv: -kv[1]):
     lines.append(f"| {kind} | {direction} | {ms:.0f} | {100 * ms / total:.0f}% |")

@@ -50,10 +50,10 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import CONV_LIBRARY, machine, matmul_peak_gflops, write_results  # noqa: E402
+from common import (CONV_LIBRARY, conv_impl_label, machine, matmul_peak_gflops,  # noqa: E402
+                    write_results)
 
 from mdsnn_jax.nn import create_model, init_variables  # noqa: E402
-from mdsnn_jax.nn.conv import resolve_impl  # noqa: E402
 from mdsnn_jax.nn.layers import QConv, QDense  # noqa: E402
 from mdsnn_jax.nn.models import VGG9_LAYERS  # noqa: E402
 
@@ -164,8 +164,8 @@ def bench_jax(impl: str, batch: int, timesteps: int, kind: str = "fp", lif_impl:
     holder[0], metrics = compiled(holder[0], data, teacher_vars)
     jax.block_until_ready(metrics)
 
-  shown = impl if impl != "auto" else f"auto (= {resolve_impl(impl)})"
-  row = {"framework": "mdsnn-jax", "impl": f"{kind}, conv {shown}, lif {lif_impl}", "kind": kind,
+  label = f"{kind}, conv {conv_impl_label(impl)}, lif {lif_impl}"
+  row = {"framework": "mdsnn-jax", "impl": label, "kind": kind,
          "step": run_step, "macs": macs,
          "cost_gflop": cost.get("flops", float("nan")) / 1e9,
          "cost_gbytes": cost.get("bytes accessed", float("nan")) / 1e9}
@@ -367,8 +367,7 @@ def main() -> None:
   by = {(r["kind"], r["impl"].split(", ", 1)[1]): r["seconds"] for r in rows if "kind" in r}
   ratios = {}
   for impl in a.impls.split(","):
-    shown = impl if impl != "auto" else f"auto (= {resolve_impl(impl)})"
-    tag = f"conv {shown}, lif {lif_impls[0]}"
+    tag = f"conv {conv_impl_label(impl)}, lif {lif_impls[0]}"
     fp, qat, md = (by.get((k, tag)) for k in KINDS)
     if fp and qat:
       ratios[f"qat/fp [{tag}]"] = qat / fp
