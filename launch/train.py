@@ -18,12 +18,15 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from mdsnn_jax.data.registry import describe
 from mdsnn_jax.train import cli
+from mdsnn_jax.train.config import resolved_config
 from mdsnn_jax.train.loop import check, train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and summaries.")
-_CHECK = flags.DEFINE_bool("check", False, "Only run the dry check (build every stage's "
-                           "model, trace its step, check the workdir) and print the plan.")
+_CHECK = flags.DEFINE_bool("check", False, "Only run the dry check (open the data, build every "
+                           "stage's model, trace its step, check the workdir) and print the "
+                           "dataset line and the plan.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Restart a stage whose stored config "
                                "differs (and the stages after it) instead of refusing.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
@@ -38,22 +41,28 @@ def main(argv):
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   config = flags.FLAGS.config
   if _PRINT_CONFIG.value:
-    print(config)
+    # What the run uses: quantizer specs reduced to what their kind takes (a typo refused).
+    print(resolved_config(config, note=lambda s: print(f"# note: {s}")))
     return
   if not _WORKDIR.value:
     raise ValueError("--workdir is required (the folder for checkpoints, metrics and summaries)")
   if _CHECK.value:
     plans = check(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
                   note=lambda s: print(f"note: {s}"))
+    print(describe(config.data))
     for p in plans:
       print(f"{p.stage}: {p.action}")
-    print("check passed: every stage builds and its step traces")
+    print("check passed: every stage builds and its step traces; the data and the workdir "
+          "are usable")
     return
+  if not config.distributed.get("initialize", False):  # jax must not start before that
+    print(describe(config.data), flush=True)
   train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
   if config.get("report", True):
     from mdsnn_jax.report import build_report  # matplotlib only when a report is asked for
     workdir = pathlib.Path(_WORKDIR.value)
-    build_report(workdir, workdir / "report")  # every process: its restores are collective
+    # Every process: the restores are collective. Unchanged stages keep the report they have.
+    build_report(workdir, workdir / "report", only_if_changed=True)
     if jax.process_index() == 0:
       print(f"report: {workdir / 'report' / 'report.md'}", flush=True)
 

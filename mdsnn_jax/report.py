@@ -626,9 +626,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
   out += _table(["stage", "weight bits", "weight grid", "weight levels", "membrane bits",
                  "test accuracy (%), end of training", "test accuracy (%), re-measured here",
                  "examples"],
-                [[s, v["weight_bits"], v.get("weight_grid") or "–", v.get("weight_levels"),
-                  v["membrane_bits"], v["accuracy_trained"], v["accuracy_measured"],
-                  v["examples"]] for s, v in stages.items()])
+                [[s + (" (stale)" if v.get("stale") else ""), v["weight_bits"],
+                  v.get("weight_grid") or "–", v.get("weight_levels"), v["membrane_bits"],
+                  v["accuracy_trained"], v["accuracy_measured"], v["examples"]]
+                 for s, v in stages.items()])
+  stale = {s: v["stale"] for s, v in stages.items() if v.get("stale")}
+  if stale:
+    out += [f"**Stale**: {s}: {why}; it is left out of the comparisons with the teacher. "
+            f"Retrain it (`--overwrite`) or remove its folder." for s, why in stale.items()]
+    out += [""]
 
   out += ["## Firing behaviour", "",
           "Per-neuron rate r = spikes / (examples · T); dead = fraction of neurons that never fired.",
@@ -695,25 +701,97 @@ def _read_json(path: pathlib.Path) -> dict:
     return json.load(f)
 
 
+def _stage_configs(workdir: pathlib.Path, stage: str, summary: Mapping[str, Any]):
+  """(the whole config, the model config) that trained `stage`: its own stored config.json,
+  so a stage trained by another command (e.g. qat at 4 bits, then md at 2) is rebuilt as it
+  was trained; workdir/summary.json's config only for a stage stored without one."""
+  import ml_collections
+
+  from mdsnn_jax.train import stages as stages_lib
+
+  stored = stages_lib.read_stage_config(workdir / stage)
+  if stored is not None and stored.get("config"):
+    return (ml_collections.ConfigDict(stored["config"]),
+            ml_collections.ConfigDict(stored["result"]["model"]))
+  if not summary.get("config"):
+    raise FileNotFoundError(f"stage {stage!r} of {workdir} has no stored config.json and there "
+                            f"is no training summary at {workdir / 'summary.json'}; it cannot be "
+                            f"rebuilt as it was trained")
+  config = ml_collections.ConfigDict(summary["config"])
+  return config, stages_lib.stage_model_config(config, stage)
+
+
+def _file_digest(*paths: pathlib.Path) -> str | None:
+  import hashlib
+  h, seen = hashlib.sha256(), False
+  for p in paths:
+    if p.is_file():
+      h.update(p.name.encode() + b"\0" + p.read_bytes())
+      seen = True
+  return h.hexdigest() if seen else None
+
+
+def report_inputs(workdir: str | os.PathLike, **options: Any) -> dict:
+  """What a report is built from: each trained stage's stored config and summary (and those of
+  a teacher outside the workdir), and the options. Equal inputs give the same report, so a
+  re-run whose stages were all skipped does not rebuild it."""
+  from mdsnn_jax.train import stages as stages_lib
+
+  workdir = pathlib.Path(workdir)
+  out = {"options": _to_jsonable(options),
+         "summary": _file_digest(workdir / "summary.json"), "stages": {}}
+  for stage in STAGE_ORDER:
+    sdir = workdir / stage
+    if not (sdir / "final_variables").is_dir():
+      continue
+    entry = {"files": _file_digest(sdir / "config.json", sdir / "summary.json")}
+    stored = stages_lib.read_stage_config(sdir)
+    teacher = ((stored or {}).get("result") or {}).get("teacher") or {}
+    if teacher and "checksum" in teacher:
+      import ml_collections
+      tdir = stages_lib.teacher_stage_dir(ml_collections.ConfigDict(stored["config"]), workdir)
+      entry["teacher"] = _file_digest(tdir / "config.json", tdir / "summary.json")
+    out["stages"][stage] = entry
+  return out
+
+
+def report_is_current(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                      **options: Any) -> bool:
+  """Whether out_dir (default workdir/report) holds a complete report of the same inputs."""
+  workdir = pathlib.Path(workdir)
+  out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
+  try:
+    old = _read_json(out_dir / "report.json")
+  except (OSError, ValueError):
+    return False
+  files = [old.get("files", {}).get("markdown", "report.md"), *old.get("files", {}).get("plots", [])]
+  return (old.get("inputs") == _to_jsonable(report_inputs(workdir, **options))
+          and all((out_dir / f).is_file() for f in files))
+
+
 def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  max_batches: int | None = None, eval_batch: int | None = None,
                  saliency_examples: int = SALIENCY_EXAMPLES,
-                 saliency_k: float = sal.DEFAULT_TOP_K) -> dict:
+                 saliency_k: float = sal.DEFAULT_TOP_K, only_if_changed: bool = False) -> dict:
   """Evaluates every trained stage of `workdir` and writes report.{json,md} and plots to `out_dir`.
 
   out_dir defaults to workdir/report. In a multi-process run every process calls this (the
-  variable restores are collective) and process 0 writes the files. A stage counts as trained when workdir/<stage>/
-  final_variables exists. EMD and hardware ratios are against the 'fp' stage and are left
-  out when it is absent. max_batches limits the test batches per stage (None: all);
-  eval_batch defaults to config.train.eval_batch. saliency_examples / saliency_k: test images
-  and top-k percent of the saliency section (`stage_saliency`; 0 images: no section).
+  variable restores are collective) and process 0 writes the files. A stage counts as
+  trained when workdir/<stage>/final_variables exists; each is rebuilt from its own stored
+  config.json (the model, data and T it was trained with). A student whose teacher was
+  retrained after it is marked stale (`stages.stale_reason`) and left out of the EMD, the
+  gains and the saliency, which compare it with that teacher. EMD and hardware ratios are
+  against the 'fp' stage and are left out when it is absent. max_batches limits the test
+  batches per stage (None: all); eval_batch defaults to each stage's train.eval_batch.
+  saliency_examples / saliency_k: test images and top-k percent of the saliency section
+  (`stage_saliency`; 0 images: no section). only_if_changed: return the report already in
+  out_dir when it was built from the same inputs (`report_is_current`).
   Returns the dict written to report.json.
   """
-  import ml_collections
-
   from mdsnn_jax import data as data_lib
   from mdsnn_jax import nn as nn_lib
-  from mdsnn_jax.train.stages import load_trained_variables, sample_input, stage_model_config
+  from mdsnn_jax.train import stages as stages_lib
+  from mdsnn_jax.train.stages import load_trained_variables, sample_input
 
   if (isinstance(saliency_examples, bool) or not isinstance(saliency_examples, (int, np.integer))
       or saliency_examples < 0):
@@ -722,28 +800,39 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   saliency_k = sal.check_k(saliency_k)
   workdir = pathlib.Path(workdir)
   out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "report"
+  options = dict(max_batches=max_batches, eval_batch=eval_batch,
+                 saliency_examples=saliency_examples, saliency_k=saliency_k)
+  if only_if_changed and report_is_current(workdir, out_dir, **options):
+    return _read_json(out_dir / "report.json")
   summary_path = workdir / "summary.json"
-  if not summary_path.is_file():
-    raise FileNotFoundError(f"no training summary at {summary_path}; train the workdir first")
-  summary = _read_json(summary_path)
-  config = ml_collections.ConfigDict(summary["config"])
   stages = [s for s in STAGE_ORDER if (workdir / s / "final_variables").is_dir()]
+  if not stages and not summary_path.is_file():
+    raise FileNotFoundError(f"no training summary at {summary_path} and no trained stage; "
+                            f"train the workdir first")
+  summary = _read_json(summary_path) if summary_path.is_file() else {}
   if not stages:
     raise FileNotFoundError(f"no trained stage in {workdir}: none of "
                             f"{[str(workdir / s / 'final_variables') for s in STAGE_ORDER]} exists")
-
-  info = data_lib.dataset_info(config.data)
-  timesteps = int(config.model.timesteps)
-  hw_timesteps = int(info.timesteps or timesteps) if info.is_event else timesteps
-  batch = int(eval_batch or config.train.eval_batch)
-  sample = sample_input(info, timesteps)
+  inputs = report_inputs(workdir, **options)
 
   results: dict[str, dict] = {}
   rates_by_stage: dict[str, dict] = {}
   costs: dict[str, HardwareResult] = {}
   loaded: dict[str, tuple[Any, Any]] = {}  # stage -> (model, variables), for the saliency
+  stale: dict[str, str] = {}
+  first = None
   for stage in stages:
-    model_cfg = stage_model_config(config, stage)
+    config, model_cfg = _stage_configs(workdir, stage, summary)
+    info = data_lib.dataset_info(config.data)
+    timesteps = int(config.model.timesteps)
+    hw_timesteps = int(info.timesteps or timesteps) if info.is_event else timesteps
+    batch = int(eval_batch or config.train.eval_batch)
+    sample = sample_input(info, timesteps)
+    if first is None:
+      first = (config, info, timesteps, hw_timesteps)
+    reason = stages_lib.stale_reason(workdir, stage)
+    if reason:
+      stale[stage] = reason
     model = nn_lib.create_model(model_cfg, info.num_classes)
     variables = load_trained_variables(model, sample, workdir / stage / "final_variables")
     loader = data_lib.make_loader(config.data, "test", batch_size=batch, seed=0, shuffle=False,
@@ -755,17 +844,20 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                        timesteps=hw_timesteps, spike_rates=fr.rates,
                        layer_bits=functools.partial(layer_weight_bits, model_cfg))
     grids = layer_weight_grids(model_cfg, len(hwr.layers))
-    stage_summary = summary.get("stages", {}).get(stage)
-    if stage_summary is None and (workdir / stage / "summary.json").is_file():
+    stage_summary = None
+    if (workdir / stage / "summary.json").is_file():
       stage_summary = _read_json(workdir / stage / "summary.json")
-    loaded[stage] = (model, variables)
+    if stage_summary is None:
+      stage_summary = summary.get("stages", {}).get(stage)
+    if reason is None:
+      loaded[stage] = (model, variables)
     rates_by_stage[stage] = fr.rates
     costs[stage] = hwr
     results[stage] = dict(
         accuracy_trained=(stage_summary or {}).get("test_accuracy"),  # percent
         accuracy_measured=100.0 * fr.accuracy, examples=fr.examples,
         weight_bits=w_bits, weight_grid=w_grid["grid"], weight_levels=w_grid["levels"],
-        membrane_bits=u_bits,
+        membrane_bits=u_bits, stale=reason,
         firing=firing.layer_summary(fr.rates),
         mean_rate=float(np.concatenate([r.ravel() for r in fr.rates.values()]).mean()),
         hardware=dict(dense=cost_summary(hwr.dense),
@@ -775,12 +867,15 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                      weight_levels=g["levels"])
                 for l, g in zip(hwr.layers, grids)],
         input_rates=hwr.input_rates, input_rate_sources=hwr.sources)
+  config, info, timesteps, hw_timesteps = first
+  students = [s for s in stages if s != "fp" and s not in stale]
+  if students:
+    # The saliency's teacher and data: the config of the last student (its teacher_workdir).
+    config, _ = _stage_configs(workdir, students[-1], summary)
 
   emd, ratios = {}, {}
   if "fp" in stages:
-    for stage in stages:
-      if stage == "fp":
-        continue
+    for stage in students:
       emd[stage] = dict(per_layer=firing.layer_emd(rates_by_stage["fp"], rates_by_stage[stage]),
                         pooled=firing.pooled_emd(rates_by_stage["fp"], rates_by_stage[stage]))
       ratios[stage] = {"dense": hw.compare_costs(costs["fp"].dense, costs[stage].dense)}
@@ -795,7 +890,7 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
   report = dict(
       workdir=str(workdir), dataset=info.name, model=str(config.model.name), timesteps=hw_timesteps,
       max_batches=max_batches, stages=results, emd=emd, ratios=ratios, saliency=saliency,
-      bits_note=BITS_NOTE,
+      bits_note=BITS_NOTE, inputs=inputs,
       files=dict(json="report.json", markdown="report.md", plots=plots))
   report = _to_jsonable(report)
 

@@ -207,20 +207,25 @@ def nmnist_source(root: PathLike | None, split: str, *, timesteps: int,
 
 
 def ncaltech101_source(root: PathLike | None, split: str, *, timesteps: int,
-                       image_size: int | None = None) -> EventFrameSource:
+                       image_size: int | None = None, background: bool = False,
+                       train_fraction: float = NCALTECH101_TRAIN_FRACTION) -> EventFrameSource:
   """N-Caltech101 from `root/Caltech101/<class>/image_XXXX.bin` (or root itself holding the classes).
 
-  Class index = position in the sorted class-folder names (BACKGROUND_Google excluded). Split:
-  per class, a permutation of its sorted files seeded by the class name; the first ⌈0.9·n⌉ are train.
+  Class index = position in the sorted class-folder names (BACKGROUND_Google only with
+  `background`; the 101 object classes without it). Split: per class, a permutation of its
+  sorted files seeded by the class name; the first ⌈train_fraction·n⌉ are train.
   """
   if split not in ("train", "test"):
     raise ValueError(f"unknown split {split!r}; allowed splits: ['train', 'test']")
+  if not 0 < float(train_fraction) < 1:
+    raise ValueError(f"data.ncaltech101_train_fraction must lie in (0, 1), got {train_fraction!r}")
   candidates = [] if root is None else [pathlib.Path(root) / "Caltech101", pathlib.Path(root)]
   for folder in candidates:
     if not folder.is_dir():
       continue
     classes = sorted(p.name for p in folder.iterdir()
-                     if p.is_dir() and p.name != NCALTECH101_BACKGROUND and any(p.glob("*.bin")))
+                     if p.is_dir() and (background or p.name != NCALTECH101_BACKGROUND)
+                     and any(p.glob("*.bin")))
     if not classes:
       continue
     files, labels = [], []
@@ -230,13 +235,15 @@ def ncaltech101_source(root: PathLike | None, split: str, *, timesteps: int,
       class_files = sorted((folder / name).glob("*.bin"),
                            key=lambda p: (int(re.sub(r"\D", "", p.stem) or 0), p.name))
       perm = rng.permutation(len(class_files))
-      n_train = int(np.ceil(NCALTECH101_TRAIN_FRACTION * len(class_files)))
+      n_train = int(np.ceil(float(train_fraction) * len(class_files)))
       chosen = np.sort(perm[:n_train] if split == "train" else perm[n_train:])
       files.extend(class_files[i] for i in chosen)
       labels.extend([label] * len(chosen))
     return EventFrameSource(files, labels, num_classes=len(classes), sensor_size=NCALTECH101_SENSOR,
                             timesteps=timesteps, image_size=image_size,
-                            description=f"ncaltech101, root={str(folder)!r}, split={split!r}")
+                            description=f"ncaltech101, root={str(folder)!r}, split={split!r}, "
+                                        f"background={bool(background)}, "
+                                        f"train_fraction={float(train_fraction)}")
   raise missing_dataset_error(
       "N-Caltech101 (class folders of image_XXXX.bin)", candidates,
       "<root>/Caltech101/<class>/image_XXXX.bin (cfg.root = the parent of Caltech101/)", NCALTECH101_URL)

@@ -13,6 +13,9 @@ A data config is an ml_collections ConfigDict or a dict with the fields
     train_subset  int or None: keep a fixed seeded random subset of this many train examples
     test_subset   int or None: evaluate on a fixed seeded random subset of this many test
                   examples (the same for every run; for CPU-sized tables)
+    ncaltech101_background      bool (False): N-Caltech101 keeps BACKGROUND_Google as a class
+    ncaltech101_train_fraction  float (0.9): N-Caltech101's per-class train share (no official
+                  split; the rest is the test split)
 """
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ class _Config(NamedTuple):
   augment: bool
   train_subset: int | None
   test_subset: int | None = None
+  background: bool = False
+  train_fraction: float = events.NCALTECH101_TRAIN_FRACTION
 
 
 def _field(cfg: Any, key: str, default: Any) -> Any:
@@ -96,7 +101,16 @@ def parse_config(cfg: Any) -> _Config:
   timesteps = _positive_or_none("timesteps", _field(cfg, "timesteps", None))
   if name in EVENT_NAMES and timesteps is None:
     timesteps = DEFAULT_TIMESTEPS
-  return _Config(name=name, root=root, source=source,
+  background = _field(cfg, "ncaltech101_background", False)
+  if not isinstance(background, (bool, np.bool_)):
+    raise ValueError(f"data.ncaltech101_background must be True or False, got {background!r}")
+  fraction = _field(cfg, "ncaltech101_train_fraction", events.NCALTECH101_TRAIN_FRACTION)
+  if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
+      or not 0 < float(fraction) < 1):
+    raise ValueError(f"data.ncaltech101_train_fraction must be a number in (0, 1), got "
+                     f"{fraction!r}")
+  return _Config(name=name, root=root, source=source, background=bool(background),
+                 train_fraction=float(fraction),
                  image_size=_positive_or_none("image_size", _field(cfg, "image_size", None)),
                  timesteps=timesteps if name in EVENT_NAMES else None,
                  augment=bool(_field(cfg, "augment", False)),
@@ -106,14 +120,16 @@ def parse_config(cfg: Any) -> _Config:
 
 @functools.lru_cache(maxsize=16)
 def _full_split(name: str, root: str | None, source: str, image_size: int | None,
-                timesteps: int | None, split: str) -> Any:
+                timesteps: int | None, split: str, background: bool = False,
+                train_fraction: float = events.NCALTECH101_TRAIN_FRACTION) -> Any:
   """The whole split, cached per process so repeated loaders share one in-memory copy."""
   if name == "digits":
     return sources.digits_source(split)
   if name == "nmnist":
     return events.nmnist_source(root, split, timesteps=timesteps, image_size=image_size)
   if name == "ncaltech101":
-    return events.ncaltech101_source(root, split, timesteps=timesteps, image_size=image_size)
+    return events.ncaltech101_source(root, split, timesteps=timesteps, image_size=image_size,
+                                     background=background, train_fraction=train_fraction)
   if name == "tinyimagenet":
     return sources.tinyimagenet_source(root, split)
   if name == "mnist":
@@ -150,8 +166,10 @@ def load_split(cfg: Any, split: str) -> Any:
   if split not in ("train", "test"):
     raise ValueError(f"unknown split {split!r}; allowed splits: ['train', 'test']")
   c = parse_config(cfg)
+  ncaltech = c.name == "ncaltech101"
   full = _full_split(c.name, c.root, c.source, c.image_size if c.name in EVENT_NAMES else None,
-                     c.timesteps, split)
+                     c.timesteps, split, c.background if ncaltech else False,
+                     c.train_fraction if ncaltech else events.NCALTECH101_TRAIN_FRACTION)
   subset = c.train_subset if split == "train" else c.test_subset
   if subset is not None:
     field = f"{split}_subset"
@@ -173,3 +191,52 @@ def dataset_info(cfg: Any) -> DatasetInfo:
   return DatasetInfo(name=c.name, num_classes=int(train.num_classes), image_shape=(h, w, ch),
                      num_train=len(train), num_test=len(test), is_event=c.name in EVENT_NAMES,
                      timesteps=c.timesteps)
+
+
+def class_counts(src: Any) -> np.ndarray | None:
+  """Examples per class of a source (None where labels are not held in memory, e.g. tfds)."""
+  if isinstance(src, sources.SubsetSource):
+    parent = class_counts(src.parent)
+    labels = getattr(src.parent, "labels", None)
+    return None if parent is None else np.bincount(
+        np.asarray(labels)[src.indices], minlength=int(src.num_classes))
+  labels = getattr(src, "labels", None)
+  if labels is None:
+    return None
+  return np.bincount(np.asarray(labels, np.int64), minlength=int(src.num_classes))
+
+
+def split_rule(cfg: Any) -> str:
+  """How the configured dataset's train / test splits are made, in words."""
+  c = parse_config(cfg)
+  if c.name == "digits":
+    return (f"fixed seeded split of scikit-learn's 1,797 digits, {sources.DIGITS_NUM_TRAIN} "
+            f"train (seed {sources.DIGITS_SPLIT_SEED})")
+  if c.name == "ncaltech101":
+    return (f"per class, the first ceil({c.train_fraction:g} n) of a seeded permutation train, "
+            f"the rest test (data.ncaltech101_train_fraction={c.train_fraction:g}); "
+            f"{events.NCALTECH101_BACKGROUND} "
+            + ("kept as a class" if c.background else "excluded")
+            + f" (data.ncaltech101_background={c.background})")
+  return "the dataset's own train / test files"
+
+
+def describe(cfg: Any) -> str:
+  """One line a person checks before training: the dataset, where it was read, its classes,
+  the split sizes after the split rule (and subsets), and classes left without examples."""
+  c = parse_config(cfg)
+  train, test = load_split(cfg, "train"), load_split(cfg, "test")
+  shape = dataset_info(cfg).image_shape
+  where = "bundled with scikit-learn" if c.name == "digits" else f"at {c.root}"
+  frames = f", T = {c.timesteps}" if c.name in EVENT_NAMES else ""
+  subsets = "".join(f", {k}={v}" for k, v in (("train_subset", c.train_subset),
+                                              ("test_subset", c.test_subset)) if v)
+  line = (f"data: {c.name} {where}: {int(train.num_classes)} classes, {len(train)} train / "
+          f"{len(test)} test examples{subsets}, input {'×'.join(map(str, shape))}{frames}; "
+          f"split: {split_rule(cfg)}")
+  for name, src in (("train", train), ("test", test)):
+    counts = class_counts(src)
+    if counts is not None and len(src) and (counts == 0).any():
+      line += (f"; {int((counts == 0).sum())} class(es) have no {name} example "
+               f"(class indices {np.flatnonzero(counts == 0)[:8].tolist()})")
+  return line

@@ -8,8 +8,10 @@ evaluation, reporting and as the teacher of a distillation stage.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -25,11 +27,57 @@ def make_manager(directory: str | os.PathLike, *, max_to_keep: int = 3) -> ocp.C
                                item_names=("state",))
 
 
+_NO_SPACE_MARKS = ("No space left on device", "os_error_code='28'", "[Errno 28]",
+                   "Disk quota exceeded", "os_error_code='122'")
+
+
+def _tree_bytes(tree: Any) -> int:
+  return int(sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(tree)))
+
+
+def no_space_error(e: BaseException, directory: os.PathLike, what: str) -> OSError | None:
+  """An OSError(ENOSPC) naming `directory` for a failure that is a full disk, however orbax
+  and tensorstore wrapped it (a ValueError 'RESOURCE_EXHAUSTED ... [os_error_code='28']'),
+  else None."""
+  chain, cause = [], e
+  while cause is not None and len(chain) < 8:
+    chain.append(cause)
+    cause = cause.__cause__ or cause.__context__
+  for c in chain:
+    if isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT):
+      break
+    if any(m in str(c) for m in _NO_SPACE_MARKS):
+      break
+  else:
+    return None
+  return OSError(errno.ENOSPC, f"no space left on device while writing {what}",
+                 str(directory))
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Saves the train state at `step` (collective: every process calls it). The data position
-  is not stored: the stream of step s is a function of s (`data.make_train_stream`)."""
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
-  manager.wait_until_finished()
+  is not stored: the stream of step s is a function of s (`data.make_train_stream`).
+
+  A full disk is an OSError(ENOSPC) naming the folder, raised before orbax starts when the
+  free space is short of the state's size, else converted from orbax's error; the
+  half-written step is orbax's temporary folder, which a resume ignores."""
+  directory = pathlib.Path(manager.directory)
+  need = _tree_bytes(state)
+  try:
+    free = shutil.disk_usage(directory).free
+  except OSError:
+    free = None
+  if free is not None and free < need:
+    raise OSError(errno.ENOSPC, f"no space left on device for the checkpoint of step {step} "
+                  f"({need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)", str(directory))
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # orbax wraps the OSError of its writer threads in several types
+    converted = no_space_error(e, directory, f"the checkpoint of step {step}")
+    if converted is None:
+      raise
+    raise converted from e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state: Any) -> Any:
@@ -37,6 +85,26 @@ def restore(manager: ocp.CheckpointManager, step: int, state: Any) -> Any:
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))
   return restored["state"]
+
+
+def error_summary(e: BaseException, limit: int = 200) -> str:
+  """'<Type>: <first meaningful line>' of an exception, for a one-line warning. Some orbax
+  and pybind11 errors start with an object's repr ('<bound method ...>'), which says
+  nothing: the first line that is not one, else the cause's, is used; a long line is cut
+  at a word with '…'."""
+  chain, cause = [], e
+  while cause is not None and len(chain) < 6:
+    chain.append(cause)
+    cause = cause.__cause__ or cause.__context__
+  for c in chain:
+    for line in str(c).splitlines():
+      line = line.strip()
+      if line and not (line.startswith("<") and (" at 0x" in line or "bound method" in line
+                                                  or line.endswith(">"))):
+        if len(line) > limit:
+          line = line[:limit].rsplit(" ", 1)[0] + " …"
+        return f"{type(c).__name__}: {line}"
+  return type(e).__name__
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, state: Any,
@@ -50,7 +118,7 @@ def restore_latest_good(manager: ocp.CheckpointManager, state: Any,
     try:
       restored = restore(manager, step, state)
     except Exception as e:  # orbax raises many kinds for damaged files
-      failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+      failures.append(f"step {step}: {error_summary(e)}")
       warn(f"warning: checkpoint of step {step} in {manager.directory} cannot be restored "
            f"({failures[-1]}); trying the previous one")
       continue

@@ -12,11 +12,17 @@
   environment variable MDSNN_TRACEBACK=1.
 - XLA:CPU's convolutions run on XNNPACK (`mdsnn_jax.xla_cpu`; MDSNN_CPU_CONV=xla keeps XLA's
   default), set before jax starts its backend.
+- A file-system error (read-only, not a directory, no space left, no permission) and a
+  `--config=` file that does not exist or does not load print one `error:` line naming the
+  path, and exit 2; what was saved stays, and the same command resumes.
 - SIGINT / SIGTERM during training (`loop.Interrupted`) print the step reached and the
   command that resumes, and exit 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
 """
 from __future__ import annotations
 
+import difflib
+import errno
+import glob
 import logging as py_logging
 import os
 import shlex
@@ -40,13 +46,23 @@ def _verbosity_asked() -> int | None:
   return int(f.value) if f.present else None
 
 
+def _not_from_orbax(record: py_logging.LogRecord) -> bool:
+  # orbax logs each failed write of its worker threads (with tracebacks) before raising the
+  # same failure to the caller, which reports it in one line.
+  return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+
+
 def quiet_logging() -> None:
-  """WARNING and above from absl, orbax and jax unless --verbosity was given."""
+  """WARNING and above from absl, orbax and jax unless --verbosity was given; orbax's own
+  error logs are left to the exception they precede."""
   asked = _verbosity_asked()
   if asked is None:
     logging.set_verbosity(logging.WARNING)
     for name in ("absl", "orbax", "jax", "grain"):
       py_logging.getLogger(name).setLevel(py_logging.WARNING)
+    handler = logging.get_absl_handler()
+    if _not_from_orbax not in handler.filters:
+      handler.addFilter(_not_from_orbax)
 
 
 def _show_traceback() -> bool:
@@ -69,6 +85,35 @@ def _error_line(e: BaseException) -> str:
   return f"error: {text}" if text else f"error: {type(e).__name__}"
 
 
+FILESYSTEM_ERRNOS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+                     errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+                     errno.EPERM: "operation not permitted", errno.ENOTDIR: "not a directory",
+                     errno.EISDIR: "is a directory", errno.EEXIST: "file exists",
+                     errno.ENAMETOOLONG: "file name too long", errno.ELOOP: "too many symbolic links",
+                     errno.EIO: "input/output error", errno.ENOTEMPTY: "directory not empty",
+                     errno.EXDEV: "cross-device link", errno.EFBIG: "file too large"}
+
+
+def filesystem_error_line(e: OSError) -> str:
+  """`error: <what>: <path>` for a file-system OSError, with what to do next."""
+  what = e.strerror or FILESYSTEM_ERRNOS.get(e.errno or -1) or str(e)
+  names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+  where = f" ({' -> '.join(names)})" if names and not any(n in what for n in names) else ""
+  hint = ""
+  if "free space" in what or "choose another" in what:
+    pass  # the message says what to do already
+  elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+    hint = ("; free space, then re-run the same command: it resumes from the last complete "
+            "checkpoint")
+  elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    hint = "; make it writable or choose another folder"
+  return _error_line(ValueError(f"{what}{where}{hint}"))
+
+
+def _is_filesystem_error(e: BaseException) -> bool:
+  return isinstance(e, OSError) and e.errno in FILESYSTEM_ERRNOS
+
+
 def guarded(main: Callable[[list[str]], None],
             conv_library: str | None = None) -> Callable[[list[str]], None]:
   """`main` with quiet logging and one-line user errors (see the module docstring);
@@ -88,6 +133,13 @@ def guarded(main: Callable[[list[str]], None],
       if _show_traceback():
         traceback.print_exc()
       print(_error_line(e), file=sys.stderr, flush=True)
+      sys.exit(USAGE_EXIT)
+    except OSError as e:
+      if not _is_filesystem_error(e):
+        raise
+      if _show_traceback():
+        traceback.print_exc()
+      print(filesystem_error_line(e), file=sys.stderr, flush=True)
       sys.exit(USAGE_EXIT)
     except KeyboardInterrupt:
       print(f"interrupted. Re-run the same command to resume from the last checkpoint:\n  "
@@ -112,6 +164,37 @@ def config_fields(config, prefix: str = "config.") -> list[str]:
   return out
 
 
+def _config_file_error(argv: list[str], e: BaseException) -> str:
+  """One line for a --config= file that is missing or fails to load, with near names."""
+  given = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  path = (given or "").split(":", 1)[0]
+  if not path or not os.path.isfile(path):
+    folder = os.path.dirname(path) or "."
+    near = difflib.get_close_matches(path, glob.glob(os.path.join(folder, "*.py")), 3)
+    if not near:
+      near = sorted(glob.glob(os.path.join("launch", "configs", "*.py")))[:12]
+    return (f"error: --config file {path!r} does not exist; "
+            + (f"did you mean {', '.join(near)}? " if near else "")
+            + "give a config file (launch/configs/<name>.py[:stages])")
+  cause = e
+  while cause.__cause__ is not None:
+    cause = cause.__cause__
+  return _error_line(ValueError(f"--config file {given!r} could not be loaded: "
+                                f"{type(cause).__name__}: {cause}"))
+
+
+def _load_config_now(argv: list[str]) -> None:
+  """ml_collections loads the --config file lazily, at the first field read (deep inside a
+  run, as a 40-line traceback): load it here so a bad file is one line before any work."""
+  if "config" not in flags.FLAGS or flags.FLAGS["config"].value is None:
+    return
+  try:
+    flags.FLAGS["config"].value.get("stages")
+  except Exception as e:  # whatever the file raises when it is executed
+    print(_config_file_error(argv, e), file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config field as one `error:` line (exit 2)
   and --help / --helpfull listing every config field and exiting 0."""
@@ -119,11 +202,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   args = [a for a in argv if a not in _HELP]
   try:
     rest = flags.FLAGS(args)
+  except OSError as e:  # a --config= file that does not exist, found while parsing overrides
+    print(_config_file_error(args, e), file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     if not wants_help:
       print(_error_line(e), file=sys.stderr, flush=True)
       sys.exit(USAGE_EXIT)
     rest = None
+  if rest is not None:
+    _load_config_now(args)
   if wants_help:
     print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS.get_help())
     config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None

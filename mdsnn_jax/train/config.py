@@ -73,6 +73,16 @@ def quant_args(field: str, spec: Any, note: Callable[[str], None] | None = None)
     raise ValueError(f"unknown quantizer kind {kind!r} in model.quant.{field}; allowed: "
                      f"{sorted(table)}")
   takes = set(inspect.signature(table[kind]).parameters)
+  # A key no kind takes is a typo (the dotted form --config...per_chanel is refused by
+  # ml_collections; a whole-dict value must be refused the same way, not dropped).
+  known = set(_arg_types(table))
+  unknown = sorted(k for k in spec if k != "kind" and k not in known)
+  if unknown:
+    import difflib
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1))
+             else repr(k) for k in unknown]
+    raise ValueError(f"unknown argument(s) {', '.join(hints)} in model.quant.{field}; "
+                     f"allowed: {sorted(known | {'kind'})}")
   out, dropped = {"kind": kind}, []
   for name, value in spec.items():
     if name == "kind" or value is None:
@@ -114,7 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="digits", root=ph(str), source="auto", image_size=ph(int), timesteps=ph(int),
-      augment=False, train_subset=ph(int), test_subset=ph(int), worker_count=0))
+      augment=False, train_subset=ph(int), test_subset=ph(int), worker_count=0,
+      # N-Caltech101 has no official split and a clutter class: both choices are fields so
+      # the config (and --print_config) says which task is trained. Other datasets ignore them.
+      ncaltech101_background=False, ncaltech101_train_fraction=0.9))
   c.model = with_quant_specs(default_model_config())
 
   c.train = ml_collections.ConfigDict(dict(
@@ -272,3 +285,15 @@ def spquant_resnet19_paper_config(stages: str = "fp,qat",
   c.optim.lr = 0.01
   c.loss.kind = "tet"
   return c
+
+
+def resolved_config(config, note: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
+  """The config as a run uses it, for --print_config: each quantizer spec reduced to the
+  arguments its kind takes (unset arguments shown as the kind's default, None), so
+  `kind=ternary` does not show a `bits` the run ignores, and an unknown key is an error."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for field in QUANT_FIELDS:
+    if field in out.model.quant:
+      args = quant_args(field, out.model.quant[field], note)
+      out.model.quant[field] = ml_collections.ConfigDict(args)
+  return out

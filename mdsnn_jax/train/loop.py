@@ -51,7 +51,7 @@ from mdsnn_jax.train import tensorboard as tb_lib
 from mdsnn_jax.train.metrics import MetricsWriter, format_progress, pct
 from mdsnn_jax.train.stages import (STAGES, StaleRunError, parse_stages, sample_input,
                                     stage_model_config)
-from mdsnn_jax.train.config import QUANT_FIELDS
+from mdsnn_jax.train.config import QUANT_FIELDS, quant_args
 from mdsnn_jax.train.state import TrainState, make_optimizer
 
 __all__ = ["STAGES", "parse_stages", "stage_model_config", "sample_input", "check",
@@ -159,12 +159,31 @@ def _check_gate(config) -> None:
                      f">= 0, got {w!r}")
 
 
-def _teacher_result(plan_fp: StagePlan | None, tdir: pathlib.Path) -> dict:
-  """The identity of a student's teacher: its folder and the config that decided it."""
+def _teacher_result(plan_fp: StagePlan | None, tdir: pathlib.Path,
+                    workdir: pathlib.Path) -> dict:
+  """The identity of a student's teacher (`stages.teacher_identity`): its folder relative to
+  the workdir, or, outside it, its stored config and a checksum of its weights."""
   if plan_fp is not None:
-    return {"dir": str(tdir.absolute()), "result": plan_fp.result}
+    return stages_lib.teacher_identity(workdir, tdir, plan_fp.result)
   stored = stages_lib.read_stage_config(tdir)
-  return {"dir": str(tdir.absolute()), "result": stored["result"] if stored else None}
+  return stages_lib.teacher_identity(workdir, tdir, stored["result"] if stored else None,
+                                     checksum=lambda: stages_lib.teacher_checksum(tdir))
+
+
+def _check_data(config, info) -> None:
+  """Both splits non-empty after the dataset's split rule, before any step: an empty test
+  split would otherwise fail only at the first evaluation, after training."""
+  if info.num_train and info.num_test:
+    return
+  empty = [s for s, n in (("train", info.num_train), ("test", info.num_test)) if not n]
+  raise ValueError(f"the {' and '.join(empty)} split of {config.data.name!r} is empty: "
+                   f"{data_lib.registry.describe(config.data)}; give a dataset folder with more "
+                   f"examples per class")
+
+
+def _state_bytes(tree) -> int:
+  return int(sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(tree) if hasattr(x, "shape")))
 
 
 def _check_teacher_structure(tdir: pathlib.Path, teacher_model, sample) -> None:
@@ -199,8 +218,12 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
   note = note or (lambda s: logging.warning("%s", s))
   workdir = pathlib.Path(workdir)
   stages = parse_stages(config.stages)
+  for field in QUANT_FIELDS:  # a misspelled key is refused even where a stage ignores it
+    if field in config.model.quant:
+      quant_args(field, config.model.quant[field])
   _check_gate(config)
   info = data_lib.dataset_info(config.data)
+  _check_data(config, info)
   _check_schedule(config, info.num_train)
   _check_distill(config, stages)
   steps_lib.task_loss(jnp.zeros((1, 1, 2)), jnp.zeros((1,), jnp.int32), config.loss.kind)
@@ -212,7 +235,7 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
   tw = str(config.distill.get("teacher_workdir") or "")
   if tw and "fp" in stages:
     tdir = stages_lib.teacher_stage_dir(config, workdir)
-    if tdir.absolute() != (workdir / "fp").absolute():
+    if tdir.resolve() != (workdir / "fp").resolve():
       raise ValueError(f"config.stages={config.stages!r} trains a teacher (fp) here, but "
                        f"distill.teacher_workdir={tw!r} names another one; drop one of them")
 
@@ -222,6 +245,7 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
            "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
   plans: dict[str, StagePlan] = {}
   restart_rest = False
+  need_bytes = 0
   for stage in stages:
     model_cfg = stage_model_config(config, stage, note)
     for field, what in QUANT_FIELDS.items():  # every quantizer, used by this model or not
@@ -235,7 +259,9 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
     model = nn_lib.create_model(model_cfg, info.num_classes)
     variables = stages_lib.abstract_variables(model, sample)  # builds every quantizer
     tdir = tmodel_cfg = teacher = None
-    if stage != "fp":
+    trained_here = False
+    # qat with init_from_teacher=False is a quantized run from scratch: no teacher at all.
+    if stage == "md" or (stage == "qat" and config.init_from_teacher):
       tdir = stages_lib.teacher_stage_dir(config, workdir)
       trained_here = "fp" in stages and stages.index("fp") < stages.index(stage)
       if not trained_here and not (tdir / "final_variables").is_dir():
@@ -245,10 +271,10 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
             f" or set config.distill.teacher_workdir to a finished workdir or its fp folder")
       tmodel_cfg = (stage_model_config(config, "fp") if trained_here else
                     stages_lib.teacher_model_config(config, tdir, note))
-      teacher = _teacher_result(plans.get("fp") if trained_here else None, tdir)
+      teacher = _teacher_result(plans.get("fp") if trained_here else None, tdir, workdir)
     result = stages_lib.result_fields(config, stage, teacher)
 
-    if stage != "fp" and (stage == "md" or config.init_from_teacher):
+    if tdir is not None:
       teacher_model = nn_lib.create_model(tmodel_cfg, info.num_classes)
       if not trained_here:
         _check_teacher_structure(tdir, teacher_model, sample)
@@ -269,6 +295,8 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
       state = jax.eval_shape(lambda v: TrainState.create(variables=v, tx=tx), variables)
       jax.eval_shape(lambda s, b: steps_lib.train_step(
           s, b, None, model=model, loss_cfg=config.loss, timesteps=timesteps), state, batch)
+    # One checkpoint of the state next to the exported variables, with room for metadata.
+    need_bytes = max(need_bytes, _state_bytes(state) + _state_bytes(variables) + 2**20)
 
     sdir = workdir / stage
     status = stages_lib.stage_status(sdir)
@@ -285,7 +313,10 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
             f"--overwrite to restart stage {stage!r} (and the stages after it)")
       action, restart_rest = "restart", True
     else:
-      diff = stages_lib.diff_fields(stored["result"], result)
+      old = dict(stored["result"])
+      if old.get("teacher") and result.get("teacher"):
+        old["teacher"] = stages_lib.comparable_teacher(old["teacher"], result["teacher"])
+      diff = stages_lib.diff_fields(old, result)
       if diff and not overwrite:
         raise StaleRunError(
             f"{sdir} was run with a different config ({len(diff)} field(s) differ: "
@@ -297,6 +328,9 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
       else:
         action = "skip" if status == "finished" else "resume"
     plans[stage] = StagePlan(stage, action, result, tdir, tmodel_cfg)
+  # Even an all-skip re-run writes the lock (and the launcher the report).
+  stages_lib.check_workdir(
+      workdir, need_bytes if any(p.action != "skip" for p in plans.values()) else 0)
   return [plans[s] for s in stages]
 
 
@@ -508,7 +542,9 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
                      timesteps)
   _say(f"{head} " + (f"resuming from step {start} of {total_steps} "
                         f"(checkpoint in {stage_dir / 'checkpoints'})" if resumed is not None
-                        else f"training {total_steps} steps from scratch")
+                        else f"training {total_steps} steps " + (
+                            "from the teacher's weights" if teacher_variables is not None
+                            and config.init_from_teacher else "from scratch"))
        + f" | {info.name} | global batch {global_batch} | {jax.process_count()} process(es), "
          f"{mesh.size} device(s)")
 
@@ -573,10 +609,15 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
       writer.write({"step": step, "stage": stage, "steps_per_s": rate, **metrics})
       _say(f"{head} {format_progress(step, total_steps, metrics, rate, overall)}")
     if eval_every and step % eval_every == 0 and step != total_steps:
+      t_eval = time.time()
       accuracy = evaluate(eval_fn, state.variables, config, mesh, info.num_test)
       writer.write({"step": step, "stage": stage, "eval_accuracy": accuracy})
       tb_firing(step)
       _say(f"{head} step {step}: test accuracy {pct(accuracy)}")
+      # Training rates count training only: the evaluation's time is taken out of both clocks.
+      spent = time.time() - t_eval
+      t_ref = None if t_ref is None else t_ref + spent
+      t_last = None if t_last is None else t_last + spent
     signum = stop.agreed() if stop is not None else None
     if step % ckpt_every == 0 or step == total_steps or signum:
       ckpt.save(manager, step, state)

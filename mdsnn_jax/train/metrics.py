@@ -9,7 +9,7 @@ import datetime
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 from mdsnn_jax.provenance import write_text_atomic
 
@@ -24,7 +24,7 @@ class MetricsWriter:
   """
 
   def __init__(self, path: str | os.PathLike, resume_step: int | None = None,
-               enabled: bool = True):
+               enabled: bool = True, warn: Callable[[str], None] | None = print):
     self.path = pathlib.Path(path)
     self.enabled = enabled
     if not enabled:
@@ -33,13 +33,25 @@ class MetricsWriter:
       return  # created by the first write
     kept = []
     if resume_step is not None:
-      for line in self.path.read_text().splitlines():
+      lines = self.path.read_text().splitlines()
+      dropped = []
+      for number, line in enumerate(lines, 1):
         try:
           record = json.loads(line)
         except json.JSONDecodeError:
-          continue  # a line cut off by a kill
+          # Only the last line can be cut off by a kill; one before it is damage, said aloud.
+          if number < len(lines) and line.strip():
+            dropped.append(number)
+          continue
         if record.get("step", 0) <= resume_step:
           kept.append(line)
+      if dropped and warn is not None:
+        shown = ", ".join(map(str, dropped[:8])) + (" …" if len(dropped) > 8 else "")
+        warn(f"warning: {self.path}: {len(dropped)} line(s) that are not JSON dropped on "
+             f"resume (line {shown} of {len(lines)}); a copy of the file before the resume "
+             f"is kept as {self.path.name}.damaged")
+        write_text_atomic(self.path.with_name(self.path.name + ".damaged"),
+                          "".join(l + "\n" for l in lines))
     write_text_atomic(self.path, "".join(l + "\n" for l in kept))
 
   def write(self, record: dict[str, Any]) -> None:

@@ -9,8 +9,13 @@ stages through this module, so none of them imports another.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 from typing import Any, Callable
 
 import jax
@@ -105,10 +110,79 @@ def teacher_model_config(config, teacher_dir: pathlib.Path,
   return stage_model_config(config, "fp")
 
 
+def variables_checksum(variables: dict) -> str:
+  """sha256 over a variable tree's leaves (path, dtype, shape, bytes), in path order: the
+  identity of a trained model that survives copying, moving and re-saving its files."""
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
+  for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def teacher_checksum(teacher_dir: pathlib.Path) -> str | None:
+  """`variables_checksum` of a stage folder's final_variables (None when there are none).
+  Collective in a multi-process run, like every orbax restore."""
+  directory = pathlib.Path(teacher_dir) / "final_variables"
+  if not directory.is_dir():
+    return None
+  return variables_checksum(ckpt.load_variables(directory))
+
+
+def is_inside(path: pathlib.Path, workdir: pathlib.Path) -> bool:
+  """Whether `path` lies in `workdir`, however either is typed (relative, through symlinks)."""
+  try:
+    pathlib.Path(path).resolve().relative_to(pathlib.Path(workdir).resolve())
+    return True
+  except ValueError:
+    return False
+
+
+def teacher_identity(workdir: pathlib.Path, teacher_dir: pathlib.Path, result: dict | None,
+                     checksum: Callable[[], str | None] | None = None) -> dict:
+  """What a student stores about its teacher. A teacher inside the workdir is named by its
+  folder relative to the workdir, so the workdir can be moved, copied or reached through a
+  symlink; one outside is named by content (its stored config and `teacher_checksum`), so
+  the same teacher at another path is the same run and a retrained one is not."""
+  if is_inside(teacher_dir, workdir):
+    rel = pathlib.Path(teacher_dir).resolve().relative_to(pathlib.Path(workdir).resolve())
+    return {"dir": rel.as_posix(), "result": result}
+  return {"result": result, "checksum": checksum() if checksum is not None else None}
+
+
+def comparable_teacher(stored: dict, current: dict) -> dict:
+  """The stored teacher identity in the form `current` uses. Versions before relative paths
+  stored the teacher's absolute folder and no checksum: such a record is compared by the
+  teacher's stored config alone, since the path says nothing once the workdir has moved."""
+  stored = dict(stored)
+  if os.path.isabs(str(stored.get("dir") or "")):
+    stored.pop("dir")
+    if "dir" in current:
+      stored["dir"] = current["dir"]
+    elif "checksum" in current:
+      stored["checksum"] = current["checksum"]
+  return stored
+
+
 # ------------------------------------------------------------------- the stored config
 def _plain(value: Any) -> Any:
   """JSON-comparable form (tuples as lists, numpy scalars as Python)."""
   return json.loads(json.dumps(value, default=float))
+
+
+NCALTECH101_FIELDS = ("ncaltech101_background", "ncaltech101_train_fraction")
+
+
+def data_result(data_cfg) -> dict:
+  """The data fields that decide a result: not the worker count, and the N-Caltech101 split
+  fields only for N-Caltech101 (other datasets' runs stored before they existed stay valid)."""
+  out = {k: v for k, v in data_cfg.to_dict().items() if k != "worker_count"}
+  if out.get("name") != "ncaltech101":
+    for k in NCALTECH101_FIELDS:
+      out.pop(k, None)
+  return out
 
 
 def result_fields(config, stage: str, teacher: dict | None = None) -> dict:
@@ -125,7 +199,7 @@ def result_fields(config, stage: str, teacher: dict | None = None) -> dict:
   out = {
       "stage": stage,
       "seed": int(config.seed),
-      "data": {k: v for k, v in config.data.to_dict().items() if k != "worker_count"},
+      "data": data_result(config.data),
       "model": model,
       "train": {"global_batch": int(train.global_batch), "steps": int(train.steps),
                 "nan_policy": str(train.get("nan_policy", "stop")),
@@ -189,3 +263,66 @@ def stage_status(stage_dir: pathlib.Path) -> str:
   if not stage_dir.is_dir() or not any(stage_dir.iterdir()):
     return "new"
   return "unfinished"
+
+
+def stale_reason(workdir: pathlib.Path, stage: str) -> str | None:
+  """Why a finished student stage no longer belongs to the teacher the workdir holds now
+  (None: it does, or it has no teacher). A student records its teacher's identity when it
+  starts; the teacher retrained since (another config, or other weights for a teacher
+  outside the workdir) makes the student's numbers those of a model nobody can rebuild."""
+  workdir = pathlib.Path(workdir)
+  stored = read_stage_config(workdir / stage) if stage != "fp" else None
+  teacher = (stored or {}).get("result", {}).get("teacher")
+  if not teacher:
+    return None
+  tdir_text = teacher.get("dir")
+  if tdir_text and not os.path.isabs(tdir_text):
+    tdir, name = workdir / tdir_text, tdir_text
+  else:
+    config = ml_collections.ConfigDict(stored.get("config") or {})
+    tdir = (pathlib.Path(tdir_text) if tdir_text and not config.get("distill")
+            else teacher_stage_dir(config, workdir))
+    name = str(tdir)
+  if not (tdir / "final_variables").is_dir():
+    return f"its teacher {name} is gone"
+  now = read_stage_config(tdir)
+  if now is not None and teacher.get("result") is not None:
+    diff = diff_fields(teacher["result"], now["result"])
+    if diff:
+      return (f"its teacher {name} was retrained after it with another config ("
+              + "; ".join(diff[:4]) + ("; …" if len(diff) > 4 else "") + ")")
+  if teacher.get("checksum") and teacher_checksum(tdir) != teacher["checksum"]:
+    return f"its teacher {name} holds other weights than the ones it was trained from"
+  return None
+
+
+# ------------------------------------------------------------------------- the workdir
+def check_workdir(workdir: pathlib.Path, need_bytes: int) -> None:
+  """The workdir can be made and written, with room for `need_bytes` (one checkpoint and
+  the exported variables), before any work: an error names the path and what is wrong."""
+  workdir = pathlib.Path(workdir)
+  probe = workdir
+  while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+    probe = probe.parent
+  if probe.is_symlink() and not probe.exists():
+    raise NotADirectoryError(errno.ENOENT, f"--workdir {workdir}: {probe} is a dangling "
+                             f"symbolic link", str(probe))
+  if not probe.is_dir():
+    what = "is" if probe == workdir else f"lies under {probe}, which is"
+    raise NotADirectoryError(errno.ENOTDIR, f"--workdir {workdir} {what} a file, not a "
+                             f"directory; choose a folder path", str(probe))
+  try:  # a real write: access() alone misses read-only mounts for root and ACLs
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError as e:
+    raise type(e)(e.errno, f"--workdir {workdir}: {probe} is not writable ({e.strerror})",
+                  str(probe)) from e
+  try:
+    free = shutil.disk_usage(probe).free
+  except OSError:
+    return
+  if free < need_bytes:
+    raise OSError(errno.ENOSPC, f"--workdir {workdir}: {free / 2**20:.1f} MiB free on the "
+                  f"file system of {probe}, but one checkpoint needs about "
+                  f"{need_bytes / 2**20:.1f} MiB; free space or choose another folder",
+                  str(probe))
