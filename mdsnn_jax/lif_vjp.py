@@ -28,7 +28,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mdsnn_jax.neuron import _concrete, lif_scan, prepare_lif, spike_and_reset
+from mdsnn_jax.neuron import _concrete, _hashable, _scan_impl, _scan_jit, prepare_lif, spike_and_reset, unary_spike
 from mdsnn_jax.surrogate import SpikeFn
 
 # The largest T whose scans run fully unrolled when unroll=None (see the module docstring).
@@ -49,12 +49,21 @@ def fused_lif_scan(
     unroll: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`lif_scan` (same arguments, same (spikes, membranes h, final state) result) with the
-  membrane-only backward above. decay must be a concrete number (ValueError otherwise).
+  membrane-only backward above. decay must be a concrete number (ValueError otherwise);
+  alpha may be traced (it gets a zero gradient, as in `lif_scan`).
   unroll: the `jax.lax.scan` unroll factor of the forward and the backward scan, a positive
-  int; None: T (fully unrolled) when T ≤ FULL_UNROLL_MAX_T, else 1."""
-  spike_fn, decay_arr, theta, u = prepare_lif(
+  int; None: T (fully unrolled) when T ≤ FULL_UNROLL_MAX_T, else 1.
+
+  Reverse mode only: a `jax.custom_vjp` cannot also carry a forward-mode rule, so `jax.jvp`,
+  `jacfwd` and `hessian` raise "can't apply forward-mode autodiff (jvp) to a custom_vjp
+  function" here. JAX linearizes before it transposes, so inside the trace a jvp and a grad
+  look the same and this function cannot switch to the scan path for one only; call
+  `lif_scan` (the same forward, with scan autodiff) for forward mode (in the Flax layers:
+  impl='scan', model.lif_impl='scan').
+  """
+  spike, alpha, decay_arr, theta, u = prepare_lif(
       currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate,
-      alpha=alpha, u0=u0)
+      alpha=alpha, u0=u0, traced_alpha=True)
   d = _concrete(decay)
   if d is None or jnp.ndim(d) != 0:
     raise ValueError(f"fused_lif_scan needs a concrete scalar decay, got {decay!r}; use lif_scan "
@@ -65,32 +74,34 @@ def fused_lif_scan(
     unroll = t if t <= FULL_UNROLL_MAX_T else 1
   elif isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
     raise ValueError(f"unroll must be a positive int or None, got {unroll!r}")
-  return _fused(float(d), spike_fn, reset, bool(detach_reset), membrane_quantizer, min(unroll, t),
-                currents, theta, u)
+  return _fused(float(d), spike, reset, bool(detach_reset), membrane_quantizer, min(unroll, t),
+                currents, theta, u, alpha)
 
 
-def _post(h, theta, *, spike_fn, reset, detach_reset, membrane_quantizer):
+def _post(h, theta, alpha, *, spike_fn, reset, detach_reset, membrane_quantizer):
   """(s_t, u_t) from the pre-reset membrane h_t (`neuron.spike_and_reset`)."""
-  return spike_and_reset(h, theta, spike_fn=spike_fn, reset=reset, detach_reset=detach_reset,
-                         membrane_quantizer=membrane_quantizer)
+  return spike_and_reset(h, theta, spike_fn=unary_spike(spike_fn, alpha), reset=reset,
+                         detach_reset=detach_reset, membrane_quantizer=membrane_quantizer)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
-def _fused(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0):
-  return lif_scan(currents, decay=decay, threshold=theta, reset=reset, surrogate=spike_fn,
-                  detach_reset=detach_reset, membrane_quantizer=mq, u0=u0, unroll=unroll)
+def _fused(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0, alpha):
+  static = dict(reset=reset, spike_fn=spike_fn, detach_reset=detach_reset, mq_apply=mq,
+                mq_unary=True, unroll=unroll)
+  scan = _scan_jit if _hashable(*static.values()) else _scan_impl
+  return scan(currents, jnp.asarray(decay, currents.dtype), theta, u0, None, alpha, **static)
 
 
-def _fused_fwd(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0):
-  s, h, u_t = _fused(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0)
-  return (s, h, u_t), (h, theta)
+def _fused_fwd(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0, alpha):
+  s, h, u_t = _fused(decay, spike_fn, reset, detach_reset, mq, unroll, currents, theta, u0, alpha)
+  return (s, h, u_t), (h, theta, alpha)
 
 
 def _fused_bwd(decay, spike_fn, reset, detach_reset, mq, unroll, res, cotangents):
-  h, theta = res
+  h, theta, alpha = res
   g_s, g_h, g_final = cotangents
-  post = functools.partial(_post, spike_fn=spike_fn, reset=reset, detach_reset=detach_reset,
-                           membrane_quantizer=mq)
+  post = functools.partial(_post, alpha=alpha, spike_fn=spike_fn, reset=reset,
+                           detach_reset=detach_reset, membrane_quantizer=mq)
 
   def step(carry, inputs):
     a, d_theta = carry  # a = ∂L/∂u_t, the stored state's cotangent from step t + 1
@@ -103,7 +114,9 @@ def _fused_bwd(decay, spike_fn, reset, detach_reset, mq, unroll, res, cotangents
   init = (g_final, jnp.zeros(theta.shape, jnp.float32))
   (a0, d_theta), dx = jax.lax.scan(step, init, (h, g_s, g_h), reverse=True,
                                             unroll=unroll)
-  return dx, d_theta.astype(theta.dtype), a0
+  # H does not depend on the surrogate slope: α's cotangent is zero.
+  d_alpha = None if alpha is None else jnp.zeros_like(alpha)
+  return dx, d_theta.astype(theta.dtype), a0, d_alpha
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

@@ -13,9 +13,15 @@ threshold's scale):
 Only the recurrence is scanned (`jax.lax.scan`); callers compute all T input currents with
 one matrix product / convolution on the merged T·B axis and hand them in time-major.
 
-`lif_scan` is jitted internally with reset, surrogate, detach_reset, the quantizer function
-and unroll static, so eager calls compile once per configuration and shape (decay,
-threshold, u0 and quantizer parameters are traced arguments and may change freely).
+`lif_scan` is jitted internally with reset, the surrogate's name (or spike function),
+detach_reset, the quantizer function and unroll static, so eager calls compile once per
+configuration and shape (decay, threshold, the surrogate slope alpha, u0 and quantizer
+parameters are traced arguments: they may change freely and be vmapped over).
+
+Autodiff: every spike is a `jax.custom_jvp` (`mdsnn_jax.surrogate`), so reverse mode
+(grad, vjp) and forward mode (jvp, jacfwd, hessian) both work through `lif_scan` and
+`rlif_scan`. The default state u_0 = 0 is built from the input (`zeros_like(x_0)`), so it
+carries the input's sharding type under `jax.shard_map`.
 Argument checks on values (θ > 0, λ ∈ [0, 1]) run when the values are concrete; under an
 outer `jit` they are skipped unless `runtime_checks=True`, which emits
 `jax.experimental.checkify` checks (wrap the jitted caller in `checkify.checkify`).
@@ -32,7 +38,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from mdsnn_jax.quant.base import MembraneQuantizer
-from mdsnn_jax.surrogate import SpikeFn, resolve_spike_fn
+from mdsnn_jax.surrogate import DEFAULT_ALPHA, SpikeFn, resolve_spike_fn, spike_with_slope
 
 RESETS = ("hard", "soft", "none")
 
@@ -187,33 +193,102 @@ def _check_u0(u0, step_shape) -> None:
                      "(currents.shape[1:]); pass an array of that shape (or broadcastable to it)")
 
 
-def prepare_lif(currents, *, decay, threshold, reset, surrogate, alpha, u0):
+def _check_alpha(alpha, step_shape) -> None:
+  if alpha is None:
+    return
+  a = _concrete(alpha)
+  if a is not None and (a.dtype == object or not np.issubdtype(a.dtype, np.number)
+                        or np.any(~np.isfinite(a)) or np.any(a <= 0)):
+    raise ValueError(f"surrogate slope alpha must be positive and finite, got {alpha!r}")
+  try:
+    ok = np.broadcast_shapes(jnp.shape(alpha), step_shape) == step_shape
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f"alpha of shape {jnp.shape(alpha)} does not broadcast to the per-step "
+                     f"shape {step_shape}; use a scalar (or a per-channel array)")
+
+
+def split_surrogate(surrogate, alpha, dtype=jnp.float32):
+  """(spike, alpha) for a scan body: a surrogate name gives the cached two-argument
+  `spike_with_slope(name)` and α as an array of `dtype` (the default slope when None), so
+  α is traced; a spike function gives (itself, None), refusing an alpha (its slope is
+  built in)."""
+  if isinstance(surrogate, str):
+    spike = spike_with_slope(surrogate)  # ValueError for an unknown name
+    a = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
+    return spike, jnp.asarray(a).astype(dtype)
+  return resolve_spike_fn(surrogate, alpha), None
+
+
+def unary_spike(spike, alpha) -> SpikeFn:
+  """z -> H(z) from `split_surrogate`'s pair."""
+  return spike if alpha is None else (lambda z: spike(z, alpha))
+
+
+def _check_quantizer_clip(membrane_quantizer, mq_params, threshold) -> None:
+  """A membrane grid whose top level lies below θ cannot hold a state near the threshold
+  (the quantizer clips it), so the grid and θ disagree: refuse it."""
+  if not isinstance(membrane_quantizer, MembraneQuantizer) or not membrane_quantizer.levels:
+    return
+  top = float(max(membrane_quantizer.levels))
+  if isinstance(mq_params, dict) and "clip" in mq_params:
+    c = _concrete(mq_params["clip"])
+    if c is None:
+      return
+    top = float(np.max(c))
+  th = _concrete(threshold)
+  if th is not None and np.any(th > top * (1 + 1e-6)):
+    raise ValueError(
+        f"threshold {th} lies above the upper clip {top} of the {membrane_quantizer.kind!r} "
+        f"membrane quantizer (levels {tuple(membrane_quantizer.levels)}): the stored state is "
+        "clipped below θ; build the quantizer for this threshold, e.g. "
+        "quant.integer_membrane(lower, threshold=θ) or quant.uniform_membrane(bits, clip=θ)")
+
+
+def prepare_lif(currents, *, decay, threshold, reset, surrogate, alpha, u0, traced_alpha=False):
   """Validates `lif_scan`'s arguments (ValueError naming a bad value) and returns
   (spike_fn, decay, threshold, u0) with the numbers cast to the dtype of `currents`.
 
-  Shared by every scan over `lif_step` (e.g. `mdsnn_jax.prune.gated_lif_scan`).
+  traced_alpha=True returns (spike, alpha, decay, threshold, u0) with `split_surrogate`'s
+  pair instead, so α stays a traced array. Shared by every scan over `lif_step` (e.g.
+  `mdsnn_jax.prune.gated_lif_scan`).
   """
   _validate(currents, decay, threshold, reset)
   step_shape = tuple(jnp.shape(currents)[1:])
   if u0 is not None:
     _check_u0(u0, step_shape)
-  spike_fn = resolve_spike_fn(surrogate, alpha)
+  if isinstance(surrogate, str):
+    _check_alpha(alpha, step_shape)  # (a spike function refuses any alpha in split_surrogate)
   dtype = currents.dtype
+  spike, alpha = split_surrogate(surrogate, alpha, dtype)
   threshold = jnp.asarray(threshold).astype(dtype)
   decay = jnp.asarray(decay).astype(dtype)
-  u = (jnp.zeros(step_shape, dtype) if u0 is None
+  # zeros_like(x_0), not zeros(shape): under shard_map the carry must vary over the same
+  # mesh axes as the input, or scan refuses the carry types.
+  u = (jnp.zeros_like(currents[0]) if u0 is None
        else jnp.broadcast_to(jnp.asarray(u0, dtype), step_shape))
-  return spike_fn, decay, threshold, u
+  if traced_alpha:
+    return spike, alpha, decay, threshold, u
+  a = None if alpha is None else _concrete(alpha)
+  if a is not None and a.ndim == 0:
+    # The cached one-argument spike: equal arguments give the same (hashable) object.
+    return resolve_spike_fn(surrogate, float(a)), decay, threshold, u
+  return unary_spike(spike, alpha), decay, threshold, u
 
 
-def _scan_impl(currents, decay, threshold, u, mq_params, *, reset, spike_fn, detach_reset,
-               mq_apply, mq_unary, unroll):
+def _quantize_fn(mq_apply, mq_unary, mq_params):
   if mq_apply is None:
-    quantize = None
-  elif mq_unary:
-    quantize = mq_apply
-  else:
-    quantize = functools.partial(mq_apply, mq_params)
+    return None
+  if mq_unary:
+    return mq_apply
+  return functools.partial(mq_apply, mq_params)
+
+
+def _scan_impl(currents, decay, threshold, u, mq_params, alpha, *, reset, spike_fn, detach_reset,
+               mq_apply, mq_unary, unroll):
+  quantize = _quantize_fn(mq_apply, mq_unary, mq_params)
+  spike_fn = unary_spike(spike_fn, alpha)
 
   def body(u_prev, x):
     u_new, s, h = lif_step(
@@ -248,51 +323,160 @@ def _runtime_checks(decay, threshold) -> None:
 def lif_scan(
     currents: jax.Array,
     *,
-    decay: float | jax.Array = 0.5,
+    decay: float | jax.Array | None = None,
     threshold: float | jax.Array = 1.0,
     reset: str = "hard",
     surrogate: str | SpikeFn = "arctan",
-    alpha: float | None = None,
+    alpha: float | jax.Array | None = None,
     detach_reset: bool = False,
     membrane_quantizer: Callable[[jax.Array], jax.Array] | MembraneQuantizer | None = None,
     u0: jax.Array | None = None,
     unroll: int = 1,
     mq_params: Any = None,
     runtime_checks: bool = False,
+    decay_logit: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Runs the LIF recurrence over the leading time axis.
 
   Args:
     currents: input currents x_t, time-major [T, ...] (e.g. [T, B, C] or [T, B, H, W, C]).
-    decay: leak λ in [0, 1].
+    decay: leak λ in [0, 1], a scalar or an array broadcastable to currents.shape[1:]
+      (None: 0.5, or σ(decay_logit)). Traced: it may be learned directly.
     threshold: θ > 0, a scalar or an array broadcastable to currents.shape[1:] (per-channel:
       shape (C,)). Traced (learned) thresholds receive gradients.
     reset: 'hard', 'soft' or 'none'.
     surrogate: surrogate name (see `mdsnn_jax.surrogate.SURROGATES`) or a spike function.
-    alpha: surrogate slope when `surrogate` is a name (None: the surrogate's default); an
-      error with a spike function, which has its slope built in.
+    alpha: surrogate slope > 0 when `surrogate` is a name (None: the surrogate's default),
+      a scalar or an array broadcastable to currents.shape[1:]; traced (vmap over it, change
+      it without recompiling). An error with a spike function, which has its slope built in.
     detach_reset: stop the gradient through the reset term.
     membrane_quantizer: applied to the stored state u_t after reset: a `MembraneQuantizer`
       (e.g. `quant.ternary_membrane()`, used with `mq_params`), or any function u -> Q(u).
-    u0: initial state (default zeros), of shape currents.shape[1:] or broadcastable to it.
+      A threshold above a `MembraneQuantizer`'s top level is refused (ValueError).
+    u0: initial state (default zeros like x_0), of shape currents.shape[1:] or
+      broadcastable to it.
     unroll: `jax.lax.scan` unroll factor.
     mq_params: the MembraneQuantizer's parameters (default `membrane_quantizer.init_params()`);
       traced, so they may be learned.
     runtime_checks: under an outer `jit`, where θ and λ are tracers, also emit
       `jax.experimental.checkify` checks θ > 0 and λ ∈ [0, 1]; the jitted caller must then
       be wrapped in `checkify.checkify`. Concrete values are always checked (ValueError).
+    decay_logit: w, a learnable decay λ = σ(w) = 1/(1 + e^{−w}), always inside (0, 1)
+      (PLIF's parametrisation); scalar or per-channel. Exclusive with `decay`.
 
   Returns:
     (spikes [T, ...], membranes h [T, ...] (pre-reset), final state u_T [...]), all in the
     dtype of `currents`.
   """
+  decay = resolve_decay(decay, decay_logit)
   mq_apply, mq_params, mq_unary = split_membrane_quantizer(membrane_quantizer, mq_params)
-  spike_fn, decay, threshold, u = prepare_lif(
+  spike, alpha, decay, threshold, u = prepare_lif(
       currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate, alpha=alpha,
-      u0=u0)
+      u0=u0, traced_alpha=True)
+  _check_quantizer_clip(membrane_quantizer, mq_params, threshold)
   if runtime_checks:
     _runtime_checks(decay, threshold)
-  static = dict(reset=reset, spike_fn=spike_fn, detach_reset=bool(detach_reset),
+  static = dict(reset=reset, spike_fn=spike, detach_reset=bool(detach_reset),
                 mq_apply=mq_apply, mq_unary=mq_unary, unroll=unroll)
   scan = _scan_jit if _hashable(*static.values()) else _scan_impl
-  return scan(currents, decay, threshold, u, mq_params, **static)
+  return scan(currents, decay, threshold, u, mq_params, alpha, **static)
+
+
+DEFAULT_DECAY = 0.5
+
+
+def resolve_decay(decay, decay_logit):
+  """λ from `decay` (None: DEFAULT_DECAY) or σ(decay_logit); both given is a ValueError."""
+  if decay_logit is None:
+    return DEFAULT_DECAY if decay is None else decay
+  if decay is not None:
+    raise ValueError("pass either decay (λ itself) or decay_logit (λ = sigmoid(decay_logit)), "
+                     f"not both; got decay={decay!r}")
+  w = jnp.asarray(decay_logit)
+  if not jnp.issubdtype(w.dtype, jnp.floating):
+    raise ValueError(f"decay_logit must be floating point, got dtype {w.dtype}")
+  wc = _concrete(w)
+  if wc is not None and np.any(~np.isfinite(wc)):
+    raise ValueError(f"decay_logit must be finite, got {wc}")
+  return jax.nn.sigmoid(w)
+
+
+def _rlif_impl(currents, w_rec, decay, threshold, u, s, mq_params, alpha, *, reset, spike_fn,
+               detach_reset, mq_apply, mq_unary, unroll):
+  quantize = _quantize_fn(mq_apply, mq_unary, mq_params)
+  spike_fn = unary_spike(spike_fn, alpha)
+
+  def body(carry, x):
+    u_prev, s_prev = carry
+    # The recurrent current of the previous step's spikes, then the plain LIF update.
+    h = decay * u_prev + x + jnp.matmul(s_prev, w_rec)
+    s_t, u_t = spike_and_reset(h, threshold, spike_fn=spike_fn, reset=reset,
+                               detach_reset=detach_reset, membrane_quantizer=quantize)
+    return (u_t, s_t), (s_t, h)
+
+  (final, _), (spikes, membranes) = jax.lax.scan(body, (u, s), currents, unroll=unroll)
+  return spikes, membranes, final
+
+
+_rlif_jit = jax.jit(_rlif_impl, static_argnames=_STATIC)
+
+
+def rlif_scan(
+    currents: jax.Array,
+    recurrent_weight: jax.Array,
+    *,
+    decay: float | jax.Array | None = None,
+    threshold: float | jax.Array = 1.0,
+    reset: str = "hard",
+    surrogate: str | SpikeFn = "arctan",
+    alpha: float | jax.Array | None = None,
+    detach_reset: bool = False,
+    membrane_quantizer: Callable[[jax.Array], jax.Array] | MembraneQuantizer | None = None,
+    u0: jax.Array | None = None,
+    s0: jax.Array | None = None,
+    unroll: int = 1,
+    mq_params: Any = None,
+    decay_logit: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Recurrent LIF (snnTorch's RLeaky, spyx's RLIF) over the leading time axis:
+
+      h_t = λ·u_{t−1} + x_t + s_{t−1} @ W_rec        W_rec [N, N]: row i feeds neuron j
+      s_t = H(h_t − θ),  u_t = reset(h_t, s_t),  then Q_u(u_t)    (as `lif_scan`)
+
+  currents: x_t, time-major [T, ..., N] (e.g. [T, B, N]); the recurrence mixes the last axis.
+  s0: the spikes before the first step (default zeros); u0: the initial state (default
+  zeros). Every other argument is `lif_scan`'s, with the same checks and the same traced /
+  static split (W_rec is traced and receives gradients through the spikes' surrogate).
+  Returns (spikes [T, ..., N], membranes h [T, ..., N] (pre-reset), final state u_T); to
+  continue a sequence pass u0=u_T and s0=spikes[-1].
+  """
+  decay = resolve_decay(decay, decay_logit)
+  if jnp.ndim(currents) < 2:
+    raise ValueError(f"currents must be time-major [T, ..., N] with a neuron axis, got shape "
+                     f"{jnp.shape(currents)}")
+  n = jnp.shape(currents)[-1]
+  if tuple(jnp.shape(recurrent_weight)) != (n, n):
+    raise ValueError(f"recurrent_weight must have shape (N, N) = ({n}, {n}) for currents of "
+                     f"shape {jnp.shape(currents)}, got {jnp.shape(recurrent_weight)}")
+  mq_apply, mq_params, mq_unary = split_membrane_quantizer(membrane_quantizer, mq_params)
+  spike, alpha, decay, threshold, u = prepare_lif(
+      currents, decay=decay, threshold=threshold, reset=reset, surrogate=surrogate, alpha=alpha,
+      u0=u0, traced_alpha=True)
+  _check_quantizer_clip(membrane_quantizer, mq_params, threshold)
+  step_shape = tuple(jnp.shape(currents)[1:])
+  if s0 is None:
+    s = jnp.zeros_like(currents[0])
+  else:
+    try:
+      ok = np.broadcast_shapes(jnp.shape(s0), step_shape) == step_shape
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(f"s0 of shape {jnp.shape(s0)} does not match the per-step shape "
+                       f"{step_shape} (currents.shape[1:])")
+    s = jnp.broadcast_to(jnp.asarray(s0, currents.dtype), step_shape)
+  w = jnp.asarray(recurrent_weight).astype(currents.dtype)
+  static = dict(reset=reset, spike_fn=spike, detach_reset=bool(detach_reset),
+                mq_apply=mq_apply, mq_unary=mq_unary, unroll=unroll)
+  scan = _rlif_jit if _hashable(*static.values()) else _rlif_impl
+  return scan(currents, w, decay, threshold, u, s, mq_params, alpha, **static)

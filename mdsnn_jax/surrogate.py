@@ -16,6 +16,11 @@ Backward: dH/dz is replaced by a smooth surrogate with slope α:
 Each surrogate is the exact derivative of a smooth counterpart (`SMOOTH`), which the tests
 check with `jax.grad`. Spike functions are built once per (name, α) and cached, so the same
 Python object (and therefore the same jit cache entry) is returned for equal arguments.
+
+The spike is a `jax.custom_jvp` whose tangent rule dH = surrogate(z)·dz is linear in dz:
+forward mode (`jax.jvp`, `jacfwd`, `hessian`) and reverse mode (`grad`, `vjp`, by JAX's
+transposition of that rule) both use the surrogate. `spike_with_slope(name)` takes α as a
+traced second argument (vmap over α, no recompile per value).
 """
 from __future__ import annotations
 
@@ -136,22 +141,43 @@ def surrogate_grad(name: str, z: jax.Array, alpha: float | None = None) -> jax.A
 
 
 @functools.lru_cache(maxsize=None)
-def _build_spike_fn(name: str, alpha: float) -> SpikeFn:
+def spike_with_slope(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """spike(z, alpha) = H(z) whose derivative in z is the `name` surrogate with slope alpha.
+
+  alpha is an ordinary (traceable) argument: it may be a jax array, vmapped over or changed
+  between jitted calls without recompiling. The rule is a `jax.custom_jvp` with the tangent
+  dH = surrogate(z, α)·dz, which is linear in dz, so JAX transposes it for reverse mode:
+  jvp, jacfwd, hessian, grad and vjp all see the same surrogate. H does not depend on α,
+  so α gets a zero derivative. One function object per name (cached).
+  """
+  _check_name(name)
   grad_fn = SURROGATES[name]
 
-  @jax.custom_vjp
-  def spike(z):
+  @jax.custom_jvp
+  def spike(z, alpha):
+    del alpha
     return heaviside(z)
 
-  def fwd(z):
-    return heaviside(z), z
+  @spike.defjvp
+  def _jvp(primals, tangents):
+    z, alpha = primals
+    dz, _ = tangents
+    return heaviside(z), (dz * grad_fn(z, alpha)).astype(z.dtype)
 
-  def bwd(z, g):
-    return ((g * grad_fn(z, alpha)).astype(z.dtype),)
-
-  spike.defvjp(fwd, bwd)
   spike.__name__ = f"spike_{name}"
-  spike.__doc__ = f"Heaviside spike with the {name!r} surrogate backward, alpha={alpha}."
+  spike.__doc__ = f"Heaviside spike H(z) with the {name!r} surrogate derivative of slope alpha."
+  return spike
+
+
+@functools.lru_cache(maxsize=None)
+def _build_spike_fn(name: str, alpha: float) -> SpikeFn:
+  binary = spike_with_slope(name)
+
+  def spike(z):
+    return binary(z, alpha)
+
+  spike.__name__ = f"spike_{name}"
+  spike.__doc__ = f"Heaviside spike with the {name!r} surrogate derivative, alpha={alpha}."
   return spike
 
 
