@@ -8,10 +8,14 @@ flags. Needs the `[interop]` extra.
 """
 from __future__ import annotations
 
+import errno
+import pathlib
+
 from absl import flags
 
 from mdsnn_jax.interop.nir import DEFAULT_DT, MEMBRANE_QUANT_MODES, export_workdir
 from mdsnn_jax.train import cli
+from mdsnn_jax.train.stages import ensure_writable_dir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished training workdir (launch/train.py).")
 _STAGE = flags.DEFINE_enum("stage", "fp", ["fp", "qat", "md"], "Which stage to export.")
@@ -28,6 +32,12 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
+  out = pathlib.Path(_OUT.value)
+  if out.is_dir():
+    raise IsADirectoryError(errno.EISDIR, f"--out={out} is a directory; give a file path such "
+                            f"as {out / 'model.nir'}", str(out))
+  # The NIR writer (h5py) reports an unwritable path without an errno: probe it first.
+  ensure_writable_dir(out.parent, "the folder of --out")
   graph = export_workdir(_WORKDIR.value, _STAGE.value, _OUT.value, dt=_DT.value,
                          membrane_quant=_MEMBRANE_QUANT.value)
   print(f"wrote {_OUT.value}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, "

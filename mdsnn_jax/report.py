@@ -804,6 +804,8 @@ def build_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                  saliency_examples=saliency_examples, saliency_k=saliency_k)
   if only_if_changed and report_is_current(workdir, out_dir, **options):
     return _read_json(out_dir / "report.json")
+  if (workdir / "summary.json").is_file() or any((workdir / s).is_dir() for s in STAGE_ORDER):
+    stages_lib.ensure_writable_dir(out_dir, "the report folder")  # before the evaluation
   summary_path = workdir / "summary.json"
   stages = [s for s in STAGE_ORDER if (workdir / s / "final_variables").is_dir()]
   if not stages and not summary_path.is_file():

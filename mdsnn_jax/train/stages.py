@@ -176,9 +176,10 @@ NCALTECH101_FIELDS = ("ncaltech101_background", "ncaltech101_train_fraction")
 
 
 def data_result(data_cfg) -> dict:
-  """The data fields that decide a result: not the worker count, and the N-Caltech101 split
-  fields only for N-Caltech101 (other datasets' runs stored before they existed stay valid)."""
-  out = {k: v for k, v in data_cfg.to_dict().items() if k != "worker_count"}
+  """The data fields that decide a result: not the worker count or the prefetch depth, and the
+  N-Caltech101 split fields only for N-Caltech101 (other datasets' runs stored before they
+  existed stay valid)."""
+  out = {k: v for k, v in data_cfg.to_dict().items() if k not in ("worker_count", "prefetch")}
   if out.get("name") != "ncaltech101":
     for k in NCALTECH101_FIELDS:
       out.pop(k, None)
@@ -297,6 +298,20 @@ def stale_reason(workdir: pathlib.Path, stage: str) -> str | None:
 
 
 # ------------------------------------------------------------------------- the workdir
+def ensure_writable_dir(folder: pathlib.Path, what: str) -> None:
+  """Makes `folder` and writes a temporary file in it, so a read-only or full file system, a
+  file in the way or a missing permission is an OSError naming it before any work, not at
+  the first write after minutes of it."""
+  folder = pathlib.Path(folder)
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    raise OSError(e.errno, f"{what} {folder} is not writable ({e.strerror})",
+                  str(e.filename or folder)) from e
+
+
 def check_workdir(workdir: pathlib.Path, need_bytes: int) -> None:
   """The workdir can be made and written, with room for `need_bytes` (one checkpoint and
   the exported variables), before any work: an error names the path and what is wrong."""
