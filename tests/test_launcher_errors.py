@@ -213,6 +213,15 @@ def test_bad_config_path_is_one_line():
                     "did you mean launch/configs/default.py")
 
 
+def test_wrong_cifar100_root_is_one_line_naming_the_folders(tmp_path):
+  res = _launch("launch/train.py", "--config=launch/configs/cifar100_resnet18.py",
+                f"--config.data.root={tmp_path}", f"--workdir={tmp_path / 'w'}", "--check")
+  line = _one_error_line(res, f"looked at: {tmp_path}/cifar-100-python",
+                         f"no dataset_info.json under {tmp_path}/cifar100")
+  assert "TFRECORD" not in line
+  assert list(tmp_path.iterdir()) == []  # nothing left behind under the wrong root
+
+
 def test_print_config_prints_what_the_run_uses():
   res = _launch("launch/train.py", "--config=launch/configs/default.py", "--print_config",
                 "--config.model.quant.weight.kind=ternary")

@@ -318,6 +318,15 @@ def tfds_data_dir(root: PathLike | None) -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
+def _remove_empty_dirs(folder: pathlib.Path) -> None:
+  """Removes `folder` when it holds nothing but empty folders."""
+  if not folder.is_dir() or any(p.is_file() for p in folder.rglob("*")):
+    return
+  for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+    p.rmdir()
+  folder.rmdir()
+
+
 def tfds_image_source(name: str, root: PathLike | None, split: str, *, num_classes: int,
                       image_shape: tuple[int, int, int]) -> TfdsImageSource:
   """`tfds.data_source(name, data_dir=root, download=False)` (array_record; no TensorFlow needed)."""
@@ -325,15 +334,30 @@ def tfds_image_source(name: str, root: PathLike | None, split: str, *, num_class
 
   _check_split(split)
   data_dir = tfds_data_dir(root)
+  build = (f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` on a machine "
+           f"with network access")
+  folder = pathlib.Path(data_dir) / name
+  existed = folder.exists()
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several unrelated types for "not prepared here"
-    raise missing_dataset_error(
-        f"tfds dataset {name!r} ({split}) prepared as array_record", [f"{data_dir}/{name}"],
-        f"{data_dir}/{name}/<version>/ (cfg.root = the tfds data_dir)",
-        f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` on a machine with "
-        f"network access (tfds said: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    ) from e
+    if not existed:
+      _remove_empty_dirs(folder)  # tfds leaves an empty version folder under a wrong root
+    prepared = sorted(folder.glob("*/dataset_info.json")) + sorted(folder.glob("*/*/dataset_info.json"))
+    said = str(e).splitlines()[0] if str(e) else ""
+    what = f"tfds dataset {name!r} ({split}) prepared as array_record"
+    if not prepared:
+      # tfds's own answer here is an unrelated file-format error; a prepared dataset always
+      # has its dataset_info.json.
+      what += f" (no dataset_info.json under {folder})"
+      get = build
+    else:
+      if "FileFormat.TFRECORD" in said:
+        what += (f": {prepared[0].parent} holds it as tfrecord, which has no random access; "
+                 f"rebuild it as array_record")
+      get = f"{build} (tfds said: {type(e).__name__}: {said})"
+    raise missing_dataset_error(what, [folder], f"{folder}/<version>/ (cfg.root = the tfds "
+                                f"data_dir)", get) from e
   return TfdsImageSource(source, num_classes=num_classes, image_shape=image_shape)
 
 

@@ -48,8 +48,13 @@ def _verbosity_asked() -> int | None:
 
 def _not_from_orbax(record: py_logging.LogRecord) -> bool:
   # orbax logs each failed write of its worker threads (with tracebacks) before raising the
-  # same failure to the caller, which reports it in one line.
-  return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+  # same failure to the caller, which reports it in one line; tfds warns about the folders of
+  # a dataset it cannot open before the data error that names them.
+  path = record.pathname or ""
+  if f"{os.sep}orbax{os.sep}" in path:
+    return False
+  return not (f"{os.sep}tensorflow_datasets{os.sep}" in path
+              and record.levelno < py_logging.ERROR)
 
 
 def quiet_logging() -> None:
