@@ -125,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="digits", root=ph(str), source="auto", image_size=ph(int), timesteps=ph(int),
       augment=False, train_subset=ph(int), test_subset=ph(int), worker_count=0,
+      # Training batches built and put on the devices this many steps ahead, on a host
+      # thread, while the device runs the current step (0: built in the step loop).
+      prefetch=2,
       # N-Caltech101 has no official split and a clutter class: both choices are fields so
       # the config (and --print_config) says which task is trained. Other datasets ignore them.
       ncaltech101_background=False, ncaltech101_train_fraction=0.9))

@@ -49,6 +49,7 @@ from mdsnn_jax.train import stages as stages_lib
 from mdsnn_jax.train import steps as steps_lib
 from mdsnn_jax.train import tensorboard as tb_lib
 from mdsnn_jax.train.metrics import MetricsWriter, format_progress, pct
+from mdsnn_jax.train.prefetch import Prefetcher
 from mdsnn_jax.train.stages import (STAGES, StaleRunError, parse_stages, sample_input,
                                     stage_model_config)
 from mdsnn_jax.train.config import QUANT_FIELDS, quant_args
@@ -442,7 +443,7 @@ def evaluate(eval_fn, variables, config, mesh, num_test: int) -> float:
                                 drop_remainder=False)
   n_batches = math.ceil(math.ceil(num_test / pc) / local)
   it = iter(loader)
-  correct = count = 0.0
+  sums = []  # on device; read once at the end (one transfer, not one per batch)
   template = None
   for _ in range(n_batches):
     batch = next(it, None)
@@ -455,10 +456,17 @@ def evaluate(eval_fn, variables, config, mesh, num_test: int) -> float:
     pad = local - n  # padded to a full, device-divisible batch and masked
     b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
     b["mask"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    out = eval_fn(variables, shd.global_batch_from_local(b, mesh))
-    correct += float(out["correct"])
-    count += float(out["count"])
+    sums.append(eval_fn(variables, shd.global_batch_from_local(b, mesh)))
+  totals = host_get(sums)
+  correct = float(sum(float(o["correct"]) for o in totals))
+  count = float(sum(float(o["count"]) for o in totals))
   return 100.0 * correct / max(count, 1.0)
+
+
+def host_get(tree: Any) -> Any:
+  """The training loop's device-to-host reads go through here (tests count them): only at
+  log / eval / checkpoint / signal boundaries, never between two steps."""
+  return jax.device_get(tree)
 
 
 def _rate_window(t_ref, step_ref, step, now):
@@ -565,6 +573,8 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
       config.data, global_batch=global_batch, seed=int(config.seed),
       process_index=jax.process_index(), process_count=jax.process_count(), start_step=start,
       worker_count=int(config.data.get("worker_count", 0)))
+  batches = Prefetcher(stream, lambda b: shd.global_batch_from_local(_local_batch(b), mesh),
+                       depth=int(config.data.get("prefetch", 2)))
   log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
   ckpt_every = int(config.train.checkpoint_every)
   policy = config.train.get("nan_policy", "stop")
@@ -573,58 +583,88 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
   t_ref = step_ref = None  # the rate counts from the end of the first (compiling) step
   t_last, step_last = None, start
   metrics: dict = {}
-  for step in range(start + 1, total_steps + 1):
-    batch = shd.global_batch_from_local(_local_batch(next(stream)), mesh)
-    state, step_metrics = train_fn(state, batch, teacher_variables)
-    if not bool(step_metrics["finite"]):
-      bad = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  # (step, its on-device metrics) since the last boundary: their finiteness flags are read in
+  # one transfer at the next log / eval / checkpoint / signal boundary, so no step waits for
+  # the one before it.
+  pending: list = []
+  skipped_seen = int(host_get(state.skipped))
+
+  def check_finite() -> None:
+    """The non-finite policy over the steps since the last boundary, in step order. The
+    state counts every update it did not apply (TrainState.skipped): one scalar read when
+    nothing went wrong; the per-step flags are read only when the count moved."""
+    nonlocal skipped_seen
+    skipped_now = int(host_get(state.skipped))
+    if skipped_now == skipped_seen:
+      pending.clear()
+      return
+    flags = host_get([m["finite"] for _, m in pending])
+    bad = [(s, m) for (s, m), ok in zip(pending, flags) if not bool(ok)]
+    pending.clear()
+    skipped_seen = skipped_now
+    # The count at each bad step is the count now minus the bad steps after it.
+    for i, (bad_step, bad_metrics) in enumerate(bad):
+      skipped = skipped_now - (len(bad) - 1 - i)
+      terms = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(host_get(bad_metrics).items())
+                        if k != "finite")
       last_good = manager.latest_step()
       where = (f"the last good checkpoint is step {last_good} in {stage_dir / 'checkpoints'}"
                if last_good is not None else "no checkpoint was saved yet")
-      terms = ", ".join(f"{k} {v:.4g}" for k, v in sorted(bad.items()) if k != "finite")
-      skipped = int(state.skipped)
       if policy == "stop" or skipped > max_skipped:
+        batches.close()
         manager.close()
         tb.close()
         reason = ("train.nan_policy='stop'" if policy == "stop" else
                   f"{skipped} skipped updates exceed train.max_skipped={max_skipped}")
         raise DivergenceError(
-            f"[{stage}] non-finite loss or gradient at step {step} ({terms}); the update was "
-            f"not applied and the stage stops ({reason}); {where}. Lower optim.lr, check the "
-            f"data, or set --config.train.nan_policy=skip")
-      _say(f"{head} warning: non-finite loss or gradient at step {step} ({terms}); update "
+            f"[{stage}] non-finite loss or gradient at step {bad_step} ({terms}); the update "
+            f"was not applied and the stage stops ({reason}); {where}. Lower optim.lr, check "
+            f"the data, or set --config.train.nan_policy=skip")
+      _say(f"{head} warning: non-finite loss or gradient at step {bad_step} ({terms}); update "
            f"skipped ({skipped} of at most {max_skipped})")
-      writer.write({"step": step, "stage": stage, "skipped_update": True, "skipped": skipped})
-    if t_ref is None:
-      jax.block_until_ready(state.step)
-      t_ref = t_last = time.time()
-      step_ref = step
-    if step % log_every == 0 or step == total_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items() if k != "finite"}
-      metrics["accuracy"] = 100.0 * metrics["accuracy"]
-      now = time.time()
-      rate = _rate_window(t_last, step_last if step_last >= step_ref else step_ref, step, now)
-      overall = _rate_window(t_ref, step_ref, step, now)
-      t_last, step_last = now, step
-      writer.write({"step": step, "stage": stage, "steps_per_s": rate, **metrics})
-      _say(f"{head} {format_progress(step, total_steps, metrics, rate, overall)}")
-    if eval_every and step % eval_every == 0 and step != total_steps:
-      t_eval = time.time()
-      accuracy = evaluate(eval_fn, state.variables, config, mesh, info.num_test)
-      writer.write({"step": step, "stage": stage, "eval_accuracy": accuracy})
-      tb_firing(step)
-      _say(f"{head} step {step}: test accuracy {pct(accuracy)}")
-      # Training rates count training only: the evaluation's time is taken out of both clocks.
-      spent = time.time() - t_eval
-      t_ref = None if t_ref is None else t_ref + spent
-      t_last = None if t_last is None else t_last + spent
-    signum = stop.agreed() if stop is not None else None
-    if step % ckpt_every == 0 or step == total_steps or signum:
-      ckpt.save(manager, step, state)
-    if signum:
-      manager.close()
-      tb.close()
-      raise Interrupted(stage, step, signum)
+      writer.write({"step": bad_step, "stage": stage, "skipped_update": True,
+                    "skipped": skipped})
+
+  with batches:
+    for step in range(start + 1, total_steps + 1):
+      state, step_metrics = train_fn(state, next(batches), teacher_variables)
+      pending.append((step, step_metrics))
+      if t_ref is None:
+        jax.block_until_ready(state.step)
+        t_ref = t_last = time.time()
+        step_ref = step
+      signum = stop.agreed() if stop is not None else None
+      logs = step % log_every == 0 or step == total_steps
+      evals = bool(eval_every) and step % eval_every == 0 and step != total_steps
+      saves = step % ckpt_every == 0 or step == total_steps or bool(signum)
+      if not (logs or evals or saves):
+        continue
+      check_finite()
+      if logs:
+        metrics = {k: float(v) for k, v in host_get(step_metrics).items() if k != "finite"}
+        metrics["accuracy"] = 100.0 * metrics["accuracy"]
+        now = time.time()
+        rate = _rate_window(t_last, step_last if step_last >= step_ref else step_ref, step, now)
+        overall = _rate_window(t_ref, step_ref, step, now)
+        t_last, step_last = now, step
+        writer.write({"step": step, "stage": stage, "steps_per_s": rate, **metrics})
+        _say(f"{head} {format_progress(step, total_steps, metrics, rate, overall)}")
+      if evals:
+        t_eval = time.time()
+        accuracy = evaluate(eval_fn, state.variables, config, mesh, info.num_test)
+        writer.write({"step": step, "stage": stage, "eval_accuracy": accuracy})
+        tb_firing(step)
+        _say(f"{head} step {step}: test accuracy {pct(accuracy)}")
+        # Training rates count training only: the evaluation's time is taken out of both clocks.
+        spent = time.time() - t_eval
+        t_ref = None if t_ref is None else t_ref + spent
+        t_last = None if t_last is None else t_last + spent
+      if saves:
+        ckpt.save(manager, step, state)
+      if signum:
+        manager.close()
+        tb.close()
+        raise Interrupted(stage, step, signum)
 
   accuracy = evaluate(eval_fn, state.variables, config, mesh, info.num_test)
   writer.write({"step": total_steps, "stage": stage, "eval_accuracy": accuracy})
