@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from mdsnn_jax import distill
 from mdsnn_jax import firing
 from mdsnn_jax import hardware as hw
 from mdsnn_jax import report as rep
@@ -656,3 +657,121 @@ def test_report_saliency_with_teacher_from_another_workdir(distilled, tmp_path):
   assert entry["spearman"] == pytest.approx(report["saliency"]["md"]["spearman"], abs=1e-9)
   assert entry["iou"] == pytest.approx(report["saliency"]["md"]["iou"], abs=1e-12)
   assert (only_md / "report" / rep.SALIENCY_PLOT).read_bytes()[:8] == PNG_MAGIC
+
+
+def _stage_rates_by_hand(workdir: pathlib.Path, stage: str, batches) -> dict[str, np.ndarray]:
+  """Per-neuron rates of one stage, counted without the report: the stage's own stored config,
+  its final variables, model.apply with the 'spikes' collection, mean over T and examples."""
+  import ml_collections
+
+  from mdsnn_jax import nn as nn_lib
+  from mdsnn_jax.train import checkpoint as ckpt
+  from mdsnn_jax.train.stages import stage_model_config
+  config = ml_collections.ConfigDict(json.loads((workdir / stage / "config.json").read_text())["config"])
+  model = nn_lib.create_model(stage_model_config(config, stage), 10)
+  sample = np.zeros((1,) + batches[0]["image"].shape[1:], np.float32)
+  like = jax.eval_shape(lambda k: model.init({"params": k}, sample, train=False),
+                        jax.random.PRNGKey(0))
+  like = {k: v for k, v in like.items() if k in ("params", "batch_stats", "quant_state")}
+  variables = ckpt.load_variables(workdir / stage / "final_variables", like)
+  sums: dict[str, np.ndarray] = {}
+  count = 0
+  for b in batches:
+    _, cols = model.apply(variables, jnp.asarray(b["image"]), train=False,
+                          timesteps=int(config.model.timesteps), mutable=["spikes"])
+    for name, s in distill.flatten_taps(cols["spikes"]).items():
+      s = np.asarray(s, np.float64)  # [T, B, ...]
+      per_neuron = s.reshape(s.shape[0], s.shape[1], -1).sum(axis=(0, 1)) / s.shape[0]
+      sums[name] = sums.get(name, 0.0) + per_neuron
+    count += b["image"].shape[0]
+  return {k: v / count for k, v in sums.items()}
+
+
+def test_report_emd_equals_scipy_on_rates_counted_by_hand(trained):
+  """The report's per-layer and pooled EMD are scipy's W1 between the FP stage's and the QAT
+  stage's rates, each counted independently from that stage's own variables."""
+  workdir, _, report = trained
+  from mdsnn_jax import data as data_lib
+  import ml_collections
+  config = ml_collections.ConfigDict(json.loads((workdir / "summary.json").read_text())["config"])
+  batches = list(data_lib.make_loader(config.data, "test", batch_size=400, seed=0, shuffle=False,
+                                      num_epochs=1, drop_remainder=False))
+  fp = _stage_rates_by_hand(workdir, "fp", batches)
+  qat = _stage_rates_by_hand(workdir, "qat", batches)
+  got = report["emd"]["qat"]
+  assert set(got["per_layer"]) == set(fp) == set(qat)
+  for layer in fp:
+    want = scipy.stats.wasserstein_distance(fp[layer], qat[layer])
+    assert got["per_layer"][layer] == pytest.approx(want, abs=1e-6), layer
+  pooled = scipy.stats.wasserstein_distance(np.concatenate([fp[k] for k in sorted(fp)]),
+                                            np.concatenate([qat[k] for k in sorted(qat)]))
+  assert got["pooled"] == pytest.approx(pooled, abs=1e-6)
+  # A 2-bit student fires differently from its teacher: EMD 0 here would mean fp vs fp.
+  assert got["pooled"] > 1e-4 and max(got["per_layer"].values()) > 1e-4, got
+
+
+def _captured_figure(monkeypatch, plot, *args):
+  """Runs a report plot function and returns its figure instead of only a PNG on disk."""
+  figures = []
+  monkeypatch.setattr(rep, "save_figure_atomic", lambda fig, path: figures.append(fig))
+  plt = rep._pyplot()
+  monkeypatch.setattr(plt, "close", lambda fig=None: None)
+  plot(*args, "unused.png")
+  assert len(figures) == 1
+  return figures[0]
+
+
+def test_emd_plot_draws_each_stage_layer_value(monkeypatch):
+  emd = {"qat": {"per_layer": {"lif0": 0.10, "lif1": 0.02, "lif2": 0.30}, "pooled": 0.12},
+         "md": {"per_layer": {"lif0": 0.05, "lif1": 0.01, "lif2": 0.20}, "pooled": 0.07}}
+  fig = _captured_figure(monkeypatch, rep.plot_emd, emd)
+  ax = fig.axes[0]
+  heights = [round(p.get_height(), 9) for p in ax.patches]
+  assert heights == [0.10, 0.02, 0.30, 0.05, 0.01, 0.20]
+  # Bars of one layer stand side by side, each stage in its own colour, layers labelled.
+  xs = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+  assert xs[0] < xs[3] < xs[1] < xs[4] < xs[2] < xs[5]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["lif0", "lif1", "lif2"]
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert legend == ["fp vs qat (pooled 0.12)", "fp vs md (pooled 0.07)"]
+
+
+def test_firing_histogram_plot_draws_the_rate_fractions(monkeypatch):
+  rng = np.random.default_rng(0)
+  rates = {"fp": {"lif0": rng.uniform(0, 1, 200), "lif1": rng.uniform(0, 0.3, 50)},
+           "qat": {"lif0": rng.uniform(0, 0.5, 200), "lif1": np.zeros(50)}}
+  fig = _captured_figure(monkeypatch, rep.plot_firing_histograms, rates)
+  axes = [ax for ax in fig.axes if ax.get_title()]
+  assert [ax.get_title() for ax in axes] == ["lif0", "lif1"]
+  for ax in axes:
+    layer = ax.get_title()
+    stairs = [a for a in ax.patches if type(a).__name__ == "StepPatch"]
+    assert [s.get_label() for s in stairs] == ["fp", "qat"]
+    for s, stage in zip(stairs, ("fp", "qat")):
+      values, edges, _ = s.get_data()
+      counts, want_edges = np.histogram(rates[stage][layer], bins=20, range=(0, 1))
+      np.testing.assert_allclose(values, counts / counts.sum())
+      np.testing.assert_allclose(edges, want_edges)
+  # A silent layer: all of its neurons in the first bin.
+  qat_lif1 = [a for a in axes[1].patches if a.get_label() == "qat"][0].get_data()[0]
+  assert qat_lif1[0] == 1.0 and qat_lif1[1:].sum() == 0.0
+
+
+def test_energy_plot_stacks_the_components(monkeypatch):
+  hw_by_stage = {s: {m: {"energy_breakdown_uj": {c: float(i + 1 + 10 * j)
+                                                 for i, c in enumerate(hw.ENERGY_COMPONENTS)}}
+                     for j, m in enumerate(("dense", "event"))} for s in ("fp", "qat")}
+  fig = _captured_figure(monkeypatch, rep.plot_energy_breakdown, hw_by_stage)
+  ax = fig.axes[0]
+  n_bars = 4
+  patches = ax.patches
+  assert len(patches) == n_bars * len(hw.ENERGY_COMPONENTS)
+  tops = np.zeros(n_bars)
+  for j, comp in enumerate(hw.ENERGY_COMPONENTS):
+    for b in range(n_bars):
+      p = patches[j * n_bars + b]
+      want = float(j + 1 + 10 * (b % 2))
+      assert p.get_height() == pytest.approx(want) and p.get_y() == pytest.approx(tops[b])
+      tops[b] += want
+  assert [t.get_text() for t in ax.get_xticklabels()] == [
+      "fp\ndense", "fp\nevent", "qat\ndense", "qat\nevent"]
