@@ -424,7 +424,13 @@ def layer_shapes_from_model(model, variables, x, *args, method=None, **apply_kwa
   recs = list(records.values())
   if not recs:
     raise ValueError(f"model {type(model).__name__} called no module owning a rank-2 or rank-4 'kernel' param")
+  return _shapes_from_records(recs)
 
+
+def _shapes_from_records(recs: list[dict]) -> list[LayerShape]:
+  """LayerShapes from per-layer records (kind, c_in, c_out, kernel, h_in, h_conv, macs[,
+  weight_bits]), with H_out after pooling read from the next layer's input (see
+  `layer_shapes_from_model`)."""
   shapes = []
   for i, r in enumerate(recs):
     h_out = r["h_conv"]
@@ -436,5 +442,83 @@ def layer_shapes_from_model(model, variables, x, *args, method=None, **apply_kwa
         side = math.isqrt(nxt["c_in"] // r["c_out"])
         if side * side * r["c_out"] == nxt["c_in"]:
           h_out = side
-    shapes.append(LayerShape(r["c_in"], r["c_out"], r["h_in"], h_out, kernel=r["kernel"], macs=r["macs"]))
+    shapes.append(LayerShape(r["c_in"], r["c_out"], r["h_in"], h_out, kernel=r["kernel"], macs=r["macs"],
+                             weight_bits=r.get("weight_bits")))
   return shapes
+
+
+def _conv_out(h: int, k: int, stride: int, padding: Any, what: str) -> int:
+  if padding == "SAME":
+    return -(-h // stride)
+  if padding == "VALID":
+    if h < k:
+      raise ValueError(f"{what}: a {k}×{k} 'VALID' conv does not fit an input of size {h}")
+    return (h - k) // stride + 1
+  if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
+    return (h + 2 * int(padding) - k) // stride + 1
+  raise ValueError(f"{what}: padding must be 'SAME', 'VALID' or a non-negative int (pixels "
+                   f"per side), got {padding!r}")
+
+
+def layer_shapes(kernels: Sequence[Any], input_sizes: Sequence[int | None], *,
+                 strides: int | Sequence[int] = 1, padding: Any = "SAME",
+                 weight_bits: int | Sequence[int | None] | None = None) -> list[LayerShape]:
+  """LayerShapes of a network given as plain kernels, in layer order (no Flax needed).
+
+  kernels: arrays (or shape tuples): rank 2 (C_in, C_out) is a dense layer, rank 4 HWIO
+  (kh, kw, C_in/groups, C_out) a conv with C_in = input channels (groups = 1).
+  input_sizes: the input height (= width) of each conv, None for dense layers.
+  strides / padding / weight_bits: one value for every layer or one per layer; padding
+  'SAME' (H_conv = ⌈h/s⌉), 'VALID' ((h − k)//s + 1) or an int p ((h + 2p − k)//s + 1).
+  MACs per sample per step are kh·kw·C_in·C_out·H_conv² (conv) and C_in·C_out (dense); a
+  conv's H_out (after pooling) is the next conv's input size, or before a dense layer whose
+  C_in is C_out·h² (flatten) or C_out (global pooling) that h, else H_conv, as
+  `layer_shapes_from_model` does.
+  """
+  kernels = list(kernels)
+  n = len(kernels)
+  if n == 0:
+    raise ValueError("kernels is empty; allowed: a list of rank-2 (dense) or rank-4 HWIO (conv) kernels")
+  sizes = list(input_sizes)
+  if len(sizes) != n:
+    raise ValueError(f"input_sizes has {len(sizes)} entries for {n} kernels; give one per layer "
+                     "(None for dense layers)")
+
+  def per_layer(name, value):
+    if isinstance(value, (list, tuple)):
+      if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries for {n} kernels; give one value or one per layer")
+      return list(value)
+    return [value] * n
+
+  strides_l, padding_l, bits_l = (per_layer("strides", strides), per_layer("padding", padding),
+                                  per_layer("weight_bits", weight_bits))
+  recs = []
+  for i, k in enumerate(kernels):
+    shape = tuple(int(d) for d in (k if isinstance(k, tuple) else np.shape(k)))
+    what = f"layer {i} (kernel shape {shape})"
+    if any(d <= 0 for d in shape):
+      raise ValueError(f"{what}: every kernel dimension must be positive")
+    if len(shape) == 2:
+      cin, cout = shape
+      recs.append(dict(kind="dense", c_in=cin, c_out=cout, kernel=1, h_in=1, h_conv=1,
+                       macs=cin * cout, weight_bits=bits_l[i]))
+    elif len(shape) == 4:
+      kh, kw, cin, cout = shape
+      h = sizes[i]
+      if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
+        raise ValueError(f"{what}: input_sizes[{i}] must be the conv's positive input height, got {h!r}")
+      if kh != kw:
+        raise ValueError(f"{what}: the crossbar model takes square kernels, got {kh}×{kw}")
+      st = strides_l[i]
+      if isinstance(st, bool) or not isinstance(st, (int, np.integer)) or st < 1:
+        raise ValueError(f"{what}: strides must be a positive int, got {st!r}")
+      h_conv = _conv_out(int(h), kh, int(st), padding_l[i], what)
+      if h_conv < 1:
+        raise ValueError(f"{what}: the conv output is empty (input {h}, stride {st}, padding {padding_l[i]!r})")
+      recs.append(dict(kind="conv", c_in=cin, c_out=cout, kernel=kh, h_in=int(h), h_conv=h_conv,
+                       macs=kh * kw * cin * cout * h_conv * h_conv, weight_bits=bits_l[i]))
+    else:
+      raise ValueError(f"{what}: allowed kernels are rank 2 (C_in, C_out) for dense layers and "
+                       "rank 4 HWIO for convs")
+  return _shapes_from_records(recs)

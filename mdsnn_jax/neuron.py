@@ -20,7 +20,10 @@ parameters are traced arguments: they may change freely and be vmapped over).
 
 Autodiff: every spike is a `jax.custom_jvp` (`mdsnn_jax.surrogate`), so reverse mode
 (grad, vjp) and forward mode (jvp, jacfwd, hessian) both work through `lif_scan` and
-`rlif_scan`. The default state u_0 = 0 is built from the input (`zeros_like(x_0)`), so it
+`rlif_scan`. One caveat for second derivatives: when reverse mode linearizes the scan, the
+saved spikes s_t of the reset term h·(1 − s) act as constants, so `jax.hessian` (forward
+over reverse) and jacrev∘jacrev omit the surrogate's contribution through the reset (as the
+earlier custom-VJP spike did); `jax.jacfwd(jax.jacfwd(f))` includes it. The default state u_0 = 0 is built from the input (`zeros_like(x_0)`), so it
 carries the input's sharding type under `jax.shard_map`.
 Argument checks on values (θ > 0, λ ∈ [0, 1]) run when the values are concrete; under an
 outer `jit` they are skipped unless `runtime_checks=True`, which emits

@@ -162,7 +162,9 @@ def spike_with_slope(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
   def _jvp(primals, tangents):
     z, alpha = primals
     dz, _ = tangents
-    return heaviside(z), (dz * grad_fn(z, alpha)).astype(z.dtype)
+    # The primal through `spike` itself (not bare heaviside), so that a second derivative
+    # of it again sees the surrogate (hessian = jacfwd of jacrev).
+    return spike(z, alpha), (dz * grad_fn(z, alpha)).astype(z.dtype)
 
   spike.__name__ = f"spike_{name}"
   spike.__doc__ = f"Heaviside spike H(z) with the {name!r} surrogate derivative of slope alpha."

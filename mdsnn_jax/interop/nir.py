@@ -82,26 +82,102 @@ def _nir():
 # Pure neuron-parameter mapping.
 
 
-def lif_to_nir_params(decay: float, threshold, shape: Sequence[int], dt: float = DEFAULT_DT
+def lif_to_nir_params(decay, threshold, shape: Sequence[int], dt: float = DEFAULT_DT
                       ) -> dict[str, np.ndarray]:
   """NIR LIF / IF parameters (arrays of `shape`) reproducing h = λ·u + x, hard reset to 0.
 
   λ < 1: {'tau': dt/(1−λ), 'r': 1/(1−λ), 'v_leak': 0, 'v_threshold': θ, 'v_reset': 0};
   λ = 1: the IF parameters {'r': 1/dt, 'v_threshold': θ, 'v_reset': 0}.
-  threshold: a scalar or an array broadcastable to `shape`.
+  decay: a float, or an array broadcastable to `shape` (per neuron, e.g. a learned
+  λ = σ(decay_raw)) with every λ < 1 or every λ = 1. threshold: likewise.
   """
-  if not (isinstance(decay, (int, float, np.floating)) and 0.0 <= decay <= 1.0):
-    raise ValueError(f"decay must be a float in [0, 1], got {decay!r}")
   if not dt > 0:
     raise ValueError(f"dt must be positive, got {dt!r}")
   shape = tuple(int(s) for s in shape)
+  if isinstance(decay, (int, float, np.floating)) and not isinstance(decay, bool):
+    if not 0.0 <= decay <= 1.0:
+      raise ValueError(f"decay must be a float in [0, 1], got {decay!r}")
+    lam = np.full(shape, float(decay))
+  else:
+    try:
+      lam = np.broadcast_to(np.asarray(decay, np.float64), shape).copy()
+    except (TypeError, ValueError):
+      raise ValueError(f"decay must be a float in [0, 1] or an array broadcastable to {shape}, "
+                       f"got {decay!r}") from None
+    if not np.all((lam >= 0) & (lam <= 1)):
+      raise ValueError(f"decay must lie in [0, 1], got values in [{lam.min()}, {lam.max()}]")
   theta = np.broadcast_to(np.asarray(threshold, np.float64), shape).copy()
   full = lambda v: np.full(shape, v, np.float64)
-  if decay == 1.0:
+  if np.all(lam == 1.0):
     return {"r": full(1.0 / dt), "v_threshold": theta, "v_reset": full(0.0)}
-  tau = dt / (1.0 - decay)
-  return {"tau": full(tau), "r": full(tau / dt), "v_leak": full(0.0), "v_threshold": theta,
+  if np.any(lam == 1.0):
+    raise ValueError("decay mixes λ = 1 (NIR's IF) with λ < 1 (LIF) in one layer; NIR has no "
+                     "node for that")
+  tau = dt / (1.0 - lam)
+  return {"tau": tau, "r": tau / dt, "v_leak": full(0.0), "v_threshold": theta,
           "v_reset": full(0.0)}
+
+
+def rlif_to_nir_nodes(name: str, recurrent_weight, *, decay, threshold, dt: float = DEFAULT_DT
+                      ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+  """The NIR nodes and edges of a recurrent LIF layer (`neuron.rlif_scan`, `nn.RLIF`).
+
+  h_t = λ·u_{t−1} + x_t + s_{t−1} @ W_rec is a LIF node '<name>.lif' whose output also feeds
+  a Linear node '<name>.w_rec' (weight W_recᵀ, NIR's (out, in)) back into it: NIR sums a
+  node's inputs, and the edge's one-step delay gives s_{t−1} (snnTorch's importer turns this
+  pair into an RLeaky). Connect the layer's input to, and take its output from, '<name>.lif'.
+  Returns ({node name: node}, [edges]).
+  """
+  nir = _nir()
+  if not isinstance(name, str) or not name or "." in name or "/" in name:
+    raise ValueError(f"name must be a non-empty string without '.' or '/' (snnTorch's importer "
+                     f"splits node names at '.'), got {name!r}")
+  w = np.asarray(recurrent_weight, np.float32)
+  if w.ndim != 2 or w.shape[0] != w.shape[1]:
+    raise ValueError(f"recurrent_weight must be a square (N, N) matrix, got shape {w.shape}")
+  n = w.shape[0]
+  params = lif_to_nir_params(decay, threshold, (n,), dt)
+  lam = np.broadcast_to(np.asarray(decay, np.float64), (n,))
+  meta = {"decay": float(lam[0]) if np.all(lam == lam[0]) else lam.copy(), "recurrent": 1}
+  lif = nir.IF(**params, metadata=meta) if "tau" not in params else nir.LIF(**params, metadata=meta)
+  lif_name, rec_name = f"{name}.lif", f"{name}.w_rec"
+  nodes = {lif_name: lif, rec_name: nir.Linear(weight=np.ascontiguousarray(w.T))}
+  return nodes, [(lif_name, rec_name), (rec_name, lif_name)]
+
+
+def rlif_to_nir(recurrent_weight, *, decay, threshold, input_weight=None, input_bias=None,
+                dt: float = DEFAULT_DT, timesteps: int | None = None, name: str = "rlif"):
+  """A NIR graph Input → [Affine] → recurrent LIF (`rlif_to_nir_nodes`) → Output.
+
+  input_weight: an optional dense input layer (in, N), ours x_t = i_t @ W_in + b (NIR's
+  Affine weight is its transpose); without it the input is the current x_t itself [N].
+  Metadata: dt and, when given, the number of timesteps.
+  """
+  nir = _nir()
+  nodes, edges = rlif_to_nir_nodes(name, recurrent_weight, decay=decay, threshold=threshold, dt=dt)
+  n = int(np.shape(recurrent_weight)[0])
+  lif = f"{name}.lif"
+  if input_weight is None:
+    if input_bias is not None:
+      raise ValueError("input_bias was given without input_weight")
+    nodes["input"] = nir.Input(input_type={"input": np.array([n])})
+    edges.append(("input", lif))
+  else:
+    w_in = np.asarray(input_weight, np.float32)
+    if w_in.ndim != 2 or w_in.shape[1] != n:
+      raise ValueError(f"input_weight must have shape (in, {n}), got {w_in.shape}")
+    b = np.zeros(n, np.float32) if input_bias is None else np.asarray(input_bias, np.float32)
+    if b.shape != (n,):
+      raise ValueError(f"input_bias must have shape ({n},), got {b.shape}")
+    nodes["input"] = nir.Input(input_type={"input": np.array([w_in.shape[0]])})
+    nodes["fc"] = nir.Affine(weight=np.ascontiguousarray(w_in.T), bias=b)
+    edges += [("input", "fc"), ("fc", lif)]
+  nodes["output"] = nir.Output(output_type={"output": np.array([n])})
+  edges.append((lif, "output"))
+  meta = {"dt": float(dt)}
+  if timesteps is not None:
+    meta["timesteps"] = int(timesteps)
+  return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
 def nir_neuron_to_ours(node, dt: float = DEFAULT_DT, name: str = "?"
@@ -278,8 +354,15 @@ class _Exporter:
       theta = theta.reshape((-1,) + (1,) * (len(shape) - 1))  # per channel
     else:
       theta = float(neuron.threshold)
-    params = lif_to_nir_params(float(neuron.decay), theta, shape, self.dt)
-    meta = {"decay": float(neuron.decay)}
+    if getattr(neuron, "learn_decay", False):
+      raw = _get(self.v["params"], path + ("decay_raw",))
+      decay = _np(jax.nn.sigmoid(jnp.asarray(raw))).astype(np.float64)
+      decay = decay.reshape((-1,) + (1,) * (len(shape) - 1))  # per channel
+      meta = {"decay": decay.reshape(-1).copy(), "learn_decay": 1}
+    else:
+      decay = float(neuron.decay)
+      meta = {"decay": decay}
+    params = lif_to_nir_params(decay, theta, shape, self.dt)
     if self.mq_kind is not None:
       meta["membrane_quant_dropped"] = self.mq_kind
     node = (self.nir.IF(**params, metadata=meta) if "tau" not in params

@@ -20,10 +20,12 @@ from mdsnn_jax.nn.layers import (
     QConvBN,
     QDense,
     QuantConfig,
+    RLIF,
     TDBatchNorm,
     resolve_membrane_quantizer,
     resolve_weight_quantizer,
 )
+from mdsnn_jax.nn.time import merge_time
 from mdsnn_jax.nn.models import (
     DTYPES,
     MODELS,
@@ -42,8 +44,8 @@ from mdsnn_jax.nn.models import (
 )
 
 __all__ = [
-    "conv2d",
-    "LIF", "LIF_IMPLS", "REMATS", "DTYPES", "NeuronConfig", "QConv", "QConvBN", "QDense", "QuantConfig", "TDBatchNorm",
+    "conv2d", "merge_time",
+    "LIF", "RLIF", "LIF_IMPLS", "REMATS", "DTYPES", "NeuronConfig", "QConv", "QConvBN", "QDense", "QuantConfig", "TDBatchNorm",
     "resolve_weight_quantizer", "resolve_membrane_quantizer",
     "MODELS", "SpikingNet", "SpikingVGG", "MSResNet", "SEWResNet", "DigitsMLP", "DigitsCNN",
     "create_model", "default_model_config", "init_variables", "init_student_from_teacher",

@@ -35,7 +35,7 @@ from flax.core import FrozenDict
 from jax.ad_checkpoint import checkpoint_name
 
 from mdsnn_jax.lif_vjp import fused_lif_scan
-from mdsnn_jax.neuron import RESETS, lif_scan
+from mdsnn_jax.neuron import RESETS, lif_scan, rlif_scan
 from mdsnn_jax.nn.conv import IMPLS as CONV_IMPLS
 from mdsnn_jax.nn.conv import conv2d
 from mdsnn_jax.prune import (channel_gate_logits, gate_bce_loss, gate_mask, gated_lif_scan,
@@ -102,6 +102,9 @@ class NeuronConfig:
   gate_rho: None (off) or ρ ∈ (0, 1], SpQuant's learned channel gate (SPEC §4, `ChannelGate`)
   on every conv + BN unit and hidden dense layer, trained towards keeping the channels that
   hold a share ρ of the output's peak mass (SpQuant: 0.85).
+  learn_decay: a learnable per-channel λ = σ(decay_raw) (PLIF), always inside (0, 1), with
+  decay_raw initialised to logit(decay); needs 0 < decay < 1. The LIF then runs `lif_scan`
+  (scan autodiff), since the fused backward holds λ constant.
   """
   decay: float = 0.5
   threshold: float = 1.0
@@ -112,6 +115,7 @@ class NeuronConfig:
   learn_threshold: bool = False
   prune_prior: float | None = None
   gate_rho: float | None = None
+  learn_decay: bool = False
 
   def __post_init__(self):
     if not (isinstance(self.decay, (int, float)) and 0.0 <= self.decay <= 1.0):
@@ -124,6 +128,11 @@ class NeuronConfig:
       raise ValueError(f"unknown surrogate {self.surrogate!r}; known surrogates: {sorted(SURROGATES)}")
     if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
       raise ValueError(f"surrogate alpha must be None or a positive finite number, got {self.alpha!r}")
+    if not isinstance(self.learn_decay, (bool, np.bool_)):
+      raise ValueError(f"neuron learn_decay must be a bool, got {self.learn_decay!r}")
+    if self.learn_decay and not 0.0 < self.decay < 1.0:
+      raise ValueError(f"neuron learn_decay needs 0 < decay < 1 (its initial σ(decay_raw)), got "
+                       f"decay={self.decay!r}")
     rho = self.gate_rho
     if rho is not None and (isinstance(rho, bool) or not isinstance(rho, (int, float))
                             or not 0.0 < rho <= 1.0):
@@ -223,7 +232,7 @@ def parameter_free_lif(neuron: NeuronConfig, membrane_quant: Any):
   a membrane quantizer without parameters, no prune prior); None for one that has. A
   recomputed unit (`models.recompute_in_backward`) can then hold the LIF too: a closed-over
   parameter would get no gradient there."""
-  if neuron.learn_threshold or neuron.prune_prior is not None:
+  if neuron.learn_threshold or neuron.learn_decay or neuron.prune_prior is not None:
     return None
   mq = resolve_membrane_quantizer(membrane_quant)
   if mq is not None and _has_leaves(mq.init_params):
@@ -236,10 +245,10 @@ def parameter_free_lif(neuron: NeuronConfig, membrane_quant: Any):
   return spikes
 
 
-def _lif_kwargs(neuron: NeuronConfig, threshold, membrane_quantizer) -> dict:
+def _lif_kwargs(neuron: NeuronConfig, threshold, membrane_quantizer, decay=None) -> dict:
   """The recurrence's keyword arguments shared by lif_scan, fused_lif_scan and their
   variants, so `parameter_free_lif` and `LIF` cannot drift apart."""
-  return dict(decay=neuron.decay, threshold=threshold, reset=neuron.reset,
+  return dict(decay=neuron.decay if decay is None else decay, threshold=threshold, reset=neuron.reset,
               surrogate=neuron.surrogate, alpha=neuron.alpha, detach_reset=neuron.detach_reset,
               membrane_quantizer=membrane_quantizer)
 
@@ -262,7 +271,9 @@ class LIF(nn.Module):
   every c-th state for the backward pass and recomputes the steps in between. full_unroll
   (model.remat='layer'): the fused recurrence runs fully unrolled at every T, not only up to
   `lif_vjp.FULL_UNROLL_MAX_T`: no loop buffers stacked per step, for less peak memory
-  (BENCHMARKS.md, memory vs T) at a slower LIF from T ≈ 10 on.
+  (BENCHMARKS.md, memory vs T) at a slower LIF from T ≈ 10 on. With learn_decay,
+  λ = σ(decay_raw) per channel and the recurrence runs `lif_scan`. Forward-mode autodiff
+  (jax.jvp, jacfwd) needs impl='scan': the fused backward is a custom VJP.
   """
   neuron: NeuronConfig = NeuronConfig()
   membrane_quant: Any = None
@@ -278,22 +289,13 @@ class LIF(nn.Module):
     if self.remat_time and cfg.prune_prior is not None:
       raise ValueError("time-chunk remat (model.remat='time') does not support prune_prior: the "
                        "gate reads h_{t-1}, which a chunk boundary does not carry")
-    if cfg.learn_threshold:
-      raw = self.param("theta_raw", nn.initializers.constant(inverse_softplus(cfg.threshold)),
-                       (x.shape[-1],), jnp.float32)
-      threshold = jax.nn.softplus(raw).astype(x.dtype)
-    else:
-      threshold = cfg.threshold
-    mq = resolve_membrane_quantizer(self.membrane_quant)
-    mq_fn, mq_params = None, {}
-    if mq is not None:
-      mq_params = self.param("mq", lambda _: mq.init_params()) if _has_leaves(mq.init_params) else {}
-      mq_fn = functools.partial(mq.apply, mq_params)
+    threshold, decay = _neuron_params(self, cfg, x)
+    mq_fn, mq_params = _membrane_fn(self, self.membrane_quant)
     impl = resolve_lif_impl(self.impl)
-    lif_kwargs = _lif_kwargs(cfg, threshold, mq_fn)
+    lif_kwargs = _lif_kwargs(cfg, threshold, mq_fn, decay)
     if self.remat_time:
       s, h = time_chunked_lif_scan(x, time_chunk_for(x.shape[0]), **lif_kwargs)
-    elif impl == "fused" and cfg.prune_prior is None and not mq_params:
+    elif impl == "fused" and cfg.prune_prior is None and not mq_params and not cfg.learn_decay:
       # (a learned membrane quantizer's parameters would be closed over: scan autodiff then)
       s, h, _ = fused_lif_scan(x, unroll=x.shape[0] if self.full_unroll else None, **lif_kwargs)
     elif cfg.prune_prior is None:
@@ -305,6 +307,63 @@ class LIF(nn.Module):
     # Keep only the latest call's tap (a 1-tuple, flax's sow format), so variables returned by
     # `init` (where every collection is mutable) never make later applies accumulate.
     # Taps in float32 whatever the compute dtype, so distillation losses stay float32.
+    self.sow("membranes", "h", h.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
+    self.sow("spikes", "s", s.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
+    return s
+
+
+def _neuron_params(module: nn.Module, cfg: NeuronConfig, x: Array):
+  """(θ, λ) of a LIF layer: learned per channel (last axis) when the config says so
+  (θ = softplus(theta_raw), λ = σ(decay_raw)), else None for λ (the config's number)."""
+  if cfg.learn_threshold:
+    raw = module.param("theta_raw", nn.initializers.constant(inverse_softplus(cfg.threshold)),
+                       (x.shape[-1],), jnp.float32)
+    threshold = jax.nn.softplus(raw).astype(x.dtype)
+  else:
+    threshold = cfg.threshold
+  decay = None
+  if cfg.learn_decay:
+    logit = math.log(cfg.decay / (1.0 - cfg.decay))
+    raw = module.param("decay_raw", nn.initializers.constant(logit), (x.shape[-1],), jnp.float32)
+    decay = jax.nn.sigmoid(raw).astype(x.dtype)
+  return threshold, decay
+
+
+def _membrane_fn(module: nn.Module, membrane_quant: Any):
+  """(u -> Q(u) or None, the quantizer's params ({} when it has none)) of a LIF layer."""
+  mq = resolve_membrane_quantizer(membrane_quant)
+  if mq is None:
+    return None, {}
+  mq_params = module.param("mq", lambda _: mq.init_params()) if _has_leaves(mq.init_params) else {}
+  return functools.partial(mq.apply, mq_params), mq_params
+
+
+class RLIF(nn.Module):
+  """Recurrent LIF layer on time-major currents [T, B, ..., N] -> spikes [T, B, ..., N]:
+
+      h_t = λ·u_{t−1} + x_t + s_{t−1} @ W_rec,  s_t = H(h_t − θ),  reset,  u_t = Q_u(u_t)
+
+  (`neuron.rlif_scan`; snnTorch's RLeaky with all_to_all, spyx's RLIF). W_rec [N, N] is
+  'params'/'recurrent_kernel' (`recurrent_init`, default orthogonal with gain 0.5, so the
+  recurrent current starts small and is norm-preserving); θ and λ learned as in `LIF`. Sows
+  'membranes'/'h' and 'spikes'/'s' like `LIF`.
+  """
+  neuron: NeuronConfig = NeuronConfig()
+  membrane_quant: Any = None
+  recurrent_init: Any = nn.initializers.orthogonal(scale=0.5)
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim < 3:
+      raise ValueError(f"RLIF input must be time-major [T, B, ..., N], got shape {x.shape}")
+    cfg = self.neuron
+    if cfg.prune_prior is not None:
+      raise ValueError("RLIF does not support prune_prior (membrane-prior channel gating)")
+    n = x.shape[-1]
+    w_rec = self.param("recurrent_kernel", self.recurrent_init, (n, n), jnp.float32)
+    threshold, decay = _neuron_params(self, cfg, x)
+    mq_fn, _ = _membrane_fn(self, self.membrane_quant)
+    s, h, _ = rlif_scan(x, w_rec, **_lif_kwargs(cfg, threshold, mq_fn, decay))
     self.sow("membranes", "h", h.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
     self.sow("spikes", "s", s.astype(jnp.float32), init_fn=tuple, reduce_fn=_latest)
     return s

@@ -34,6 +34,7 @@ precision=HIGHEST and avoid TF32).
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 from typing import Any, NamedTuple
 
@@ -152,6 +153,11 @@ def export_layer(
   `lif_scan(..., decay, threshold, reset='hard', membrane_quantizer=mq.apply)`.
   wq_params / wq_state None: the weight quantizer's init from `kernel`; mq is required.
   Cost O(L²·C) exact rational operations.
+
+  Bias grid: the bias is an integer on the accumulator scale, int_bias_c = round(b_c/s_c)
+  with s_c the weight scale (spike inputs are 0/1), so it moves in steps of s_c; the
+  exported spikes match a float forward that used `quantize_folded`'s bias_q, not the raw
+  bias. A nonzero bias that rounds to 0 in every channel warns (`BiasRoundsToZeroWarning`).
   """
   if mq is None:
     raise ValueError("export_layer needs the membrane quantizer mq (e.g. quant.ternary_membrane())")
@@ -191,6 +197,7 @@ def export_layer(
   if not np.allclose(int_w * acc_scale.astype(np.float64), np.asarray(kernel_q, np.float64), rtol=1e-6, atol=0):
     raise ValueError(f"weight quantizer {wq.kind!r} breaks its contract apply == int_w * scale")
   int_bias = np.round(np.asarray(bias_q, np.float64) / acc_scale.astype(np.float64)).astype(np.int64)
+  _warn_if_bias_vanishes(bias, int_bias, acc_scale)
 
   lam = Fraction(decay_f)
   lv = [Fraction(v) for v in levels]
@@ -223,6 +230,26 @@ def export_layer(
       padding=padding,
       exact=exact,
   )
+
+
+class BiasRoundsToZeroWarning(UserWarning):
+  """Every channel of a layer's nonzero bias rounded to 0 on the accumulator grid."""
+
+
+def _warn_if_bias_vanishes(bias, int_bias, acc_scale) -> None:
+  """Warns when a nonzero float bias becomes int_bias = 0 in every channel: the bias step
+  is the accumulator step (the weight scale), so a low-bit layer's small biases vanish."""
+  if bias is None:
+    return
+  b = np.asarray(bias, np.float64).ravel()
+  if not np.any(b != 0) or np.any(int_bias != 0):
+    return
+  warnings.warn(
+      f"every bias of this layer rounds to 0 on the accumulator grid (bias step = weight scale "
+      f"s_c, here {float(np.min(acc_scale)):.3g} to {float(np.max(acc_scale)):.3g}; largest "
+      f"|bias| {float(np.max(np.abs(b))):.3g}): the exported layer has no bias. Train through "
+      "quant.quantize_folded(kernel, bias, wq, ...) so the float forward rounds the bias the "
+      "same way, or drop the bias", BiasRoundsToZeroWarning, stacklevel=3)
 
 
 def _float_forward_is_exact(int_w, int_bias, scale, lam, theta, lv, dtype) -> bool:

@@ -135,7 +135,9 @@ def grid_bump_sum(u: jax.Array, first: float, step: float, count: int, k: float)
   return (k * _pairwise_sum(terms)).astype(u.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+# A custom_jvp (tangent dQ = bump_sum(u)·du, linear in du, so JAX transposes it for the
+# backward): forward-mode autodiff (jvp, jacfwd, hessian) works through the quantizer too.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
 def _integer_grid(u: jax.Array, lower: float, step: float, count: int, k: float) -> jax.Array:
   first = lower / step
   # With 0 on the grid, round u/step itself (exact for a power-of-two step): the shift
@@ -149,16 +151,12 @@ def _integer_grid(u: jax.Array, lower: float, step: float, count: int, k: float)
   return _plus_zero((origin + step * idx).astype(u.dtype))
 
 
-def _integer_grid_fwd(u, lower, step, count, k):
-  return _integer_grid(u, lower, step, count, k), u
-
-
-def _integer_grid_bwd(lower, step, count, k, u, g):
+@_integer_grid.defjvp
+def _integer_grid_jvp(lower, step, count, k, primals, tangents):
+  (u,), (du,) = primals, tangents
   # Same value as stacked_sigmoid_grad(u, midpoints, k), without a boundary axis.
-  return (g * grid_bump_sum(u, lower + 0.5 * step, step, count - 1, k),)
-
-
-_integer_grid.defvjp(_integer_grid_fwd, _integer_grid_bwd)
+  slope = grid_bump_sum(u, lower + 0.5 * step, step, count - 1, k)
+  return _integer_grid(u, lower, step, count, k), du * slope
 
 
 def integer_levels(lower: float = -1.0, step: float = 1.0, threshold: float = 1.0) -> tuple[float, ...]:
@@ -170,6 +168,8 @@ def integer_levels(lower: float = -1.0, step: float = 1.0, threshold: float = 1.
   lower = _finite("lower", lower)
   step = _finite("step", step)
   threshold = _finite("threshold", threshold)
+  if threshold <= 0:
+    raise ValueError(f"membrane threshold must be > 0 (the grid's upper clip), got {threshold}")
   if step <= 0:
     raise ValueError(f"membrane step must be positive, got {step}")
   if not lower < threshold:
@@ -212,8 +212,23 @@ def _integer_membrane(levels: tuple[float, ...], step: float, k: float) -> Membr
 
 
 def ternary_membrane(threshold: float = 1.0, k: float = 2.0) -> MembraneQuantizer:
-  """The {−1, 0, 1} integer membrane (lower = −1, Δ = 1), log2 3 = 1.58 bits."""
-  return _as_ternary(integer_membrane(-1.0, 1.0, threshold, k))
+  """The {−1, 0, 1} integer membrane (lower = −1, Δ = 1), log2 3 = 1.58 bits.
+
+  The grid clips at θ, so it has exactly three levels for 1 ≤ θ < 2 only; any other θ is
+  a ValueError (θ ≥ 2 adds levels 2, 3, …: use `integer_membrane(-1.0, threshold=θ)`, whose
+  kind 'integer' and effective bits report the real level count).
+  """
+  threshold = _finite("threshold", threshold)
+  if threshold <= 0:
+    raise ValueError(f"ternary membrane threshold must be > 0, got {threshold}")
+  mq = integer_membrane(-1.0, 1.0, threshold, k)
+  if len(mq.levels) != 3:
+    raise ValueError(
+        f"ternary_membrane(threshold={threshold}) would have {len(mq.levels)} levels "
+        f"{mq.levels}, not the three {{-1, 0, 1}}: a ternary grid needs 1 <= threshold < 2; "
+        f"for this grid use integer_membrane(-1.0, threshold={threshold}) (kind 'integer', "
+        f"{mq.effective_bits:.2f} bits)")
+  return _as_ternary(mq)
 
 
 @functools.lru_cache(maxsize=256)
