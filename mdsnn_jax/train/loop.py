@@ -214,8 +214,10 @@ def check(config, workdir: str | os.PathLike, *, overwrite: bool = False,
 
   Builds every stage's model and quantizers and traces its real training step on abstract
   inputs (`jax.eval_shape`: no compute), which checks every distill field and tap name;
-  checks the schedule fields, the batch against the dataset, the teacher's saved structure
-  against its own config, and each stage folder against the stored config."""
+  opens the data (both splits non-empty after the split rule); checks the schedule fields,
+  the batch against the dataset, the teacher's saved structure against its own config, each
+  stage folder against the stored config, and the workdir (a folder, writable, with room for
+  one checkpoint)."""
   note = note or (lambda s: logging.warning("%s", s))
   workdir = pathlib.Path(workdir)
   stages = parse_stages(config.stages)
