@@ -31,12 +31,11 @@ def _check_timesteps(timesteps) -> int:
 
 
 def _float(x) -> jax.Array:
+  dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+  if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_):
+    raise ValueError(f"x must be a numeric array, got dtype {dtype}")
   x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-      raise ValueError(f"x must be a numeric array, got dtype {x.dtype}")
-    x = x.astype(jnp.float32)
-  return x
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
 def rate(key: jax.Array, x: jax.Array, timesteps: int) -> jax.Array:
