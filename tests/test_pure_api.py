@@ -197,3 +197,22 @@ def test_export_warns_when_every_bias_rounds_to_zero_and_matches_quantize_folded
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     quant.export_layer(k, jnp.full((8,), 5.0), wq, mq=mq)  # representable: no warning
+
+
+# ------------------------------------------------------------------ the example script
+
+
+@pytest.mark.integration
+def test_own_model_example_trains(capsys):
+  """examples/own_model.py (rate code, recurrent LIF, rate regulariser) learns the digits."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "own_model.py"
+  spec = importlib.util.spec_from_file_location("own_model", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  out = mod.main(steps=40, timesteps=4, batch=64)
+  assert out["last_loss"] < out["first_loss"]
+  assert out["accuracy"] > 0.3  # chance is 0.1
+  assert 0.0 < out["rate"] < 1.0
+  assert "test accuracy" in capsys.readouterr().out
