@@ -7,6 +7,15 @@ reading back finished ones) and writes <workdir>/<table>.{md,csv,json,png}.
     python launch/reproduce.py --table=md_evidence --workdir=runs/tables --scale=cpu
     python launch/reproduce.py --table=md_evidence --rows=none,md --workdir=runs/mine \
         --config=launch/configs/md_cifar10.py:2 --seeds=0
+    python launch/reproduce.py --table=md_snn --workdir=runs/full --scale=full \
+        --data_root=cifar10=/data/cifar,ncaltech101=/data/N-Caltech101 --dry_run
+
+--scale=full and --scale=gpu_short read every dataset from --data_root (nothing from
+../shared/data), refuse a folder whose split sizes are not the real dataset's, and refuse to
+train on a CPU unless --allow_cpu. Before any training, every dataset is opened and counted,
+every run's step traced and the free disk checked; every problem found is one `error:` line
+(exit 2), and nothing is created. --dry_run does that, then prints each run's steps, epochs,
+data and estimated hours, and trains nothing.
 
 --rows runs only those rows (and the rows they need: the teacher, each row's no-KD
 baseline, each PTQ row's source). --config runs the table's rows on your own training config
@@ -21,7 +30,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from mdsnn_jax.train import cli, reproduce, tables
+from mdsnn_jax.train import cli, preflight, reproduce, tables
 
 _TABLE = flags.DEFINE_string("table", None, f"One of {sorted(tables.TABLES)}.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the runs and the table files.")
@@ -34,6 +43,22 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Retrain runs whose stored co
 _COMPILE_CACHE = flags.DEFINE_bool(
     "compile_cache", True, "Keep XLA's compiled programs in <workdir>/.jax_cache, so the runs "
     "of every seed (the same programs) compile once.")
+_DATA_ROOT = flags.DEFINE_string(
+    "data_root", "", "NAME=PATH[,NAME=PATH...]: the folder of each dataset the table reads "
+    f"(NAME one of {list(preflight.ROOT_NAMES)}; for cifar10 / cifar100 / mnist a tfds "
+    "data_dir works too). Required at --scale=full and gpu_short, where each must hold the "
+    "whole dataset.")
+_ALLOW_CPU = flags.DEFINE_bool("allow_cpu", False, "Train --scale=full / gpu_short on a CPU "
+                               "anyway (refused by default: days to years of compute).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Run the pre-flight, print every run's steps, "
+                             "epochs, data and estimated H100 hours, and train nothing.")
+_DEVICES = flags.DEFINE_integer("devices", 8, "The device count --dry_run's per-device "
+                                "estimate assumes (besides one H100).")
+_PRECISION = flags.DEFINE_enum(
+    "precision", None, list(reproduce.PRECISIONS),
+    "Every run's compute precision (model.dtype: fp32 = float32, bf16 = bfloat16; default: "
+    f"each config's own, float32). {reproduce.PRECISION_NOTE}. Runs made at another "
+    "precision are other runs: use another --workdir.")
 config_flags.DEFINE_config_file("config", None, "Run the table's rows on this training config "
                                 "instead of --scale's datasets.")
 
@@ -41,7 +66,8 @@ config_flags.DEFINE_config_file("config", None, "Run the table's rows on this tr
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; allowed: --table, --workdir, --scale, "
-                     "--seeds, --rows, --config, --out, --list, --overwrite, --compile_cache")
+                     "--seeds, --rows, --config, --out, --list, --overwrite, --compile_cache, "
+                     "--data_root, --allow_cpu, --dry_run, --devices, --precision")
   if _LIST.value:
     print(reproduce.describe_tables())
     return
@@ -56,11 +82,21 @@ def main(argv):
   reproduce.check_inputs(_TABLE.value, scale, _SEEDS.value, rows)
   if not _WORKDIR.value:
     raise ValueError("--workdir is required (the folder of the runs and the table files)")
-  if _COMPILE_CACHE.value:
-    reproduce.use_compile_cache(_WORKDIR.value)
-  result = reproduce.run_table(_TABLE.value, _WORKDIR.value, scale=_SCALE.value,
-                               seeds=_SEEDS.value, overwrite=_OVERWRITE.value, rows=rows,
-                               config=config, out=_OUT.value or None)
+  roots = preflight.parse_data_roots(_DATA_ROOT.value)
+  dtype = reproduce.parse_precision(_PRECISION.value)
+  if _DEVICES.value < 1:
+    raise ValueError(f"--devices={_DEVICES.value}; allowed: an integer >= 1")
+  common = dict(scale=_SCALE.value, seeds=_SEEDS.value, rows=rows, config=config,
+                data_roots=roots, dtype=dtype)
+  try:
+    if _DRY_RUN.value:
+      print(reproduce.dry_run(_TABLE.value, _WORKDIR.value, devices=_DEVICES.value, **common))
+      return
+    result = reproduce.run_table(_TABLE.value, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                                 out=_OUT.value or None, allow_cpu=_ALLOW_CPU.value,
+                                 compile_cache=_COMPILE_CACHE.value, **common)
+  except preflight.PreflightError as e:
+    preflight.exit_with(e.problems)
   print(reproduce.render_markdown(result))
 
 

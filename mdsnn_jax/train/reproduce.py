@@ -43,6 +43,7 @@ from mdsnn_jax import prune
 from mdsnn_jax import provenance
 from mdsnn_jax import report as report_lib
 from mdsnn_jax import saliency as sal
+from mdsnn_jax.train import cost as cost_lib
 from mdsnn_jax.train import experiments, stages as stages_lib
 from mdsnn_jax.train import tables as tables_lib
 
@@ -616,40 +617,108 @@ def check_inputs(table: str, scale: str, seeds: str,
 
 
 def config_dataset(config: ml_collections.ConfigDict) -> tables_lib.Dataset:
-  """A table's dataset made of a user's training config (`--config`): its rows run on it."""
-  info = data_lib.dataset_info(config.data)
+  """A table's dataset made of a user's training config (`--config`): its rows run on it.
+  Nothing is read here: the pre-flight opens the data with every other check."""
+  name = data_lib.registry.parse_config(config.data).name
   teacher_steps = int(config.get("teacher_steps", config.train.steps))
   return tables_lib.Dataset(
-      info.name, f"the given config: {info.name}, {config.model.name}, T = "
+      name, f"the given config: {name}, {config.model.name}, T = "
       f"{int(config.model.timesteps)}, {teacher_steps} teacher / {int(config.train.steps)} student "
-      f"steps at batch {int(config.train.global_batch)}", bool(info.is_event),
+      f"steps at batch {int(config.train.global_batch)}", name in data_lib.registry.EVENT_NAMES,
       lambda: copy.deepcopy(config))
+
+
+# --precision -> model.dtype (`nn.models.DTYPES`)
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+PRECISION_NOTE = ("bf16 computes convolutions, matmuls, batch-norm outputs and the LIF "
+                  "recurrences in bfloat16; parameters, optimizer state, batch-norm statistics, "
+                  "quantizer parameters, membrane taps, logits and every loss stay float32")
+
+
+def parse_precision(text: str | None) -> str | None:
+  """'fp32' | 'bf16' -> model.dtype; None or '' -> None (each config's own dtype)."""
+  if not text:
+    return None
+  if text not in PRECISIONS:
+    raise ValueError(f"unknown --precision {text!r}; allowed: {list(PRECISIONS)}")
+  return PRECISIONS[text]
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A table run after its pre-flight: the table (selected rows), seeds, datasets (with the
+  data roots and precision applied), the folder of each, and the pre-flight's report."""
+  table: tables_lib.Table
+  scale: str
+  seeds: list[int]
+  datasets: tuple
+  roots: list
+  report: Any
+
+
+def prepare(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0,1,2",
+            rows: Iterable[str] | None = None, config: ml_collections.ConfigDict | None = None,
+            data_roots: Mapping[str, str] | str | None = None, dtype: str | None = None,
+            allow_cpu: bool = False, dry_run: bool = False) -> Prepared:
+  """Every check before training (`preflight.run_preflight`; a PreflightError lists every
+  problem). data_roots: {data name: folder} or the --data_root text; dtype: every run's
+  model.dtype (None: as the table sets it). dry_run: the step costs are computed and the
+  backend is not checked (nothing will train)."""
+  from mdsnn_jax.train import preflight
+  if config is not None:
+    scale = CONFIG_SCALE
+  t, seed_list = check_inputs(table, scale, ",".join(map(str, seeds))
+                              if isinstance(seeds, (list, tuple)) else seeds, rows)
+  roots = (preflight.parse_data_roots(data_roots) if isinstance(data_roots, str)
+           else dict(data_roots or {}))
+  if dtype is not None and dtype not in PRECISIONS.values():
+    raise ValueError(f"unknown model dtype {dtype!r}; allowed: {list(PRECISIONS.values())}")
+  workdir = pathlib.Path(workdir)
+  if config is not None:
+    datasets = (config_dataset(config),)
+    folders = [workdir]
+  else:
+    datasets = t.datasets(scale)
+    folders = [workdir / t.name / ds.key for ds in datasets]
+  datasets = tuple(tables_lib.with_settings(ds, roots=roots, dtype=dtype) for ds in datasets)
+  report = preflight.run_preflight(t, datasets, scale=scale, workdir=workdir, seeds=seed_list,
+                                   roots=roots, allow_cpu=allow_cpu,
+                                   check_backend_now=not dry_run, lower=dry_run)
+  return Prepared(t, scale, seed_list, datasets, folders, report)
+
+
+def dry_run(table: str, workdir, *, devices: int = 8, **kwargs) -> str:
+  """The pre-flight, then what the table would train and cost (`preflight.describe_report`);
+  trains nothing and creates nothing."""
+  from mdsnn_jax.train import preflight
+  prepared = prepare(table, workdir, dry_run=True, **kwargs)
+  return preflight.describe_report(prepared.report, devices)
 
 
 def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0,1,2",
               overwrite: bool = False, command: str | None = None,
               rows: Iterable[str] | None = None, config: ml_collections.ConfigDict | None = None,
-              out: str | None = None) -> dict:
+              out: str | None = None, data_roots: Mapping[str, str] | str | None = None,
+              dtype: str | None = None, allow_cpu: bool = False,
+              compile_cache: bool = False) -> dict:
   """Runs (or reads back) every row of `table` at `scale` and writes the table files
   <workdir>/<out or table>.{md,csv,json,png}.
 
   rows: the row keys to run (with the rows they need); None: the table's default rows.
   config: run the rows on this training config instead of the scale's datasets (scale
   'config', >= 1 seed); its runs then live in <workdir> itself, not <workdir>/<table>/<dataset>
-  (the layout of `launch/md_table.py` and `md_ablation.py`)."""
+  (the layout of `launch/md_table.py` and `md_ablation.py`).
+  data_roots, dtype: as `prepare`; allow_cpu: train an accelerator scale on a CPU anyway;
+  compile_cache: keep compiled programs in <workdir>/.jax_cache (set after the pre-flight,
+  which creates nothing)."""
   t0 = time.time()
-  if config is not None:
-    scale = CONFIG_SCALE
-  t, seed_list = check_inputs(table, scale, ",".join(map(str, seeds))
-                              if isinstance(seeds, (list, tuple)) else seeds, rows)
+  prepared = prepare(table, workdir, scale=scale, seeds=seeds, rows=rows, config=config,
+                     data_roots=data_roots, dtype=dtype, allow_cpu=allow_cpu)
+  t, seed_list, scale = prepared.table, prepared.seeds, prepared.scale
+  datasets, roots = prepared.datasets, prepared.roots
   workdir = pathlib.Path(workdir)
-  if config is not None:
-    datasets = (config_dataset(config),)
-    roots = [workdir]
-  else:
-    datasets = t.datasets(scale)
-    roots = [workdir / t.name / ds.key for ds in datasets]
-  # Every config builds before any training (an override naming a wrong field fails here).
+  if compile_cache:
+    use_compile_cache(workdir)
   plans = [tables_lib.plan(t, ds) for ds in datasets]
   results = [run_dataset(t, ds, root, seed_list, overwrite=overwrite, plan=plan)
              for ds, root, plan in zip(datasets, roots, plans)]
@@ -659,7 +728,7 @@ def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = 
                 fp_weight_bits_main=FP_BITS_MAIN, fp_weight_bits_shown=list(FP_BITS_SHOWN),
                 memory_fp_bits=MEMORY_FP_BITS, bits_note=report_lib.BITS_NOTE,
                 wall_seconds=time.time() - t0, provenance=provenance.record(command),
-                basename=out or t.name)
+                basename=out or t.name, model_dtype=dtype or "as each config sets it")
   write_table(result, workdir, result["basename"])
   return result
 
@@ -904,14 +973,15 @@ def machine_line(result: dict) -> str:
 
 
 def run_on_config(table: str, workdir, config: ml_collections.ConfigDict, *,
-                  rows: Iterable[str] | None, seeds: str, overwrite: bool, out: str) -> str:
+                  rows: Iterable[str] | None, seeds: str, overwrite: bool, out: str,
+                  data_roots: str | None = None) -> str:
   """`launch/md_table.py` / `md_ablation.py`: checks the inputs, keeps compiled programs in
-  <workdir>/.jax_cache, runs `table`'s rows on `config` (runs in <workdir> itself) and
-  returns the summary (`render_summary`) and where the full table files are."""
+  <workdir>/.jax_cache, runs `table`'s rows on `config` (runs in <workdir> itself; its data
+  from data_roots when it names the config's dataset) and returns the summary
+  (`render_summary`) and where the full table files are."""
   check_inputs(table, CONFIG_SCALE, seeds, rows)
-  use_compile_cache(workdir)
   result = run_table(table, workdir, config=config, rows=rows, seeds=seeds, overwrite=overwrite,
-                     out=out)
+                     out=out, data_roots=data_roots, compile_cache=True)
   return f"{render_summary(result)}\nFull table: {workdir}/{out}.md (.json, .csv, .png)"
 
 
@@ -1013,13 +1083,63 @@ def describe_tables() -> str:
         extra += " [only with --rows]"
       lines.append(f"    {r.key:14s} {r.label}{extra}")
     for scale in tables_lib.SCALES:
-      est = tables_lib.ESTIMATES_S[t.name][scale]
-      lines.append(f"  --scale={scale} ({_fmt_s(est)}, seeds >= {tables_lib.MIN_SEEDS[scale]}):")
-      for ds in t.datasets(scale):
+      need = tables_lib.MIN_SEEDS[scale]
+      est = None
+      if scale in tables_lib.ACCELERATOR_SCALES:
+        est = cost_lib.table_estimate(t, scale)
+        lo, hi = est.at(1)
+        lo8, hi8 = est.at(LIST_DEVICES)
+        when = (f"{fmt_range(lo, hi)} on one H100 at {need} seed(s), "
+                f"{fmt_range(lo8, hi8)} per device at {LIST_DEVICES}, estimated"
+                + (f"; stale for {', '.join(est.missing)}: re-run `{cost_lib.COMMAND}`"
+                   if est.missing else ""))
+      else:
+        when = _fmt_s(tables_lib.ESTIMATES_S[t.name][scale])
+      lines.append(f"  --scale={scale} ({when}, seeds >= {need}):")
+      for i, ds in enumerate(t.datasets(scale)):
         ts, ss = tables_lib.training_steps(tables_lib.select_rows(t, None), ds)
         teacher = f"{ts} teacher steps once; per seed:" if t.shared_teacher else \
             f"per seed: {ts} teacher +"
         lines.append(f"    {ds.key}: {ds.description} [{teacher} {ss} student training steps]")
+        if est is not None:
+          lines += _run_lines(est.datasets[i], need)
     lines.append("")
   lines.append(tables_lib.ESTIMATE_NOTE)
+  lines.append(f"Estimates (full, gpu_short): {cost_lib.SOURCE}; low = FLOPs alone, high = the "
+               "roofline with XLA's unfused bytes (an upper bound); at N devices: data "
+               f"parallel, communication not counted. Stored in "
+               f"{cost_lib.ESTIMATES_FILE.relative_to(cost_lib.REPO)} by `{cost_lib.COMMAND}`; "
+               "`--dry_run` lowers every step again and opens the data.")
   return "\n".join(lines)
+
+
+LIST_DEVICES = 8  # the device count --list quotes besides one H100
+
+
+def fmt_range(lo: float, hi: float) -> str:
+  from mdsnn_jax.train import preflight
+  return preflight.fmt_range(lo, hi)
+
+
+def _run_lines(entry, seeds: int) -> list[str]:
+  """--list's line per run of an accelerator-scale dataset: steps, epochs, data, time."""
+  from mdsnn_jax.train import preflight
+  ds, info, runs = entry
+  real = preflight.REAL_SPLITS.get(info.name)
+  lines = [f"      data: --data_root={info.name}=PATH"
+           + (f" ({real[0]:,} train / {real[1]:,} test)" if real else
+              f" (the whole dataset: {preflight.NCALTECH101_RECORDINGS:,} recordings)"
+              if info.name == "ncaltech101" else "")]
+  for run, c in runs:
+    epochs = (f"{run.steps * run.batch / real[0]:.1f} epochs" if real else
+              "epochs counted by --dry_run")
+    k = cost_lib.instances(run, seeds)
+    head = f"      {run.key:14s} {run.stage:3s} {run.steps} steps ({epochs}) at batch {run.batch} × {k}"
+    if c is None:
+      lines.append(f"{head}: not estimated (stale)")
+      continue
+    lo, hi = cost_lib.run_seconds(c, run.steps)
+    lo8, hi8 = cost_lib.run_seconds(c, run.steps, LIST_DEVICES)
+    lines.append(f"{head}: {c.flops:.3g} FLOPs, {c.bytes:.3g} B a step; {fmt_range(lo, hi)} "
+                 f"a run on one H100, {fmt_range(lo8, hi8)} per device at {LIST_DEVICES}")
+  return lines

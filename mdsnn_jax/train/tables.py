@@ -12,12 +12,17 @@ tables (`md_evidence`, `md_ablation`) also run on a user's config (`launch/md_ta
 - smoke: sklearn's bundled digits, tiny steps: the whole pipeline in CI (< 2 min a table).
 - cpu:   the real data in ../shared/data (CIFAR-10 subset, N-MNIST recordings as event
          frames), models shrunk to fit a 2-core CPU (each dataset says how).
-- full:  the papers' settings (GPU / TPU), through the same code path.
+- full:  the papers' settings (GPU / TPU), through the same code path. No dataset has a
+         default folder: each is read from the user's `--data_root` and must have the real
+         dataset's split sizes (`preflight`).
+- gpu_short: the full-scale datasets and models, trained for GPU_SHORT_STEPS steps per run:
+         a check on one GPU that the full-scale path runs end to end, not a result.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -27,12 +32,17 @@ from mdsnn_jax.train.config import (base_config, low_bit_student, md_cifar10_con
                                     ncaltech101_vgg_paper_config, set_quant,
                                     spquant_resnet19_paper_config)
 
-SCALES = ("smoke", "cpu", "full")
+SCALES = ("smoke", "cpu", "full", "gpu_short")
+# Scales meant for an accelerator: real datasets only from --data_root, refused on a CPU.
+ACCELERATOR_SCALES = ("full", "gpu_short")
 CONFIG_SCALE = "config"  # a table run on a user's config (`reproduce.run_table(config=...)`)
-MIN_SEEDS = {"smoke": 1, "cpu": 3, "full": 3, CONFIG_SCALE: 1}
+MIN_SEEDS = {"smoke": 1, "cpu": 3, "full": 3, "gpu_short": 1, CONFIG_SCALE: 1}
 DEFAULT_SEEDS = (0, 1, 2)
 SHARED_DATA = "../shared/data"
 TEACHERS = ("teacher", "teacher2t")  # the FP teacher at the student's T, and at 2·T
+# Full-scale configs name no data folder: ../shared/data holds subsets, which a full table
+# must never read by default. `with_settings` sets each dataset's root from --data_root.
+FULL_ROOT = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,12 +219,13 @@ def _md_snn_datasets(scale: str) -> tuple[Dataset, ...]:
     )
 
   def cifar():
-    c = msresnet18_paper_config("fp", "cifar10", SHARED_DATA, epochs=300, steps_per_epoch=390)
+    c = msresnet18_paper_config("fp", "cifar10", FULL_ROOT, epochs=300, steps_per_epoch=390)
     c.teacher_steps = c.train.steps
     return _quiet(c)
 
   def ncal():
     c = ncaltech101_vgg_paper_config("fp")
+    c.data.root = FULL_ROOT
     c.train.eval_every = 0  # the table measures every run itself after training
     c.teacher_steps = c.train.steps
     return _quiet(c)
@@ -250,7 +261,7 @@ def _spquant_datasets(scale: str) -> tuple[Dataset, ...]:
     )
 
   def cifar():
-    c = spquant_resnet19_paper_config("fp", SHARED_DATA)
+    c = spquant_resnet19_paper_config("fp", FULL_ROOT)
     # The rows switch the membrane quantizer and the learnable threshold on.
     set_quant(c, "membrane", "none")
     c.model.neuron.learn_threshold = False
@@ -281,7 +292,7 @@ def _sew_narrow(c, timesteps: int, width: float, teacher_steps: int, steps: int)
 def _sew_full(dataset: str, timesteps: int, epochs: int = 300):
   c = base_config()
   c.data.name = dataset
-  c.data.root = SHARED_DATA
+  c.data.root = FULL_ROOT
   c.data.augment = True
   c.model.name = "sewresnet18"
   c.model.timesteps = timesteps
@@ -347,6 +358,60 @@ def _feature_kd_datasets(scale: str) -> tuple[Dataset, ...]:
                   "(the paper's setting)", False, lambda: _sew_full("cifar100", t)),)
 
 
+# ---------------------------------------------------------------------------- gpu_short
+# (teacher steps, student steps) of every run at scale gpu_short: the full-scale datasets,
+# models and batches, trained this long. Sized with the cost model (`cost`, H100 roofline
+# plus a per-run overhead) so that md_snn at one seed takes about 8 minutes on one H100;
+# every table takes the same steps (`--list` gives each one's estimate).
+GPU_SHORT_STEPS = (280, 140)
+
+
+def _short(build: Callable[[], ml_collections.ConfigDict], teacher_steps: int,
+           steps: int) -> ml_collections.ConfigDict:
+  c = build()
+  c.teacher_steps = teacher_steps
+  c.train.steps = steps
+  c.train.eval_every = 0  # the table measures every run itself after training
+  c.train.log_every = min(int(c.train.log_every), 50)
+  c.train.checkpoint_every = max(teacher_steps, steps)  # one checkpoint, at the end
+  return c
+
+
+def _with_gpu_short(datasets: Callable[[str], tuple[Dataset, ...]], table: str
+                    ) -> Callable[[str], tuple[Dataset, ...]]:
+  """`datasets` with scale 'gpu_short': its full-scale datasets at GPU_SHORT_STEPS."""
+
+  def at(scale: str) -> tuple[Dataset, ...]:
+    if scale != "gpu_short":
+      return datasets(scale)
+    ts, ss = GPU_SHORT_STEPS
+    from mdsnn_jax.train import cost  # the stored estimate: cost imports this module
+    est = cost.stored_table_seconds(table, "gpu_short", seeds=1)
+    when = ("not estimated" if est is None else
+            f"~{est / 60:.1f} min at one seed on one H100 by the cost model")
+    return tuple(Dataset(d.key, f"{d.description}; trained {ts} teacher / {ss} student steps "
+                         f"per run ({when}): a check that the full-scale path runs, not a result",
+                         d.is_event, functools.partial(_short, d.build, ts, ss))
+                 for d in datasets("full"))
+
+  return at
+
+
+def with_settings(dataset: Dataset, *, roots: dict[str, str] | None = None,
+                  dtype: str | None = None) -> Dataset:
+  """`dataset` whose configs read its data from roots[<data name>] (when named there) and
+  compute in `dtype` ('float32' | 'bfloat16', `model.dtype`; None: as the table sets it)."""
+  def build():
+    c = dataset.build()
+    if roots and c.data.name in roots:
+      c.data.root = roots[c.data.name]
+    if dtype is not None:
+      c.model.dtype = dtype
+    return c
+
+  return dataclasses.replace(dataset, build=build)
+
+
 # ------------------------------------------------------------------------------- tables
 _MEM = {"model.quant.membrane.kind": "ternary"}
 _LT = {**_MEM, "model.neuron.learn_threshold": True}
@@ -366,7 +431,7 @@ MD_SNN = Table(
             teacher_t_factor=2, event_note=_NO_EVENT_2T),
     ),
     baseline="qat",
-    datasets=_md_snn_datasets,
+    datasets=_with_gpu_short(_md_snn_datasets, "md_snn"),
     paper=("MD-SNN (SPEC §7): CIFAR-10 MS-ResNet-18 T = 4 low-bit 94.27 %; CIFAR-100 74.91 %; "
            "TinyImageNet 60.59 %; N-Caltech101 81.73 %.",
            "MD-SNN (SPEC §6), N-Caltech101 at iso-accuracy, quantized vs FP SNN: 14.85× lower EDAP, "
@@ -393,7 +458,7 @@ SPQUANT = Table(
                    "model.neuron.gate_rho": 0.85}.items())),
     ),
     baseline="fp",
-    datasets=_spquant_datasets,
+    datasets=_with_gpu_short(_spquant_datasets, "spquant"),
     paper=("SpQuant-SNN (SPEC §7): CIFAR-10 ResNet-19 T = 2, 4-bit W / 1.58-bit U: FP 94.56, Q 94.11, "
            "Q + prune 93.09 % (5.1× fewer FLOPs); DVS-CIFAR10 VGG-9 T = 10, 2 / 1.58 bits: FP 78.45, "
            "Q 77.94, Q + prune 76.80 %; memory 48.58 MB → 3.75 MB (13×).",
@@ -418,7 +483,7 @@ EMD = Table(
     title="Quantization beyond accuracy: firing drift (EMD to FP) of uniform vs learned quantizers",
     rows=_emd_rows(),
     baseline="fp",
-    datasets=_emd_datasets,
+    datasets=_with_gpu_short(_emd_datasets, "emd"),
     paper=("Quantization of SNNs beyond accuracy (SPEC §5): on SEW-ResNet (CIFAR-10 / 100), "
            "quantizers of equal accuracy fire differently: uniform quantization drifts from the FP "
            "model's firing-rate distribution (higher EMD), LQ-Net-style learned quantization "
@@ -452,7 +517,7 @@ FEATURE_KD = Table(
     title="Feature KD with an affine projector (membranes or spikes) and saliency consistency",
     rows=_feature_kd_rows(),
     baseline="none_t4",  # each T's rows are paired against that T's no-KD row (BASELINES)
-    datasets=_feature_kd_datasets,
+    datasets=_with_gpu_short(_feature_kd_datasets, "feature_kd"),
     paper=("KD for SNNs with features and saliency (SPEC §7): CIFAR-100, ResNet-18, T = 4, FP: "
            "80.48 % (ANN 79.90 %), +3.49 pp over the non-distilled SNN; feature KD works on "
            "membranes or spikes, and teacher and student agree on which pixels are salient.",),
@@ -485,6 +550,31 @@ class LifTaps:
 LAST2, LAST3, EARLY2 = LifTaps(-2, None, 3), LifTaps(-3, None, 4), LifTaps(1, 3, 4)
 
 
+# name -> (classes, stored image shape) of the real datasets, for what needs only the shapes
+# (a model's layers, an abstract step) before or without the files. N-Caltech101: 100
+# object classes (its "Faces" class was removed from Caltech101) + BACKGROUND_Google.
+NOMINAL = {"cifar10": (10, (32, 32, 3)), "cifar100": (100, (32, 32, 3)),
+           "tinyimagenet": (200, (64, 64, 3)), "mnist": (10, (28, 28, 1)),
+           "nmnist": (10, (34, 34, 2)), "ncaltech101": (100, (180, 240, 2))}
+
+
+def nominal_info(data_cfg):
+  """The `DatasetInfo` the real dataset `data_cfg` names would give, from NOMINAL (no file
+  read; the train / test counts are 0), or None for a dataset without an entry there."""
+  from mdsnn_jax import data as data_lib
+  c = data_lib.registry.parse_config(data_cfg)
+  if c.name not in NOMINAL:
+    return None
+  classes, (h, w, ch) = NOMINAL[c.name]
+  if c.name == "ncaltech101" and c.background:
+    classes += 1
+  if c.image_size is not None:
+    h = w = c.image_size
+  return data_lib.DatasetInfo(name=c.name, num_classes=classes, image_shape=(h, w, ch),
+                              num_train=0, num_test=0, is_event=c.name in data_lib.registry.EVENT_NAMES,
+                              timesteps=c.timesteps)
+
+
 def model_taps(config) -> list[str]:
   """The student's LIF membrane taps in call order (abstract forward pass: no compute)."""
   import jax
@@ -493,7 +583,7 @@ def model_taps(config) -> list[str]:
   from mdsnn_jax import distill
   from mdsnn_jax import nn as nn_lib
   from mdsnn_jax.train.stages import abstract_variables, sample_input, stage_model_config
-  info = data_lib.dataset_info(config.data)
+  info = nominal_info(config.data) or data_lib.dataset_info(config.data)
   model = nn_lib.create_model(stage_model_config(config, "md"), info.num_classes)
   sample = sample_input(info, int(config.model.timesteps))
   variables = abstract_variables(model, sample)
@@ -519,6 +609,7 @@ def _md_evidence_datasets(scale: str, first_last_bits: str = "2",
 
   def cifar():
     c = md_cifar10_config(first_last_bits, grid=grid)
+    c.data.root = FULL_ROOT
     c.model.width = 1.0
     c.train.global_batch = 128
     c.teacher_steps = 300 * 390  # 300 epochs of 50,000 images at batch 128
@@ -549,7 +640,7 @@ MD_EVIDENCE = Table(
         Row("md_sym", "symmetric grid: QAT + MD", "student", "md", _SYM),
     ),
     baseline="none",
-    datasets=_md_evidence_datasets,
+    datasets=_with_gpu_short(_md_evidence_datasets, "md_evidence"),
     paper=("MD-SNN (SPEC §7): distilling the FP teacher's membrane potentials into the low-bit "
            "student recovers accuracy that QAT alone loses (CIFAR-10 MS-ResNet-18 T = 4 low-bit "
            "94.27 %).",),
@@ -599,7 +690,8 @@ MD_ABLATION = Table(
         Row(name, f"{name}: {what}", "student", method, tuple(over.items()))
         for name, (method, over, what, _) in ABLATION_VARIANTS.items()),
     baseline="none",
-    datasets=lambda scale: _md_evidence_datasets(scale, "8", "symmetric"),
+    datasets=_with_gpu_short(lambda scale: _md_evidence_datasets(scale, "8", "symmetric"),
+                             "md_ablation"),
     paper=("MD-SNN (SPEC §7): membrane distillation with logit KD; no ablation figures to set "
            "beside ours.",),
     columns=("emd_to_fp",),
@@ -615,22 +707,22 @@ BASELINES["md_ablation"] = {"fp": "fp", **{k: v[3] for k, v in ABLATION_VARIANTS
 
 # Seconds per table at each scale (3 seeds), measured: see ESTIMATE_NOTE.
 ESTIMATES_S: dict[str, dict[str, float | None]] = {
-    "md_snn": {"smoke": 65.0, "cpu": 1906.0, "full": None},
-    "spquant": {"smoke": 70.0, "cpu": 1023.0, "full": None},
-    "emd": {"smoke": None, "cpu": 1270.0, "full": None},
-    "feature_kd": {"smoke": None, "cpu": 1949.0, "full": None},
-    "md_evidence": {"smoke": 45.0, "cpu": 2550.0, "full": None},
-    "md_ablation": {"smoke": 100.0, "cpu": 6200.0, "full": None},
+    "md_snn": {"smoke": 65.0, "cpu": 1906.0},
+    "spquant": {"smoke": 70.0, "cpu": 1023.0},
+    "emd": {"smoke": None, "cpu": 1270.0},
+    "feature_kd": {"smoke": None, "cpu": 1949.0},
+    "md_evidence": {"smoke": 45.0, "cpu": 2550.0},
+    "md_ablation": {"smoke": 100.0, "cpu": 6200.0},
 }
 ESTIMATE_NOTE = (
     "Times: measured with 3 seeds on a 2-core Xeon, each table's first run, everything trained "
     "(smoke: shared with other jobs, load ~4; cpu: load ~2-3, the first command's wall time; "
     "results/tables/<table>.md gives the runs' training time). md_evidence at cpu: its 5-seed "
     "run's teacher (681 s) + 3/5 of its students (2,910 s) + measuring; md_ablation at cpu is "
-    "derived from those per-run times (18 variants × 3 seeds × 97 s), not run. full is not "
-    "estimated: it is the papers' setting "
-    "for a GPU or TPU, which no run here has measured. Each table's training steps per seed "
-    "are listed above.")
+    "derived from those per-run times (18 variants × 3 seeds × 97 s), not run. full and "
+    "gpu_short: estimated for one H100 by the cost model (`mdsnn_jax/train/cost.py`: XLA's "
+    "count of each run's train-step FLOPs and bytes, a roofline, a per-run overhead), not "
+    "measured. Each table's training steps per seed are listed above.")
 
 
 def baseline_of(table: "Table", row_key: str) -> str:
