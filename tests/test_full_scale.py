@@ -183,19 +183,24 @@ def test_gpu_short_is_full_scale_but_short(name):
 
 
 def _gpu_short_runs():
+  """Per table and dataset, the last run of each stage (fp, qat, md): the most demanding of
+  its kind in table order (the versatile MD row, the gated SpQuant row). Every other run's
+  step is traced by the pre-flight of any table command, and at full scale by
+  test_reproduce's batch-2 test."""
   out = []
   for name, t in sorted(tables.TABLES.items()):
     for entry in cost.plan_runs(t, "gpu_short"):
       ds, info, runs = entry
-      for run in runs:
-        out.append(pytest.param(name, ds.key, run.key, id=f"{name}-{ds.key}-{run.key}"))
+      last = {run.stage: run.key for run in runs}
+      for key in last.values():
+        out.append(pytest.param(name, ds.key, key, id=f"{name}-{ds.key}-{key}"))
   return out
 
 
 @pytest.mark.parametrize("name,dataset,key", _gpu_short_runs())
-def test_every_gpu_short_run_traces_at_batch_2_for_1_step(name, dataset, key):
-  """Every gpu_short run's real train step at global batch 2 and 1 step, traced on the real
-  dataset's shapes (the data itself is not here; the real step on data runs in
+def test_gpu_short_runs_trace_at_batch_2_for_1_step(name, dataset, key):
+  """A gpu_short run's real train step at global batch 2 and 1 step, traced on the real
+  dataset's shapes (the data itself is not here; a real step on data runs in
   test_gpu_short_teacher_trains_one_step_on_miniature_cifar10)."""
   entry = next(e for e in cost.plan_runs(tables.TABLES[name], "gpu_short") if e[0].key == dataset)
   _, info, runs = entry

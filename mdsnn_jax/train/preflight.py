@@ -251,11 +251,11 @@ def run_preflight(table: tables_lib.Table, datasets: Sequence[tables_lib.Dataset
 
 # ------------------------------------------------------------------------ the dry run
 def _fmt_h(s: float) -> str:
-  return f"{s / 3600:.2f} h" if s >= 360 else f"{s / 60:.1f} min"
+  return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min"
 
 
 def fmt_range(lo: float, hi: float) -> str:
-  """'a–b <unit>' in one unit (hours from 6 minutes up), or one figure when they agree."""
+  """'a–b <unit>' (hours from 90 minutes up), or one figure when they agree."""
   a, b = _fmt_h(lo), _fmt_h(hi)
   if a == b:
     return a
