@@ -132,6 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
       # the config (and --print_config) says which task is trained. Other datasets ignore them.
       ncaltech101_background=False, ncaltech101_train_fraction=0.9))
   c.model = with_quant_specs(default_model_config())
+  c.model.neuron.learn_decay = False  # learnable per-channel decay λ = σ(decay_raw)
 
   c.train = ml_collections.ConfigDict(dict(
       global_batch=64, eval_batch=128, steps=500, log_every=50, eval_every=0,
