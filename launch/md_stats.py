@@ -3,18 +3,22 @@
     python launch/md_stats.py            # writes results/md_stats.{json,md}
 
 Reads
-  results/md_cifar10_all2/table_5seeds.json   all-2-bit student, seeds 0-4
-  results/md_cifar10_8bit/table.json          8-bit first/last student, seeds 0-2 (current code)
+  results/md_cifar10_all2/table_5seeds.json   all-2-bit student, seeds 0-4 (commit 815cd73)
+  results/md_cifar10_8bit/table.json          8-bit first/last student, seeds 0-2 (commit 815cd73)
   results/md_cifar10_8bit/table_v1_bb0c7c7.json   the same config and seeds, first measured
       with the code of commit bb0c7c7 (the table committed there as results/md_cifar10/)
   results/quickstart.json (optional)          repeated quickstart runs
-  results/tables/md_evidence.json (optional)  the runner's MD evidence table (current code):
+  results/tables/md_evidence.json (optional)  the runner's MD evidence table (its commit is in
+      its provenance):
       full-grid and symmetric-grid students, each MD / logit KD against its own no-KD row
 
 and reports, for each method pair, the paired-by-seed Δ (`experiments.paired_delta`) with
 ONE-SIDED tests of Δ > 0: a paired t-test and the exact Wilcoxon signed-rank test, over all
 seeds and over seeds 1-4 alone (seed 0 is the seed whose ablation chose the all-2-bit
-setting). The noise floor is the per-seed change of the same config and seed between the
+setting). Beside each raw p-value it gives the Holm-adjusted one (`holm`), adjusted across
+all the tests of the same kind (t or Wilcoxon) in one table: the family is every row of
+that table. A claim "Δ > 0" is supported at level 0.05 only where the adjusted p is below
+0.05. The noise floor is the per-seed change of the same config and seed between the
 two code versions of the 8-bit table. Nothing is trained.
 """
 from __future__ import annotations
@@ -50,6 +54,33 @@ def one_sided_tests(delta) -> dict:
   return out
 
 
+def holm(pvalues) -> list[float]:
+  """Holm's step-down adjustment of m p-values (family-wise error control).
+
+  With the p-values sorted ascending, p_(1) ≤ … ≤ p_(m), the adjusted value of p_(i) is
+  max_{j ≤ i} min(1, (m − j + 1)·p_(j)); returned in the input order. Rejecting every
+  hypothesis whose adjusted p is < α controls the family-wise error rate at α.
+  """
+  p = np.asarray(pvalues, np.float64)
+  m = p.size
+  order = np.argsort(p, kind="stable")
+  adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+  adjusted = np.maximum.accumulate(adjusted)
+  out = np.empty(m)
+  out[order] = adjusted
+  return [float(v) for v in out]
+
+
+def add_holm(block: dict) -> dict:
+  """Adds 'p_t_holm' and 'p_wilcoxon_holm' to every test of one table's block (in place):
+  the family is all tests of the block that have that p-value."""
+  for raw, adj in (("p_t_one_sided", "p_t_holm"), ("p_wilcoxon_one_sided", "p_wilcoxon_holm")):
+    keys = [k for k, s in block.items() if raw in s]
+    for k, v in zip(keys, holm([block[k][raw] for k in keys])):
+      block[k][adj] = v
+  return block
+
+
 EVIDENCE_PAIRS = PAIRS + (("md_sym", "none_sym"), ("logit_sym", "none_sym"),
                          ("md_sym", "logit_sym"))
 
@@ -73,11 +104,11 @@ def significance(table: dict, seed_sets: dict, pairs=PAIRS) -> dict:
       delta = [rows[a][s] - rows[b][s] for s in seeds]
       out[f"{a} vs {b}, {label}"] = {"seeds": list(seeds), "delta": delta,
                                      **one_sided_tests(delta)}
-  return out
+  return add_holm(out)
 
 
 def noise_floor(old: dict, new: dict) -> dict:
-  """Per (method, seed): accuracy under the current code minus under the old code."""
+  """Per (method, seed): accuracy under the newer code (`new`) minus under the older (`old`)."""
   a, b = rows_by_method(old), rows_by_method(new)
   changes = {f"{m} seed {s}": b[m][s] - a[m][s] for m in a if m in b for s in a[m] if s in b[m]}
   v = np.abs(np.asarray(list(changes.values())))
@@ -99,29 +130,41 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> dict:
 def render(stats: dict) -> str:
   lines = ["# MD evidence: one-sided significance and noise floor", "",
            "Written by `python launch/md_stats.py` from the table files named below; "
-           "all tests one-sided (H1: Δ > 0), Δ in pp, paired by seed.", ""]
-  blocks = [("all-2-bit student (`md_cifar10_all2/table_5seeds.json`)", "all2"),
-            ("8-bit first/last student (`md_cifar10_8bit/table.json`)", "eightbit")]
+           "all tests one-sided (H1: Δ > 0), Δ in pp, paired by seed. Each table's p-values "
+           "are given raw and Holm-adjusted across all the tests of that table (one family "
+           "per table and per test: its t-tests, its Wilcoxon tests); read a comparison as "
+           "supported at the 5 % level only where its adjusted p is below 0.05.", ""]
+  blocks = [("archive: all-2-bit student, symmetric grid (`md_cifar10_all2/table_5seeds.json`, "
+             "code of commit 815cd73)", "all2"),
+            ("archive: 8-bit first/last student (`md_cifar10_8bit/table.json`, code of commit "
+             "815cd73)", "eightbit")]
   if "evidence" in stats:
-    blocks.append(("`md_evidence` at `--scale=cpu`, current code: the full grid (`md`, "
-                   "`logit`, `none`) and the symmetric grid (`*_sym`) "
-                   "(`tables/md_evidence.json`)", "evidence"))
+    commit = stats.get("evidence_commit") or "unknown"
+    blocks.insert(0, ("`md_evidence` at `--scale=cpu`: the full grid (`md`, `logit`, `none`) and "
+                      "the symmetric grid (`*_sym`) (`tables/md_evidence.json`, code of commit "
+                      f"{commit})", "evidence"))
   for name, block in blocks:
     lines += [f"## {name}", "",
-              "| comparison | seeds | Δ mean ± std | > 0 | t (df) | p (t, one-sided) | p (Wilcoxon exact, one-sided) |",
-              "|---|---|---|---|---|---|---|"]
+              "| comparison | seeds | Δ mean ± std | > 0 | t (df) | p (t, one-sided) | "
+              "p (t, Holm) | p (Wilcoxon exact, one-sided) | p (Wilcoxon, Holm) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for key, s in stats[block].items():
       lines.append(f"| {key.split(',')[0]} | {','.join(map(str, s['seeds']))} | "
                    f"{s['mean']:+.2f} ± {s['std']:.2f} | {s['positive']}/{s['n']} | "
                    f"{s['t']:.2f} ({s['df']}) | {s['p_t_one_sided']:.3f} | "
-                   f"{s['p_wilcoxon_one_sided']:.3f} |")
-    lines.append("")
+                   f"{s['p_t_holm']:.3f} | {s['p_wilcoxon_one_sided']:.3f} | "
+                   f"{s['p_wilcoxon_holm']:.3f} |")
+    supported = [k.split(",")[0] + f" (seeds {','.join(map(str, s['seeds']))})"
+                 for k, s in stats[block].items() if s.get("p_t_holm", 1.0) < 0.05
+                 or s.get("p_wilcoxon_holm", 1.0) < 0.05]
+    lines += ["", f"{len(stats[block])} comparisons in this table; Holm-adjusted p < 0.05: "
+              + (", ".join(supported) if supported else "none") + ".", ""]
   nf = stats["noise_floor"]
   lines += ["## Noise floor: the same config and seeds under two code versions", "",
             f"8-bit first/last table, {nf['n']} (method, seed) runs; config differences: "
             f"{nf['config_differences'] or 'none'}; FP teacher {nf['teacher_old']:.2f} (bb0c7c7) "
-            f"and {nf['teacher_new']:.2f} (current).", "",
-            "| run | current − bb0c7c7 (pp) |", "|---|---|"]
+            f"and {nf['teacher_new']:.2f} (815cd73).", "",
+            "| run | 815cd73 − bb0c7c7 (pp) |", "|---|---|"]
   lines += [f"| {k} | {v:+.2f} |" for k, v in nf["changes_pp"].items()]
   lines += ["", f"max |Δ| = {nf['max_abs_pp']:.2f} pp, mean |Δ| = {nf['mean_abs_pp']:.2f} pp.", ""]
   if "quickstart_repeats" in stats:
@@ -152,6 +195,7 @@ def write_stats(root: pathlib.Path) -> dict:
     ev = read("tables/md_evidence.json")
     stats["evidence"] = significance(ev, {f"seeds {','.join(map(str, ev['seeds']))}": ev["seeds"]},
                                      EVIDENCE_PAIRS)
+    stats["evidence_commit"] = str(ev.get("provenance", {}).get("commit") or "")[:7] or None
     stats["inputs"].append("tables/md_evidence.json")
   if (root / "quickstart.json").exists():
     q = read("quickstart.json")

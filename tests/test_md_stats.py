@@ -77,3 +77,37 @@ def test_significance_reads_a_runner_table_and_pairs_each_grid_with_its_own_no_k
   assert sig["md_sym vs none_sym, all"]["delta"] == [-1.0, 1.0, 0.5]
   assert sig["md_sym vs none_sym, all"]["positive"] == 2
   assert not any(k.startswith(("logit", "md vs logit", "md_sym vs logit")) for k in sig)
+
+
+def test_holm_by_hand():
+  # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 4·0.01, 3·0.02, max(0.06, 2·0.03), max(0.06, 1·0.5);
+  # returned in the input order.
+  assert md_stats.holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+  # Monotone (the step-down maximum) and capped at 1.
+  assert md_stats.holm([0.04, 0.045, 0.9]) == pytest.approx([0.12, 0.12, 0.9])
+  assert md_stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+  assert md_stats.holm([0.2]) == [0.2]
+
+
+def test_holm_is_applied_per_table_across_all_its_tests():
+  table = _table({"none": [50.0, 51.0, 52.0, 50.5], "md": [52.0, 53.0, 52.5, 51.0],
+                  "logit": [49.0, 52.0, 52.0, 50.0]})
+  sig = md_stats.significance(table, {"all": [0, 1, 2, 3], "late": [1, 2, 3]})
+  assert len(sig) == 6
+  for raw, adj in (("p_t_one_sided", "p_t_holm"), ("p_wilcoxon_one_sided", "p_wilcoxon_holm")):
+    assert [s[adj] for s in sig.values()] == pytest.approx(md_stats.holm([s[raw] for s in sig.values()]))
+    assert all(s[adj] >= s[raw] for s in sig.values())
+
+
+def test_committed_md_stats_report_holm_beside_raw():
+  # results/md_stats.{json,md} as committed: written by this script, Holm columns included;
+  # in md_evidence no comparison survives Holm (the raw p = 0.043 and 0.049 do not).
+  stats = json.loads((REPO / "results" / "md_stats.json").read_text())
+  ev = stats["evidence"]
+  assert len(ev) == 6 and all("p_t_holm" in s and "p_wilcoxon_holm" in s for s in ev.values())
+  assert round(ev["md vs none, seeds 0,1,2,3,4"]["p_t_one_sided"], 3) == 0.043
+  assert round(ev["md_sym vs logit_sym, seeds 0,1,2,3,4"]["p_t_one_sided"], 3) == 0.049
+  assert all(s["p_t_holm"] >= 0.05 and s["p_wilcoxon_holm"] >= 0.05 for s in ev.values())
+  text = (REPO / "results" / "md_stats.md").read_text()
+  assert "p (t, Holm)" in text and "p (Wilcoxon, Holm)" in text
+  assert text.count("Holm-adjusted p < 0.05: none.") == 3
