@@ -5,6 +5,7 @@
         --config.train.steps=1000 --workdir=/tmp/c10
     python launch/train.py --config=... --workdir=... --check          # only the dry check
     python launch/train.py --config=... --print_config                 # the resolved config
+    python launch/train.py --config=... --workdir=... --precision=bf16  # bfloat16 compute
 
 A re-run with the same config skips finished stages and resumes unfinished ones; a changed
 config is refused with the differing fields unless --overwrite. The logic lives in
@@ -20,7 +21,7 @@ from ml_collections import config_flags
 
 from mdsnn_jax.data.registry import describe
 from mdsnn_jax.train import cli
-from mdsnn_jax.train.config import resolved_config
+from mdsnn_jax.train.config import PRECISIONS, resolved_config, set_precision
 from mdsnn_jax.train.loop import check, train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and summaries.")
@@ -30,6 +31,11 @@ _CHECK = flags.DEFINE_bool("check", False, "Only run the dry check (open the dat
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Restart a stage whose stored config "
                                "differs (and the stages after it) instead of refusing.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
+_PRECISION = flags.DEFINE_string(
+    "precision", None, f"Compute precision, one of {list(PRECISIONS)} (sets model.dtype): bf16 "
+    "computes convolutions, matmuls, BN outputs and the LIF recurrence in bfloat16; parameters, "
+    "optimizer state, BN statistics, quantizer parameters, logits, losses and distillation taps "
+    "stay float32. Default: the config's model.dtype.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file "
                                 "(launch/configs/<name>.py[:stages]); every field can be set "
                                 "with --config.<field>=<value>.", lock_config=True)
@@ -39,7 +45,7 @@ flags.mark_flag_as_required("config")
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  config = flags.FLAGS.config
+  config = set_precision(flags.FLAGS.config, _PRECISION.value)
   if _PRINT_CONFIG.value:
     # What the run uses: quantizer specs reduced to what their kind takes (a typo refused).
     print(resolved_config(config, note=lambda s: print(f"# note: {s}")))

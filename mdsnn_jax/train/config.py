@@ -291,6 +291,24 @@ def spquant_resnet19_paper_config(stages: str = "fp,qat",
   return c
 
 
+# --precision of the launchers: the name a user types -> model.dtype. bf16 computes the
+# convolutions, matmuls, BN outputs and the LIF recurrence in bfloat16; parameters, optimizer
+# state, BN statistics, quantizer parameters, logits, losses and distillation taps stay
+# float32 (nn/models.py, DTYPES).
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def set_precision(config: ml_collections.ConfigDict, precision: str | None
+                  ) -> ml_collections.ConfigDict:
+  """Sets config.model.dtype from a launcher's --precision (None: the config's own dtype)."""
+  if precision is None or precision == "":
+    return config
+  if precision not in PRECISIONS:
+    raise ValueError(f"unknown --precision {precision!r}; allowed: {list(PRECISIONS)}")
+  config.model.dtype = PRECISIONS[precision]
+  return config
+
+
 def resolved_config(config, note: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
   """The config as a run uses it, for --print_config: each quantizer spec reduced to the
   arguments its kind takes (unset arguments shown as the kind's default, None), so
