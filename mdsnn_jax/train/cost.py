@@ -169,8 +169,16 @@ def fingerprint(run: RunPlan, info) -> str:
            "input": [list(info.image_shape), info.timesteps, info.num_classes, info.is_event],
            "distill": c.distill.to_dict() if run.stage == "md" else None,
            "teacher": run.teacher_model_cfg.to_dict() if run.teacher_model_cfg else None}
-  text = json.dumps(parts, sort_keys=True, default=str)
+  text = json.dumps(_switched_on(parts), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _switched_on(tree):
+  """`tree` without its None and False leaves: a config field added later, off by default,
+  leaves every stored fingerprint as it was (as `stages.diff_fields` treats None)."""
+  if isinstance(tree, dict):
+    return {k: _switched_on(v) for k, v in tree.items() if v is not None and v is not False}
+  return tree
 
 
 @dataclasses.dataclass(frozen=True)
