@@ -363,7 +363,8 @@ def membrane_kd_loss(
   windows with boundaries floor(i·T_t/T_s).
 
   Args:
-    student_taps, teacher_taps: flat `{name: [T, B, ..., C]}` or sown nested collections.
+    student_taps: flat `{name: [T, B, ..., C]}` or a sown nested collection.
+    teacher_taps: the same for the teacher (same names as the student's taps).
     layers: which student taps to distill, see `select_taps`.
     layer_weights: `{name: w_l}`; unlisted layers get 1. A 0 weight drops the layer.
     return_terms: also return the per-layer terms.
