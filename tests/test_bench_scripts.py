@@ -19,6 +19,7 @@ def _run(args, tmp_path):
   return out.stdout
 
 
+@pytest.mark.integration
 def test_lif_unroll_bench_writes_a_row_per_t_and_membrane(tmp_path):
   stdout = _run(["bench/lif_unroll.py", "--timesteps", "2,9", "--rounds", "1",
                  "--shape", "2,3,3,4"], tmp_path)
@@ -42,6 +43,7 @@ def test_bench_refuses_bad_input_before_any_work(args, message):
   assert message in out.stderr
 
 
+@pytest.mark.integration
 def test_conv_torch_bench_times_all_seven_convolutions(tmp_path):
   pytest.importorskip("torch")
   _run(["bench/conv_torch.py", "--repeats", "1", "--batch-divisor", "64"], tmp_path)
@@ -51,6 +53,7 @@ def test_conv_torch_bench_times_all_seven_convolutions(tmp_path):
   assert "| all seven |" in (tmp_path / "conv_torch.md").read_text()
 
 
+@pytest.mark.integration
 def test_kd_loss_bench_times_both_forms_and_checks_they_agree(tmp_path):
   stdout = _run(["bench/kd_loss.py", "--batch", "1", "--timesteps", "2", "--rounds", "1"],
                 tmp_path)
@@ -62,6 +65,7 @@ def test_kd_loss_bench_times_both_forms_and_checks_they_agree(tmp_path):
   assert "| moment form (library) |" in stdout
 
 
+@pytest.mark.integration
 def test_hostmem_bench_runs_both_settings(tmp_path):
   stdout = _run(["bench/hostmem.py", "--kinds", "fp", "--rounds", "1", "--steps", "1",
                  "--batch", "1"], tmp_path)
@@ -72,6 +76,7 @@ def test_hostmem_bench_runs_both_settings(tmp_path):
   assert "| fp | huge pages (glibc.malloc.hugetlb=1) |" in stdout
 
 
+@pytest.mark.integration
 def test_conv_library_bench_times_both_libraries_in_their_own_processes(tmp_path):
   stdout = _run(["bench/conv_library.py", "--rounds", "1", "--repeats", "1",
                  "--batch-divisor", "64"], tmp_path)
@@ -92,6 +97,7 @@ def test_conv_library_bench_refuses_bad_input_before_any_work():
   assert "--rounds, --repeats and --batch-divisor must be positive, got 0, 3, 1" in out.stderr
 
 
+@pytest.mark.integration
 def test_profile_step_attributes_the_step_including_xnnpacks_asynchronous_convolutions(tmp_path):
   stdout = _run(["bench/profile_step.py", "--kind", "fp", "--batch", "1", "--timesteps", "1",
                  "--steps", "1"], tmp_path)

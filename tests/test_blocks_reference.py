@@ -196,6 +196,7 @@ def np_sewresnet(x, p, bs, lam, th, t, stages):
 STAGES = ((4, 1, 1), (8, 2, 2))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["ms", "sew"])
 def test_resnet_matches_numpy(family):
   seed = SEED + (20 if family == "ms" else 30)

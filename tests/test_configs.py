@@ -58,6 +58,7 @@ def _input(c):
 
 @pytest.mark.parametrize("path,args", VARIANTS,
                          ids=lambda v: v.stem if hasattr(v, "stem") else ":".join(v) or "default")
+@pytest.mark.integration
 def test_config_builds_every_stage_and_its_optimizer(path, args):
   """Abstractly (jax.eval_shape, no compilation or compute): init, one forward at batch 1, and
   one full training step of every stage (its loss, distillation terms against the FP

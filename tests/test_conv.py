@@ -222,6 +222,7 @@ def test_bad_shapes_raise():
     conv2d(jnp.zeros((1, 5, 5, 2), jnp.int32), jnp.zeros((3, 3, 2, 3), jnp.int32))
 
 
+@pytest.mark.integration
 def test_spiking_vgg_grads_equal_across_conv_impls():
   from mdsnn_jax.nn import create_model, default_model_config
 

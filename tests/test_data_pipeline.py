@@ -254,7 +254,7 @@ def test_make_loader_errors():
     make_loader(DIGITS, "train", batch_size=4, seed=0, shuffle=True, num_epochs=0)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_worker_processes_are_deterministic_and_see_the_same_examples(fake_cifar):
   # grain batches inside each worker (worker k takes records k, k + n, ...), so batch composition
   # depends on worker_count; per-example augmentation does not (its rng is keyed by position).

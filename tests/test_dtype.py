@@ -31,6 +31,7 @@ def _dtypes(tree):
   return {str(a.dtype) for a in jax.tree_util.tree_leaves(tree)}
 
 
+@pytest.mark.integration
 def test_bf16_keeps_state_logits_taps_and_grads_float32():
   model = _model("digits_cnn", quant=QAT, timesteps=2)
   x = jax.random.uniform(jax.random.key(0, impl="rbg"), (2, 8, 8, 1))
@@ -95,6 +96,7 @@ def _train_digits(dtype: str, steps: int = 150, batch: int = 64, seed: int = 0) 
   return mixed_precision.train_digits(dtype, steps=steps, batch=batch, seed=seed)
 
 
+@pytest.mark.integration
 def test_bf16_digits_trains_within_2pp_of_float32():
   acc32 = _train_digits("float32")
   acc16 = _train_digits("bfloat16")

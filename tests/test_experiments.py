@@ -122,6 +122,7 @@ def _rows(path: pathlib.Path) -> dict:
   return {r["key"]: r for r in json.loads(path.read_text())["datasets"][0]["rows"]}
 
 
+@pytest.mark.integration
 def test_md_table_and_ablation_end_to_end_on_digits(tmp_path):
   """Both are the table runner on a config: md_table's rows are its methods (with the FP
   teacher and PTQ), the ablation's its variants, sharing md_table's teacher."""

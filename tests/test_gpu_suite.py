@@ -7,10 +7,13 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.integration
 def test_gpu_suite_dry_run(tmp_path):
   """CI runs the dry run (bounded by its time budget: under two minutes)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable,
@@ -47,6 +50,7 @@ def test_gpu_suite_rejects_unknown_argument():
   assert out.returncode == 2 and "unknown argument --bogus" in out.stderr
 
 
+@pytest.mark.integration
 def test_bench_md_step_has_no_teacher_backward():
   """bench/train_step.py's MD step: its convolutions are the QAT student step's plus one
   teacher forward's (no teacher backward, no residuals kept for it)."""

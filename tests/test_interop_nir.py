@@ -252,6 +252,7 @@ def test_import_refuses_unsupported_nodes_and_cycles():
     from_nir(nir.NIRGraph.from_list(nir.Linear(weight=w), leak))
 
 
+@pytest.mark.integration
 def test_quantized_digits_cnn_round_trips_through_a_nir_file(tmp_path):
   """BN-folded 4-bit student: ours == from_nir(to_nir(...)) spike for spike, and the .nir file
   reads back to a graph with bitwise identical outputs; metadata carries T, bits, scales."""
@@ -282,6 +283,7 @@ def test_quantized_digits_cnn_round_trips_through_a_nir_file(tmp_path):
   np.testing.assert_allclose(y1, y, atol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["sew", "ms"])
 def test_residual_networks_round_trip(arch):
   """Residual additions become several edges into one node (NIR sums a node's inputs)."""
@@ -329,6 +331,7 @@ def trained_digits(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.integration
 def test_trained_digits_cnn_matches_snntorch(trained_digits):
   from mdsnn_jax.interop.nir import load_stage
   model, variables, _ = load_stage(trained_digits, "fp")
@@ -336,6 +339,7 @@ def test_trained_digits_cnn_matches_snntorch(trained_digits):
   assert flips <= 2
 
 
+@pytest.mark.integration
 def test_export_launcher_writes_a_file_snntorch_loads(trained_digits, tmp_path):
   nir = pytest.importorskip("nir")
   from snntorch.import_nir import import_from_nir
@@ -358,6 +362,7 @@ def test_export_launcher_writes_a_file_snntorch_loads(trained_digits, tmp_path):
   assert bad.returncode != 0 and "stage 'md' has no exported variables" in bad.stderr
 
 
+@pytest.mark.integration
 def test_fp_vgg9_on_cifar_matches_snntorch(shared_data):
   pytest.importorskip("snntorch")
   from mdsnn_jax.data import registry

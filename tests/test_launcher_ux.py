@@ -81,6 +81,7 @@ def test_bad_config_fails_in_the_check_before_any_stage_folder(tmp_path, field, 
   assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
+@pytest.mark.integration
 def test_check_flag_and_one_line_errors(tmp_path):
   res = _ok(_train(tmp_path, "--check", config="launch/configs/default.py:fp,md"))
   assert "fp: train" in res.stdout and "md: train" in res.stdout and "check passed" in res.stdout
@@ -97,6 +98,7 @@ def test_check_flag_and_one_line_errors(tmp_path):
   assert res.returncode == 2 and "Traceback" in res.stderr
 
 
+@pytest.mark.integration
 def test_help_lists_every_config_field_and_exits_0_and_print_config():
   res = _ok(_launch("launch/train.py", "--config=launch/configs/default.py", "--helpfull"))
   assert "--config.model.quant.first_layer.bits: int = None" in res.stdout
@@ -106,6 +108,7 @@ def test_help_lists_every_config_field_and_exits_0_and_print_config():
 
 
 # ------------------------------------------------- 1. + 3. stale results, identical re-runs
+@pytest.mark.integration
 def test_rerun_skips_refuses_and_overwrites(tmp_path):
   args = ("--config.train.steps=10", "--config.report=False")
   _ok(_train(tmp_path, *args, config="launch/configs/default.py:fp,qat"))
@@ -132,6 +135,7 @@ def test_rerun_skips_refuses_and_overwrites(tmp_path):
   assert json.loads((tmp_path / "qat" / "summary.json").read_text())["resumed_from_step"] is None
 
 
+@pytest.mark.integration
 def test_md_table_refuses_a_changed_config_instead_of_reusing_old_runs(tmp_path):
   table = ["launch/md_table.py", "--config=launch/configs/default.py", *TINY,
            "--config.report=False", f"--workdir={tmp_path}", "--seeds=0", "--methods=none"]
@@ -169,6 +173,7 @@ def test_fresh_start_resets_metrics_and_a_cut_line_is_not_glued(tmp_path):
 
 
 # ------------------------------------------------------------------ 5. the teacher
+@pytest.mark.integration
 def test_teacher_workdir_forms_its_own_config_and_ambiguity(tmp_path):
   from mdsnn_jax.train import loop
   teacher = tmp_path / "teacher"

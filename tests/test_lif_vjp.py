@@ -55,6 +55,7 @@ def test_forward_identical_and_grads_match_under_jit(kw, unroll):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_grads_match_under_vmap():
   x, theta, u0, w, v = _inputs(shape=(4, 6, 2, 5))  # vmapped over the first axis
   kw = dict(reset="hard")
@@ -66,6 +67,7 @@ def test_grads_match_under_vmap():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_bf16_spikes_identical_grads_close():
   x, theta, u0, w, v = _inputs(jnp.bfloat16)
   kw = dict(reset="hard", membrane_quantizer=lambda u: TERNARY.apply({}, u))
@@ -81,6 +83,7 @@ def test_bf16_spikes_identical_grads_close():
     np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * np.max(np.abs(b)))
 
 
+@pytest.mark.integration
 def test_long_sequences_keep_the_loop_and_agree():
   # T above FULL_UNROLL_MAX_T: unroll=None is the loop; an explicit full unroll agrees with it.
   x, theta, u0, w, v = _inputs(shape=(FULL_UNROLL_MAX_T + 3, 2, 4))
@@ -104,6 +107,7 @@ def test_traced_decay_raises():
     jax.jit(lambda d: fused_lif_scan(jnp.ones((3, 2)), decay=d))(0.5)
 
 
+@pytest.mark.integration
 def test_model_lif_impls_agree():
   from mdsnn_jax.nn import create_model, default_model_config, init_variables
   x = jax.random.uniform(jax.random.key(1, impl="rbg"), (2, 8, 8, 1))

@@ -94,6 +94,7 @@ def test_clip_gradient_through_the_layer_matches_the_rule():
   assert abs(g) > 1e-3
 
 
+@pytest.mark.integration
 def test_every_lif_clip_of_a_model_receives_a_gradient():
   cfg = default_model_config()
   cfg.name, cfg.timesteps = "digits_cnn", 3

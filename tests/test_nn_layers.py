@@ -472,6 +472,7 @@ def test_gate_gradients_reach_its_parameters_through_bce_and_ste():
   np.testing.assert_allclose(np.asarray(g_b), (yr * s * (1 - s)).sum(0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_gate_taps_do_not_accumulate_over_applies():
   from mdsnn_jax import nn as nn_lib
   model = nn_lib.create_model({"name": "digits_cnn", "timesteps": 2,

@@ -140,6 +140,7 @@ def test_gated_variant_gates_every_unit_and_sows_masks_and_losses(name):
   assert all(shape == () for shape in losses.values())
 
 
+@pytest.mark.integration
 def test_gated_model_with_remat_layer_has_the_same_loss_and_gradients():
   """The gate sits outside the recomputed conv + BN unit, so its sown BCE keeps its gradient."""
   x = _rgb(0, 4, 8)[..., :1]
@@ -351,6 +352,7 @@ def _rgb(seed, batch, size):
   return jnp.asarray(np.random.default_rng(seed).uniform(size=(batch, size, size, 3)), jnp.float32)
 
 
+@pytest.mark.integration
 def test_jit_grad_through_quantized_model_reaches_every_param_incl_thresholds():
   # A small MS-ResNet with every quantizer on (LSQ body, 8-bit first layer, BN folding, ternary
   # membranes) and learnable thresholds: jit(grad) reaches the kernels, BN, LSQ steps and θ.
@@ -361,6 +363,7 @@ def test_jit_grad_through_quantized_model_reaches_every_param_incl_thresholds():
   assert {"layer1/block0/conv1/conv/wq/step", "fc/wq/step"} <= set(grads)
 
 
+@pytest.mark.integration
 def test_jit_grad_small_sew_resnet():
   rgb = _rgb(0, 4, 8)
   model = small_resnets()["sew"]
@@ -374,6 +377,7 @@ FULL_ARCH = {"vgg9": (7, 7), "msresnet18": (17, 20), "msresnet19": (18, 20),
              "sewresnet18": (20, 20)}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(FULL_ARCH))
 def test_jit_grad_full_architectures_small_width(name):
   # Full depth at 1/8 width on 16×16 inputs, T = 2, with LSQ weights, BN folding, ternary
@@ -387,6 +391,7 @@ def test_jit_grad_full_architectures_small_width(name):
   assert sum(k.endswith("wq/step") for k in grads) == n_lsq
 
 
+@pytest.mark.integration
 def test_init_student_from_teacher(digits):
   x = digits[0][:16]
   teacher = create_model(config("digits_cnn"), 10)
@@ -431,6 +436,7 @@ def test_init_student_from_teacher(digits):
     init_student_from_teacher({"params": {}}, t_vars)
 
 
+@pytest.mark.integration
 def test_small_model_fits_64_real_digits(digits):
   x, y = digits
   model = create_model(config("digits_cnn", timesteps=4), 10)

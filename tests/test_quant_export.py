@@ -187,6 +187,7 @@ def _mismatch(wq, seed=0):
   return layer.exact, int(jnp.sum(int_s != ref_s)), int(ref_s.size), float(ref_s.mean())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("grid", ["symmetric", "full"])
 def test_power_of_two_scales_export_exactly(grid):
   # README's claim, where it holds: power-of-two weight scales (layer.exact).

@@ -44,6 +44,7 @@ def test_integer_levels_with_other_step():
   assert Q.integer_levels(-2.0, 1.0, 2.0) == (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lower", [-1, -3])
 def test_integer_forward_is_nearest_level_of_clip(lower):
   mq = Q.integer_membrane(lower=lower)
@@ -211,6 +212,7 @@ def _reference_stacked_sigmoid_grad(u, boundaries, k=2.0):
     (-40.0, 1.0, 2.0),   # 42 levels: windowed (nearest 2m boundaries)
     (-40.0, 0.25, 0.5),  # slow decay: a wide window
 ])
+@pytest.mark.integration
 def test_backward_equals_the_reference_within_1e6(lower, step, k):
   mq = Q.integer_membrane(lower=lower, step=step, k=k)
   bounds = tuple(mq.levels[i] + 0.5 * step for i in range(len(mq.levels) - 1))
@@ -238,6 +240,7 @@ def test_window_tail_bound_holds():
   assert err < 1e-6 and BUMP_TAIL_TOL <= 1e-6, err
 
 
+@pytest.mark.integration
 def test_lif_gradients_with_a_ternary_membrane_equal_the_reference():
   # The whole LIF MLP gradient, new backward against the pre-issue-17 one.
   import functools as ft

@@ -84,6 +84,7 @@ def _multiprocess(workdir, n_proc, devices_each, *overrides):
 MULTI_ATOL = 1e-5
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("n_proc,devices_each", [(2, 1), (2, 2)], ids=["2x1", "2x2"])
 def test_multiprocess_fp_md_matches_one_process(tmp_path, n_proc, devices_each):
   args = ("--config.train.steps=16", "--config.train.checkpoint_every=8")
@@ -114,6 +115,7 @@ def _wait_for_step(path: pathlib.Path, step: int, proc, timeout=300):
   raise AssertionError(f"the run did not reach step {step} (exit {proc.poll()})")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_exits_nonzero_and_resumes_bit_identical(tmp_path, sig):
   # Long enough (about a second of steps) that the signal lands before the end.
@@ -271,6 +273,7 @@ def test_second_run_in_the_same_workdir_is_refused_and_a_stale_lock_taken_over(t
   assert not (tmp_path / ".lock").exists()  # released at the end
 
 
+@pytest.mark.integration
 def test_readme_multihost_command_runs_as_written(tmp_path):
   """The README's two-process command, exactly as written (only the port, made free, and the
   workdir, made temporary, are replaced): both processes exit 0 and the report is written."""

@@ -42,19 +42,16 @@ def _flat(tree):
   return traverse_util.flatten_dict(jax.tree.map(np.asarray, tree), sep="/")
 
 
-SLOW = pytest.mark.slow
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("name,remat,quant", [
-    ("vgg9", "layer", None), ("vgg9", "time", None),
-    pytest.param("vgg9", "time", QAT, marks=SLOW), pytest.param("vgg9", "layer", QAT, marks=SLOW),
-    pytest.param("msresnet18", "layer", QAT, marks=SLOW),
-    pytest.param("sewresnet18", "time", None, marks=SLOW)])
-def test_remat_gradients_equal_none(name, remat, quant, taps=True):
-  size = 32 if "resnet" in name else 16
-  width = 1 / 16 if "resnet" in name else 0.125
-  v0, l0, s0, g0 = _grads(name, "none", quant, size=size, width=width, taps=taps)
-  v1, l1, s1, g1 = _grads(name, remat, quant, size=size, width=width, taps=taps)
+    ("vgg9", "layer", None), ("vgg9", "time", None), ("vgg9", "time", QAT),
+    ("vgg9", "layer", QAT), ("msresnet18", "layer", QAT), ("sewresnet18", "time", None)])
+def test_remat_gradients_equal_none(name, remat, quant, taps=True, timesteps=4, size=None,
+                                    width=None):
+  size = size or (32 if "resnet" in name else 16)
+  width = width or (1 / 16 if "resnet" in name else 0.125)
+  v0, l0, s0, g0 = _grads(name, "none", quant, timesteps, size=size, width=width, taps=taps)
+  v1, l1, s1, g1 = _grads(name, remat, quant, timesteps, size=size, width=width, taps=taps)
   f0, f1 = _flat(v0), _flat(v1)
   assert f0.keys() == f1.keys()  # remat renames nothing
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
@@ -68,13 +65,29 @@ def test_remat_gradients_equal_none(name, remat, quant, taps=True):
       np.testing.assert_allclose(t1[path] / scale, t0[path] / scale, atol=1e-5, err_msg=path)
 
 
-@pytest.mark.parametrize("quant", [None, pytest.param(QAT, marks=SLOW)])
+@pytest.mark.integration
+@pytest.mark.parametrize("quant", [None, QAT])
 def test_remat_layer_recomputing_the_lif_gradients_equal_none(quant):
   # Without collected taps, VGG's conv + BN + LIF run as one recomputed unit
   # (Builder.conv_bn_lif): same values, gradients and BN statistics as no remat.
   test_remat_gradients_equal_none("vgg9", "layer", quant, taps=False)
 
 
+def test_remat_layer_of_a_quantized_model_equals_none_fast():
+  """The fast tier's quantized remat case: VGG-9 at 1/16 width on 8×8 inputs, T = 2, the
+  low-bit student (LSQ weights, folded BN, ternary membranes): values and gradients as no
+  remat (the integration tier runs the larger sizes)."""
+  test_remat_gradients_equal_none("vgg9", "layer", QAT, timesteps=2, size=8, width=1 / 16)
+
+
+def test_remat_of_a_residual_block_equals_none_fast():
+  """The fast tier's residual case: SEW-ResNet-18's blocks under remat 'time' at 1/32 width,
+  8×8 inputs, T = 2."""
+  test_remat_gradients_equal_none("sewresnet18", "time", None, timesteps=2, size=8,
+                                  width=1 / 32)
+
+
+@pytest.mark.integration
 def test_parameter_free_lif_is_the_lif_layer_or_none():
   x = 1.5 * jax.random.normal(jax.random.key(2, impl="rbg"), (5, 2, 3, 3, 4))
   for neuron, mq in ((NeuronConfig(), None), (NeuronConfig(reset="soft", decay=0.25), None),
@@ -93,6 +106,7 @@ def test_parameter_free_lif_is_the_lif_layer_or_none():
   assert parameter_free_lif(NeuronConfig(prune_prior=0.1), None) is None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("t,chunk", [(8, 4), (6, 3), (5, 5), (4, 1)])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_time_chunked_lif_scan_equals_lif_scan(t, chunk, reset):
@@ -150,6 +164,7 @@ def _digits_grad_fn(remat, dtype="float32"):
   return grad, variables["params"], x
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("remat", ["layer", "time"])
 def test_remat_custom_vjp_under_vmap_and_bf16(remat):
   g_none, params, x = _digits_grad_fn("none")
@@ -167,6 +182,6 @@ def test_remat_custom_vjp_under_vmap_and_bf16(remat):
     np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=0.05)
 
 
-@SLOW
+@pytest.mark.integration
 def test_sew_resnet_remat_layer_recomputing_the_lif_gradients_equal_none():
   test_remat_gradients_equal_none("sewresnet18", "layer", None, taps=False)

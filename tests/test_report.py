@@ -296,6 +296,7 @@ MODEL_INPUTS = {"digits_mlp": (1, 8, 8, 1), "digits_cnn": (1, 8, 8, 1), "vgg9": 
                 "msresnet19": (1, 16, 16, 3), "sewresnet18": (1, 16, 16, 3)}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(MODEL_INPUTS))
 def test_layer_weight_bits_match_the_quantizer_each_crossbar_layer_holds(name):
   """The positional first / last mapping agrees with the model: the k-th crossbar layer of
@@ -437,6 +438,7 @@ def _row(md: str, section: str, first_cells: list[str]) -> list[str]:
   raise AssertionError(f"no table row starting with {first_cells}")
 
 
+@pytest.mark.integration
 def test_report_files_and_contents(trained):
   workdir, out, report = trained
   assert json.loads((out / "report.json").read_text()) == report
@@ -490,6 +492,7 @@ def test_report_files_and_contents(trained):
   assert _row(md, "## Firing-rate EMD", ["**pooled**"])[1] == rep.fmt(emd["pooled"])
 
 
+@pytest.mark.integration
 def test_report_plots_are_pngs(trained):
   _, out, report = trained
   assert report["files"]["plots"] == list(rep.PLOT_FILES) + [rep.SALIENCY_PLOT]
@@ -499,6 +502,7 @@ def test_report_plots_are_pngs(trained):
   assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
 
+@pytest.mark.integration
 def test_report_of_fp_vs_itself_has_zero_emd(trained):
   """The FP stage's variables evaluated twice through the library give EMD 0."""
   workdir, _, _ = trained
@@ -532,6 +536,7 @@ def _fp_only_copy(workdir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
   return dest
 
 
+@pytest.mark.integration
 def test_report_without_quantized_stage_and_without_workdir(trained, tmp_path):
   workdir, _, _ = trained
   only_fp = _fp_only_copy(workdir, tmp_path / "only_fp")
@@ -545,6 +550,7 @@ def test_report_without_quantized_stage_and_without_workdir(trained, tmp_path):
     rep.build_report(tmp_path / "nothing_here")
 
 
+@pytest.mark.integration
 def test_launcher_prints_report_path(trained, tmp_path):
   workdir, _, _ = trained
   only_fp = _fp_only_copy(workdir, tmp_path / "only_fp")  # one stage: a quicker subprocess
@@ -579,6 +585,7 @@ def distilled(trained, tmp_path_factory):
   return dest, out, rep.build_report(dest, out, saliency_examples=40, saliency_k=20)
 
 
+@pytest.mark.integration
 def test_report_saliency_section_for_distilled_stage(distilled):
   from mdsnn_jax import saliency as sal
 
@@ -620,6 +627,7 @@ def test_report_saliency_section_for_distilled_stage(distilled):
   assert report["files"]["plots"][-1] == rep.SALIENCY_PLOT
 
 
+@pytest.mark.integration
 def test_report_saliency_for_qat_and_off_switch(trained, tmp_path):
   workdir, out, report = trained
   assert list(report["saliency"]) == ["qat"] and report["saliency"]["qat"]["examples"] == 64
@@ -642,6 +650,7 @@ def test_report_rejects_bad_saliency_args_before_work(kwargs, match, tmp_path):
     rep.build_report(tmp_path / "nothing_here", **kwargs)  # no workdir: the check comes first
 
 
+@pytest.mark.integration
 def test_report_saliency_with_teacher_from_another_workdir(distilled, tmp_path):
   """A workdir holding only 'md', whose teacher is distill.teacher_workdir: same numbers."""
   workdir, _, report = distilled
@@ -687,6 +696,7 @@ def _stage_rates_by_hand(workdir: pathlib.Path, stage: str, batches) -> dict[str
   return {k: v / count for k, v in sums.items()}
 
 
+@pytest.mark.integration
 def test_report_emd_equals_scipy_on_rates_counted_by_hand(trained):
   """The report's per-layer and pooled EMD are scipy's W1 between the FP stage's and the QAT
   stage's rates, each counted independently from that stage's own variables."""

@@ -45,6 +45,7 @@ def _numbers(result: dict):
 
 
 # ------------------------------------------------------------------- 1. smoke, end to end
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["md_snn", "spquant"])
 def test_table_at_smoke_scale_end_to_end(tmp_path, name):
   start = time.time()
@@ -146,6 +147,7 @@ def _smoke_one_seed(tmp_path, name):
   return result, rows, lines, md
 
 
+@pytest.mark.integration
 def test_emd_table_at_smoke_scale_end_to_end(tmp_path):
   result, rows, lines, md = _smoke_one_seed(tmp_path, "emd")
   fp = rows[0]
@@ -186,6 +188,7 @@ def test_emd_verdict_follows_the_seed_spread(lq, status):
   assert reproduce.emd_verdict(rows, n_seeds=1)["status"] == "unsettled"
 
 
+@pytest.mark.integration
 def test_feature_kd_table_at_smoke_scale_end_to_end(tmp_path):
   result, rows, lines, md = _smoke_one_seed(tmp_path, "feature_kd")
   by_key = {r["key"]: r for r in rows}
@@ -221,6 +224,7 @@ def test_feature_kd_table_at_smoke_scale_end_to_end(tmp_path):
 
 
 # ---------------------------------------------------------------- 2. resume after SIGTERM
+@pytest.mark.integration
 def test_interrupted_table_resumes_and_ends_with_the_same_numbers(tmp_path):
   # One student row (with the teacher and its Δ baseline, which --rows brings along) is enough
   # to cut a run in the middle and resume it.
@@ -323,6 +327,7 @@ def test_flops_with_a_learned_gate_equal_a_hand_count():
   assert counter.result()["active"] == 9 * 16 * 2 * (2 + 2)
 
 
+@pytest.mark.integration
 def test_model_structure_links_learned_gates_and_counts_the_masks_it_sowed():
   model = nn.create_model({"name": "digits_cnn", "timesteps": 2,
                            "neuron": {"prune_prior": 0.0, "gate_rho": 0.85}}, 10)
@@ -371,6 +376,7 @@ def test_model_structure_finds_which_lif_gates_each_layer():
   assert [(l.name, l.c, l.h * l.w) for l in lifs] == [("lif0", 16, 64), ("lif1", 32, 16)]
 
 
+@pytest.mark.integration
 def test_md_evidence_at_smoke_scale_shares_one_teacher_and_sets_both_grids_side_by_side(tmp_path):
   start = time.time()
   res = _launch("--table=md_evidence", f"--workdir={tmp_path}", "--scale=smoke")
@@ -403,6 +409,7 @@ def test_md_evidence_at_smoke_scale_shares_one_teacher_and_sets_both_grids_side_
     float(l["accuracy_mean"]), float(l["emd_to_fp"])
 
 
+@pytest.mark.integration
 def test_md_ablation_at_smoke_scale_lists_what_the_model_cannot_take(tmp_path):
   res = _launch("--table=md_ablation", f"--workdir={tmp_path}", "--scale=smoke", "--seeds=0")
   assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -442,6 +449,7 @@ def _stage_of(method: str) -> str:
     (["--table=md_evidence", "--scale=cpu", "--config=launch/configs/default.py"],
      ["--scale='cpu' and --config were both given"]),
 ])
+@pytest.mark.integration
 def test_bad_inputs_fail_before_training_with_one_line(tmp_path, args, words):
   res = _launch(*args, f"--workdir={tmp_path / 'w'}", timeout=120)
   assert res.returncode == 2, res.stdout + res.stderr
@@ -452,6 +460,7 @@ def test_bad_inputs_fail_before_training_with_one_line(tmp_path, args, words):
   assert not (tmp_path / "w").exists()  # nothing was trained or written
 
 
+@pytest.mark.integration
 def test_list_names_every_table_row_dataset_and_time():
   res = _launch("--list", timeout=120)
   assert res.returncode == 0, res.stderr
@@ -509,6 +518,7 @@ def _full_runs():
   return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("table,dataset,key,cfg,real", _full_runs())
 def test_every_full_scale_row_runs_one_train_step_at_batch_2(table, dataset, key, cfg, real):
   """Abstractly for every row (jax.eval_shape); one real step on CPU for the teacher and the

@@ -96,6 +96,7 @@ def test_predicted_class_and_two_dim_logits():
   np.testing.assert_array_equal(c3, other)
 
 
+@pytest.mark.integration
 def test_smoothgrad():
   x = jnp.asarray(np.random.default_rng(6).uniform(0, 1, (2, 4, 4, 2)), jnp.float32)
   w, b = _weights(32, seed=7)
@@ -127,6 +128,7 @@ def test_smoothgrad():
 # jax.grad of its time-summed predicted logit through the surrogate gradient.
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("events", [False, True])
 def test_spiking_model_saliency_matches_per_image_grad(events):
   from mdsnn_jax import nn as nn_lib
@@ -163,6 +165,7 @@ def test_spearman_matches_scipy_with_ties():
                              np.stack([scipy.stats.rankdata(r) for r in a.reshape(6, -1)]))
 
 
+@pytest.mark.integration
 def test_consistency_identical_symmetric_scale_invariant():
   rng = np.random.default_rng(10)
   a = rng.uniform(0, 1, (8, 6, 6)).astype(np.float32)

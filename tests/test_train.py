@@ -44,6 +44,7 @@ def _final_params(stage_dir):
   return jax.tree.map(np.asarray, load_variables(pathlib.Path(stage_dir) / "final_variables"))
 
 
+@pytest.mark.integration
 def test_end_to_end_digits_fp_then_md(tmp_path):
   out = _run(tmp_path, "--config.train.steps=60", "--config.train.checkpoint_every=30",
              "--config.distill.gamma=0.5", config="launch/configs/default.py:fp,md")
@@ -62,6 +63,7 @@ def test_end_to_end_digits_fp_then_md(tmp_path):
   assert "ETA" in out and "steps/s" in out
 
 
+@pytest.mark.integration
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
   args = ("--config.train.steps=40", "--config.train.checkpoint_every=5")
   _run(tmp_path / "straight", *args)
@@ -127,6 +129,7 @@ SHARDING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_four_device_step_equals_one_device_step():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
   res = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], cwd=REPO, env=env,
@@ -271,6 +274,7 @@ def test_unknown_feature_source_fails_before_training(tmp_path):
   assert not (tmp_path / "fp" / "checkpoints").exists(), "training started despite a bad config"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stage", ["fp", "qat", "md", "md_gated_teacher"])
 def test_gated_model_trains_its_gate_and_reports_it_in_every_stage(stage):
   """L = task (+ KD) + loss.gate_weight · mean gate BCE, 'gate' in the metrics; the gate's

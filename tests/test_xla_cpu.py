@@ -102,6 +102,7 @@ def _probe(extra_env: dict) -> dict:
 
 @pytest.mark.skipif(xla_cpu._jaxlib_release() not in xla_cpu.CHECKED_JAXLIB,
                     reason="the flags are only passed to a checked jaxlib")
+@pytest.mark.integration
 def test_in_a_fresh_process_the_flags_move_convolutions_off_ynnpack():
   """What XLA compiles: a convolution YNNPACK takes by default is no YNNPACK fusion with the
   flags, gives the same numbers, and conv_impl='auto' then resolves to XLA's autodiff."""
