@@ -1,6 +1,6 @@
 """Distillation losses: membrane-aware KD (MD), logit KD and affine-projector feature KD.
 
-SPEC §3. The teacher is a frozen full-precision SNN, the student a quantized SNN with the
+See docs/method.md. The teacher is a frozen full-precision SNN, the student a quantized SNN with the
 same tap names. Taps are the pre-reset membranes h_t (or spikes) of every LIF layer, sown
 by the models into the Flax collections 'membranes' / 'spikes' and flattened here to
 `{'stage1/block0/lif1': array [T, B, ..., C]}`.
@@ -345,11 +345,12 @@ def membrane_kd_loss(
     eps: float = 1e-5,
     return_terms: bool = False,
 ) -> Array | tuple[Array, dict[str, dict[str, Array]]]:
-  """Membrane-aware distillation loss L_MD (SPEC §3) **[reconstruction]**.
+  """Membrane-aware distillation loss L_MD **[reconstruction]** (docs/method.md, 'Membrane-aware
+  distillation').
 
   Per distilled layer l (membranes U [T, B, ..., C], channels last):
     1. Ũ = (U − μ_{t,c}) / sqrt(σ²_{t,c} + ε²), statistics over batch and space per
-       (timestep, channel), separately for student and teacher (the SPEC's σ + ε is replaced
+       (timestep, channel), separately for student and teacher (the reconstructed σ + ε is replaced
        by the gradient-safe sqrt(σ² + ε²), equal to within ε).
     2. L_sp = mean (Ũ_s − Ũ_t)².
     3. R = mean over neurons of z zᵀ / T (z ∈ R^T a neuron's Ũ trajectory);
@@ -532,7 +533,7 @@ def distillation_loss(
     return_terms: bool = False,
     **md_kwargs: Any,
 ) -> Array | tuple[Array, dict[str, Array]]:
-  """Total student loss L = CE(z_s, y) + α·L_MD + β·τ²·KL + γ·L_feat (SPEC §3).
+  """Total student loss L = CE(z_s, y) + α·L_MD + β·τ²·KL + γ·L_feat (docs/method.md).
 
   Logits are the time-mean readout [B, classes]; `labels` are integer classes [B] or
   (soft) one-hot [B, classes]. L_MD is `membrane_kd_loss(student_taps, teacher_taps,

@@ -1,4 +1,5 @@
-"""Firing-behaviour diagnostics: per-neuron rates, dead neurons, rate EMD (SPEC §5).
+"""Firing-behaviour diagnostics: per-neuron rates, dead neurons, rate EMD (see docs/method.md,
+'Firing behaviour and EMD').
 
 Per-neuron firing rate over an evaluation set of N samples, T timesteps each:
 

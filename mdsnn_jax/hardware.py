@@ -1,4 +1,5 @@
-"""Analytical compute-in-memory crossbar model of energy, latency and area (SPEC §6).
+"""Analytical compute-in-memory crossbar model of energy, latency and area (see docs/method.md,
+'Crossbar hardware model').
 
 SpikeSim-compatible: X×X RRAM crossbars (X = 64), k² crossbars and X/8 ADC/MUX pairs per
 processing element (PE), P = 8 PEs per tile, T timesteps, 250 MHz, 65 nm constants. Per
@@ -40,7 +41,7 @@ SpikeSim's VGG9/CIFAR-10 figures. Extensions (ours):
 Derived figures (SI units in `CrossbarCost`): EDP = E·L [J·s], EDAP = E·L·A [J·s·mm²],
 OPS = 2·Σ_i MAC_i·T (a MAC is two operations), TOPS/W = OPS/E/1e12,
 TOPS/mm² = OPS/L/A/1e12. MAC_i = LayerShape.macs if given, else k_i²·C_in·C_out·H_in²
-(a stride-1 'same' convolution, whose pre-pooling output is H_in × H_in; SPEC's H_out is
+(a stride-1 'same' convolution, whose pre-pooling output is H_in × H_in; the model's H_out is
 after pooling and so cannot be used).
 
 Pure NumPy/Python; no JAX needed except in `layer_shapes_from_model`.
@@ -367,7 +368,7 @@ def compare_costs(fp_cost: CrossbarCost, q_cost: CrossbarCost) -> dict[str, floa
   )
 
 
-# SpikeSim's VGG9 on CIFAR-10 (SPEC §6 reference check): the 7 conv layers, H_out after pooling.
+# SpikeSim's VGG9 on CIFAR-10 (docs/method.md's reference check): the 7 conv layers, H_out after pooling.
 VGG9_CIFAR10_SPIKESIM: tuple[LayerShape, ...] = tuple(
     LayerShape(ci, co, hi, ho) for ci, co, hi, ho in zip(
         (3, 64, 64, 128, 128, 256, 256), (64, 64, 128, 128, 256, 256, 256),

@@ -1,4 +1,4 @@
-"""The LIF recurrence with a hand-written backward that keeps only the membranes (SPEC §1).
+"""The LIF recurrence with a hand-written backward that keeps only the membranes (docs/method.md).
 
 `fused_lif_scan` computes exactly what `mdsnn_jax.neuron.lif_scan` computes (it runs it for
 the forward) but is a `jax.custom_vjp` whose only residual is h [T, ...], the pre-reset

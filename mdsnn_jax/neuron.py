@@ -1,4 +1,4 @@
-"""Leaky integrate-and-fire neuron as pure functions (SPEC §1).
+"""Leaky integrate-and-fire neuron as pure functions (see docs/method.md, 'LIF neuron').
 
 Per timestep t = 1..T with input current x_t (all quantities dimensionless, in units of the
 threshold's scale):

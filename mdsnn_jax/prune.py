@@ -1,7 +1,7 @@
-"""Membrane-prior channel gating and FLOPs accounting (SPEC §4, SpQuant-SNN).
+"""Membrane-prior channel gating and FLOPs accounting (SpQuant-SNN; see docs/method.md, 'Pruning').
 
 **[reconstruction]**: SpQuant-SNN's published code could not be read; the forms below are
-SPEC §4 as written.
+our reconstruction of it.
 
 Membrane prior. At timestep t ≥ 1 (zero-based; the first step is always dense) channel c of
 sample b is active when the spatial mean of its membrane at t − 1 reaches the prior p:

@@ -6,16 +6,16 @@ For every trained stage ('fp' teacher, 'qat' / 'md' students) of a workdir writt
 `mdsnn_jax.train.loop.train_and_evaluate`:
 
 - test accuracy in percent: the one in the stage's summary.json and the one re-measured here;
-- firing (SPEC §5): per-neuron rates r_j = (1/(N·T)) Σ_n Σ_t s_j^(n)[t] over the test split,
+- firing (docs/method.md): per-neuron rates r_j = (1/(N·T)) Σ_n Σ_t s_j^(n)[t] over the test split,
   streamed batch by batch (`firing.update_rates`); per layer the mean rate, the dead
   fraction (r_j = 0) and the neuron count;
-- EMD (SPEC §5): Wasserstein-1 distance between the FP teacher's and each quantized stage's
+- EMD (docs/method.md): Wasserstein-1 distance between the FP teacher's and each quantized stage's
   per-neuron rate distributions, per layer and pooled over all spiking layers;
-- hardware (SPEC §6): `hardware.crossbar_cost` of the model's conv / dense layers in dense
+- hardware (docs/method.md): `hardware.crossbar_cost` of the model's conv / dense layers in dense
   mode (SpikeSim's reference) and in event mode (crossbar reads charged at the layer's input
   spike rate), and the ratios of each quantized stage over the FP teacher (`compare_costs`).
 
-Bits charged to the crossbar model (SPEC §6 extensions):
+Bits charged to the crossbar model (the extensions of docs/method.md, 'Crossbar hardware model'):
 - FP teacher: 16-bit weights (4 columns of 4-bit cells per weight) and 22-bit membranes, the
   width of SpikeSim's neuron memory.
 - Quantized student: the weight grid's stored bits ⌈log2(#levels)⌉ (`weight_grid_info`):

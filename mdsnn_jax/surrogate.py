@@ -1,4 +1,4 @@
-"""Heaviside spike with a surrogate-gradient backward (SPEC §1).
+"""Heaviside spike with a surrogate-gradient backward (see docs/method.md, 'Surrogate gradients').
 
 Forward, for z = h − θ (membrane minus threshold):
 
@@ -134,7 +134,7 @@ def _check_name(name: str) -> None:
 
 
 def surrogate_grad(name: str, z: jax.Array, alpha: float | None = None) -> jax.Array:
-  """The surrogate dH/dz of `name` at z (SPEC §1 table), in the dtype of z."""
+  """The surrogate dH/dz of `name` at z (docs/method.md's table), in the dtype of z."""
   _check_name(name)
   alpha = DEFAULT_ALPHA[name] if alpha is None else alpha
   return SURROGATES[name](z, alpha).astype(z.dtype)

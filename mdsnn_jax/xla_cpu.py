@@ -1,4 +1,4 @@
-"""XLA:CPU's convolution library: XNNPACK instead of YNNPACK (issue #13).
+"""XLA:CPU's convolution library: XNNPACK instead of YNNPACK.
 
 jax 0.10's XLA:CPU hands convolutions to YNNPACK by default. On the 2-core AVX2 machine we
 measure on, XNNPACK ran VGG-9's convolutions and its training step markedly faster

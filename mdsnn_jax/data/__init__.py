@@ -1,4 +1,4 @@
-"""Datasets and the grain input pipeline (SPEC §8).
+"""Datasets and the grain input pipeline.
 
     info = dataset_info(cfg)                       # DatasetInfo: classes, shapes, sizes
     loader = make_loader(cfg, 'train', batch_size=128, seed=0, shuffle=True)

@@ -1,4 +1,4 @@
-"""Event-camera datasets (N-MNIST, N-Caltech101) as T frames of 2 polarities, through tonic (SPEC §8).
+"""Event-camera datasets (N-MNIST, N-Caltech101) as T frames of 2 polarities, through tonic.
 
 Files are the ATIS binary format, 5 bytes per event (big-endian 40-bit word):
 

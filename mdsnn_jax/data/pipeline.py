@@ -1,4 +1,4 @@
-"""The grain input pipeline: per-example preprocessing, augmentation and batching (SPEC §8).
+"""The grain input pipeline: per-example preprocessing, augmentation and batching.
 
 For static images, in order:
 

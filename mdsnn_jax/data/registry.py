@@ -1,4 +1,4 @@
-"""Dataset names -> sources and their description (`DatasetInfo`), driven by a data config (SPEC §8).
+"""Dataset names -> sources and their description (`DatasetInfo`), driven by a data config.
 
 A data config is an ml_collections ConfigDict or a dict with the fields
 

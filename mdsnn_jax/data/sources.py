@@ -1,4 +1,4 @@
-"""Random-access sources of static image datasets, read from their real on-disk formats (SPEC §8).
+"""Random-access sources of static image datasets, read from their real on-disk formats.
 
 Every source is grain-compatible (`len(src)`, `src[i]`) and yields the *stored* pixels:
 

@@ -3,7 +3,7 @@
     graph = to_nir(model, variables, sample_input)     # nir.NIRGraph; nir.write(path, graph)
     model, variables = from_nir(graph)                 # a Flax `NIRNet` running the graph
 
-Neuron mapping. Ours (SPEC §1), per timestep with input current x_t:
+Neuron mapping. Ours (docs/method.md, 'LIF neuron'), per timestep with input current x_t:
 
     h_t = λ·u_{t−1} + x_t,    s_t = H(h_t − θ),    u_t = h_t·(1 − s_t)      (hard reset)
 

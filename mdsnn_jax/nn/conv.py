@@ -1,4 +1,4 @@
-"""2-D convolution, NHWC × HWIO → NHWC, with a CPU-fast hand-written backward (issue #4).
+"""2-D convolution, NHWC × HWIO → NHWC, with a CPU-fast hand-written backward.
 
     y[n, a, b, o] = Σ_{i, j, c} x_pad[n, s_h·a + i, s_w·b + j, c] · k[i, j, c, o]
 

@@ -1,4 +1,4 @@
-"""Flax linen spiking layers: LIF, quantized conv / dense, tdBN and BN-folded QAT (SPEC §1, §2).
+"""Flax linen spiking layers: LIF, quantized conv / dense, tdBN and BN-folded QAT (docs/method.md).
 
 Tensors are time-major: [T, B, ...] with channels last. Convolutions, dense layers and batch
 norm run once on the merged T·B axis; only the LIF recurrence is scanned (`lif_scan`).
@@ -90,16 +90,16 @@ def _kind(cfg: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class NeuronConfig:
-  """LIF parameters shared by every LIF layer of a model (SPEC §1).
+  """LIF parameters shared by every LIF layer of a model (see docs/method.md, 'LIF neuron').
 
   decay λ ∈ [0, 1], threshold θ > 0 (in the units of the input current), reset
   'hard' | 'soft' | 'none', surrogate name and slope alpha (None: the surrogate's default),
   detach_reset, and learn_threshold: a learnable per-channel θ, kept positive by the
   parametrisation θ = softplus(theta_raw) with theta_raw initialised so that θ = threshold.
-  prune_prior: None (off) or p, SpQuant's membrane-prior channel gating (SPEC §4,
+  prune_prior: None (off) or p, SpQuant's membrane-prior channel gating (method page;
   `mdsnn_jax.prune.gated_lif_scan`): at t ≥ 1 a channel whose spatial-mean membrane at t−1 is
   below p gets zero input current.
-  gate_rho: None (off) or ρ ∈ (0, 1], SpQuant's learned channel gate (SPEC §4, `ChannelGate`)
+  gate_rho: None (off) or ρ ∈ (0, 1], SpQuant's learned channel gate (method page, `ChannelGate`)
   on every conv + BN unit and hidden dense layer, trained towards keeping the channels that
   hold a share ρ of the output's peak mass (SpQuant: 0.85).
   learn_decay: a learnable per-channel λ = σ(decay_raw) (PLIF), always inside (0, 1), with
@@ -260,7 +260,7 @@ def _lif_kwargs(neuron: NeuronConfig, threshold, membrane_quantizer, decay=None)
 class LIF(nn.Module):
   """LIF layer on time-major input currents [T, B, ..., C] -> spikes [T, B, ..., C].
 
-  h_t = λ·u_{t−1} + x_t, s_t = H(h_t − θ), reset, then u_t = Q_u(u_t) (SPEC §1). Sows the
+  h_t = λ·u_{t−1} + x_t, s_t = H(h_t − θ), reset, then u_t = Q_u(u_t) (method page). Sows the
   pre-reset membranes h into 'membranes'/'h' and the spikes into 'spikes'/'s' (both float32);
   the tap name is this module's path. With learn_threshold, θ = softplus(theta_raw) per
   channel (last axis). Computes in the dtype of x. impl 'fused' runs `lif_vjp.fused_lif_scan`
@@ -370,7 +370,7 @@ class RLIF(nn.Module):
 
 
 class ChannelGate(nn.Module):
-  """SpQuant's learned channel gate (SPEC §4, `mdsnn_jax.prune`) on the output y of a conv +
+  """SpQuant's learned channel gate (docs/method.md, `mdsnn_jax.prune`) on the output y of a conv +
   BN unit (or a dense layer), predicted from the unit's input x; both time-major
   [T, B, ..., C], gated per row of the merged T·B axis:
 
@@ -426,8 +426,8 @@ class QConv(nn.Module):
   kernel HWIO in 'params'/'kernel'; quantizer params in 'params'/'wq', state in
   'quant_state'/'wq'. padding None = k//2 on each side (PyTorch's padding=k//2, which differs
   from XLA 'SAME' at stride 2); also 'SAME', 'VALID' or [(lo, hi), (lo, hi)].
-  `fold=(mean, var, scale, offset, eps)` folds a BN into the kernel before quantization (SPEC
-  §2): W' = W·γ/√(σ²+ε), b' = β + (b − μ)·γ/√(σ²+ε); the folded bias is quantized with
+  `fold=(mean, var, scale, offset, eps)` folds a BN into the kernel before quantization
+  (docs/method.md): W' = W·γ/√(σ²+ε), b' = β + (b − μ)·γ/√(σ²+ε); the folded bias is quantized with
   `bias_bits` on the accumulator scale (`quant.batchnorm.quantize_folded`). quantize=False
   gives the float conv with the raw kernel (used for BN batch statistics).
   """
@@ -534,7 +534,7 @@ class TDBatchNorm(nn.Module):
 class QConvBN(nn.Module):
   """Conv + tdBN unit with children 'conv' (`QConv`, no bias) and 'bn' (`TDBatchNorm`).
 
-  bn_fold=False: BN(Q(W) ∗ x). bn_fold=True (BN-folded QAT, SPEC §2): the BN is folded into
+  bn_fold=False: BN(Q(W) ∗ x). bn_fold=True (BN-folded QAT, docs/method.md): the BN is folded into
   the conv before quantization, W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε), using the batch
   statistics of the float conv output W ∗ x in training (running stats updated) and the
   running statistics in eval; out = Q(W') ∗ x + Q_b(b'). Both modes have the same variables,

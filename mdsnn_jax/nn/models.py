@@ -41,7 +41,7 @@ from mdsnn_jax.nn.layers import (LIF, ChannelGate, NeuronConfig, QConvBN, QDense
 Array = jax.Array
 
 # Conv configurations; 'P' = 2×2 average pooling of the spikes.
-VGG9_LAYERS = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P")  # SpikeSim VGG9 (SPEC §6)
+VGG9_LAYERS = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P")  # SpikeSim VGG9 (docs/method.md)
 VGG16_LAYERS = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P",
                 512, 512, 512, "P", 512, 512, 512, "P")
 # Stages as (channels, blocks, first stride).
@@ -269,7 +269,7 @@ class SpikingVGG(SpikingNet):
   """VGG of conv3×3 → tdBN → LIF units ('conv{i}', 'lif{i}'), 2×2 average pooling of the
   spikes at 'P', then a dense classifier 'fc' on the flattened spikes.
 
-  VGG9_LAYERS is SpikeSim's VGG9 for CIFAR (SPEC §6): C_in = [3,64,64,128,128,256,256],
+  VGG9_LAYERS is SpikeSim's VGG9 for CIFAR (docs/method.md): C_in = [3,64,64,128,128,256,256],
   C_out = [64,64,128,128,256,256,256], pooling after convs 2, 4 and 7 (32→16→8→4).
   """
   layers: tuple = VGG9_LAYERS
@@ -357,7 +357,7 @@ class MSResNet(SpikingNet):
   """MS-ResNet (membrane shortcut): stem conv3×3 + BN ('stem', no LIF: the stream stays
   membrane-valued), stages 'layer1'... of `MSBlock`s, 'head_lif', global average pooling of
   the spikes, optional hidden dense 'fc1' + 'fc1_lif' (ResNet-19: 256), classifier 'fc'.
-  Defaults of the family (SPEC §1): λ = 0.25, θ = 0.5.
+  Defaults of the family (docs/method.md, 'LIF neuron'): λ = 0.25, θ = 0.5.
   """
   stem_channels: int = 64
   stages: tuple = RESNET18_STAGES

@@ -1,4 +1,5 @@
-"""Quantizers as pure functions: weights, membranes, BN folding, integer export (SPEC §2).
+"""Quantizers as pure functions: weights, membranes, BN folding, integer export (see
+docs/method.md).
 
 Every weight quantizer is a `WeightQuantizer` and every membrane quantizer a
 `MembraneQuantizer` (see `mdsnn_jax.quant.base`); build them directly or by name with

@@ -1,4 +1,5 @@
-"""Batch-norm folding and folded quantization (SPEC §2, "Batch norm").
+"""Batch-norm folding and folded quantization (see docs/method.md,
+'Batch norm: folding and quantization').
 
 Eval-mode BN after a conv / dense layer with per-output-channel statistics folds into it:
 

@@ -1,4 +1,5 @@
-"""Integer export of one quantized dense / conv layer followed by a LIF neuron (SPEC §2).
+"""Integer export of one quantized dense / conv layer followed by a LIF neuron (see docs/method.md,
+'Integer export').
 
 The fake-quantized float layer computes, per output channel c with weight scale s_c,
 

@@ -1,4 +1,4 @@
-"""Membrane-potential quantizers (SPEC §2, "Membrane potential") as `MembraneQuantizer`s.
+"""Membrane-potential quantizers (docs/method.md, 'Membrane quantizers') as `MembraneQuantizer`s.
 
 Applied to the stored LIF state u_t after reset:
 
@@ -160,9 +160,9 @@ def _integer_grid_jvp(lower, step, count, k, primals, tangents):
 
 
 def integer_levels(lower: float = -1.0, step: float = 1.0, threshold: float = 1.0) -> tuple[float, ...]:
-  """L = {lb + kΔ : k = 0 … ⌊(θ + Δ − lb)/Δ⌋ − 1} (SPEC writes θ + 1: identical for Δ = 1).
+  """L = {lb + kΔ : k = 0 … ⌊(θ + Δ − lb)/Δ⌋ − 1} (written θ + 1 elsewhere: identical for Δ = 1).
 
-  The Δ generalisation keeps max L <= θ for Δ ≠ 1 (SPEC's literal form would add levels
+  The Δ generalisation keeps max L <= θ for Δ ≠ 1 (the literal θ + 1 form would add levels
   above θ that clip(u, min L, θ) can never reach).
   """
   lower = _finite("lower", lower)

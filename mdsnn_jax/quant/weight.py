@@ -1,7 +1,7 @@
-"""Weight fake-quantizers (SPEC §2) as `WeightQuantizer` tuples of pure functions.
+"""Weight fake-quantizers (docs/method.md) as `WeightQuantizer` tuples of pure functions.
 
 The output channel is the LAST axis of a kernel (flax layout: conv HWIO, dense (in, out)).
-Two signed b-bit integer grids (`grid`, SPEC §2), codes −Q_n … Q_p:
+Two signed b-bit integer grids (`grid`), codes −Q_n … Q_p:
 
     symmetric   Q_n = Q_p = n = 2^(b−1) − 1   2^b − 1 levels (2 bits: ternary {−1, 0, 1})
     full        Q_n = 2^(b−1), Q_p = 2^(b−1) − 1   2^b levels (2 bits: {−2, −1, 0, 1})

@@ -167,7 +167,7 @@ def low_bit_student(c: ml_collections.ConfigDict, weight_bits: int = 2,
   ternary integer membranes, 8-bit first and last layers.
 
   grid: the LSQ weight grid, 'full' (2^b levels) or 'symmetric' (2^b − 1: 2 bits is
-  ternary); None leaves LSQ's default, 'full' (SPEC §2)."""
+  ternary); None leaves LSQ's default, 'full' (docs/method.md, 'Weight quantizers')."""
   set_quant(c, "weight", "lsq", bits=weight_bits, grid=grid)
   set_quant(c, "membrane", "ternary")
   set_quant(c, "first_layer", "uniform", bits=8)

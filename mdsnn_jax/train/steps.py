@@ -1,4 +1,5 @@
-"""Training and evaluation steps: FP / QAT (task loss) and MD distillation (SPEC §3).
+"""Training and evaluation steps: FP / QAT (task loss) and MD distillation (see docs/method.md,
+'Distillation').
 
 Models return per-timestep logits [T, B, K]; the readout is their time mean. The step
 functions are pure `(state, batch, ...) -> (state, metrics)` and are jitted with explicit

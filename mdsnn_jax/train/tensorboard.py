@@ -9,7 +9,7 @@ Tags: a record's 'eval_accuracy' / 'ptq_accuracy' become 'eval/accuracy' /
 'eval/ptq_accuracy', keys that already hold a '/' are kept, every other numeric key goes
 under 'train/' (loss terms, accuracy, steps_per_s). Firing rates at eval are
 'firing/<layer>': the mean spikes per neuron per timestep over the first `FIRING_BATCHES`
-test batches (SPEC §5). Only process 0 writes; elsewhere, or with enabled=False, every method
+test batches. Only process 0 writes; elsewhere, or with enabled=False, every method
 is a no-op and no event file is created. On resume, `purge_step` makes TensorBoard drop the
 events after the checkpoint that are about to be recomputed.
 """
