@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from mdsnn_jax.data.registry import describe
 from mdsnn_jax.train import cli
-from mdsnn_jax.train.config import PRECISIONS, resolved_config, set_precision
+from mdsnn_jax.train.config import PRECISION_NOTE, PRECISIONS, resolved_config, set_precision
 from mdsnn_jax.train.loop import check, train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and summaries.")
@@ -32,10 +32,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Restart a stage whose stored
                                "differs (and the stages after it) instead of refusing.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
 _PRECISION = flags.DEFINE_string(
-    "precision", None, f"Compute precision, one of {list(PRECISIONS)} (sets model.dtype): bf16 "
-    "computes convolutions, matmuls, BN outputs and the LIF recurrence in bfloat16; parameters, "
-    "optimizer state, BN statistics, quantizer parameters, logits, losses and distillation taps "
-    "stay float32. Default: the config's model.dtype.")
+    "precision", None, f"Compute precision, one of {list(PRECISIONS)} (sets model.dtype): "
+    f"{PRECISION_NOTE}. Default: the config's model.dtype.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file "
                                 "(launch/configs/<name>.py[:stages]); every field can be set "
                                 "with --config.<field>=<value>.", lock_config=True)

@@ -291,21 +291,29 @@ def spquant_resnet19_paper_config(stages: str = "fp,qat",
   return c
 
 
-# --precision of the launchers: the name a user types -> model.dtype. bf16 computes the
-# convolutions, matmuls, BN outputs and the LIF recurrence in bfloat16; parameters, optimizer
-# state, BN statistics, quantizer parameters, logits, losses and distillation taps stay
-# float32 (nn/models.py, DTYPES).
+# --precision of the launchers (train.py, reproduce.py): the name a user types -> model.dtype
+# (`nn.models.DTYPES`).
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+PRECISION_NOTE = ("bf16 computes convolutions, matmuls, batch-norm outputs and the LIF "
+                  "recurrences in bfloat16; parameters, optimizer state, batch-norm statistics, "
+                  "quantizer parameters, membrane taps, logits and every loss stay float32")
+
+
+def precision_dtype(precision: str | None) -> str | None:
+  """'fp32' | 'bf16' -> the model.dtype it names; None or '' -> None (the config's own)."""
+  if not precision:
+    return None
+  if precision not in PRECISIONS:
+    raise ValueError(f"unknown --precision {precision!r}; allowed: {list(PRECISIONS)}")
+  return PRECISIONS[precision]
 
 
 def set_precision(config: ml_collections.ConfigDict, precision: str | None
                   ) -> ml_collections.ConfigDict:
   """Sets config.model.dtype from a launcher's --precision (None: the config's own dtype)."""
-  if precision is None or precision == "":
-    return config
-  if precision not in PRECISIONS:
-    raise ValueError(f"unknown --precision {precision!r}; allowed: {list(PRECISIONS)}")
-  config.model.dtype = PRECISIONS[precision]
+  dtype = precision_dtype(precision)
+  if dtype is not None:
+    config.model.dtype = dtype
   return config
 
 

@@ -46,6 +46,7 @@ from mdsnn_jax import saliency as sal
 from mdsnn_jax.train import cost as cost_lib
 from mdsnn_jax.train import experiments, stages as stages_lib
 from mdsnn_jax.train import tables as tables_lib
+from mdsnn_jax.train.config import PRECISION_NOTE, PRECISIONS, precision_dtype
 
 FP_BITS_MAIN = report_lib.FP_WEIGHT_BITS  # the FP weight width the headline gains assume
 FP_BITS_SHOWN = (8, 16, 32)
@@ -628,20 +629,8 @@ def config_dataset(config: ml_collections.ConfigDict) -> tables_lib.Dataset:
       lambda: copy.deepcopy(config))
 
 
-# --precision -> model.dtype (`nn.models.DTYPES`)
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
-PRECISION_NOTE = ("bf16 computes convolutions, matmuls, batch-norm outputs and the LIF "
-                  "recurrences in bfloat16; parameters, optimizer state, batch-norm statistics, "
-                  "quantizer parameters, membrane taps, logits and every loss stay float32")
-
-
-def parse_precision(text: str | None) -> str | None:
-  """'fp32' | 'bf16' -> model.dtype; None or '' -> None (each config's own dtype)."""
-  if not text:
-    return None
-  if text not in PRECISIONS:
-    raise ValueError(f"unknown --precision {text!r}; allowed: {list(PRECISIONS)}")
-  return PRECISIONS[text]
+# --precision -> model.dtype: one rule for every launcher (train.config).
+parse_precision = precision_dtype
 
 
 @dataclasses.dataclass
