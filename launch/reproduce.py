@@ -27,6 +27,8 @@ Tables and rows: `mdsnn_jax/train/tables.py`; the driver: `mdsnn_jax/train/repro
 """
 from __future__ import annotations
 
+import pathlib
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -97,7 +99,10 @@ def main(argv):
                                  compile_cache=_COMPILE_CACHE.value, **common)
   except preflight.PreflightError as e:
     preflight.exit_with(e.problems)
-  print(reproduce.render_markdown(result))
+  # The headline rows only: the full table (every section, seed and provenance) is in the
+  # files, and a terminal of hundreds of lines hides the numbers a user ran for.
+  base = pathlib.Path(_WORKDIR.value) / (result.get("basename") or _TABLE.value)
+  print(f"{reproduce.render_summary(result)}\nFull table: {base}.md (.json, .csv, .png)")
 
 
 if __name__ == "__main__":

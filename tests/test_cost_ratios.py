@@ -1,5 +1,5 @@
 """`hardware.compare_costs` and the report's FP-vs-quantized ratios, against a one-layer network
-whose energy, latency and area are worked out by hand below from SPEC §6 (constants in pJ and
+whose energy, latency and area are worked out by hand below from docs/method.md (constants in pJ and
 µm² from its table; X = 64, k = 3, P = 8, 250 MHz → t_cyc = 104 ns; b_cell = 4).
 
 Per-cycle energy with b_u membrane bits, written out term by term:
@@ -38,7 +38,7 @@ Q = dict(weight_bits=2, membrane_bits=2)     # 2-bit weights, ternary membranes 
 
 
 def test_hand_numbers_reproduce_the_spikesim_reference_cycle_energy():
-  assert e_cyc(22) == pytest.approx(828.49, abs=0.005)  # SPEC §6 reference E_cyc
+  assert e_cyc(22) == pytest.approx(828.49, abs=0.005)  # docs/method.md reference E_cyc
 
 
 @pytest.mark.parametrize("mode,rho", [("dense", 1.0), ("event", 0.25)])

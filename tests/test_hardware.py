@@ -23,7 +23,7 @@ def test_vgg9_reference_shapes():
 
 
 def test_spikesim_reference_within_0p1_percent():
-  # SpikeSim's published VGG9/CIFAR-10, T = 5 figures (SPEC §6).
+  # SpikeSim's published VGG9/CIFAR-10, T = 5 figures (docs/method.md).
   c = hw.crossbar_cost(VGG9, REF)
   assert c.total_pes == 48 and c.tiles == 6
   assert c.n_pe == (1, 1, 2, 4, 8, 16, 16)

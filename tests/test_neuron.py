@@ -12,7 +12,7 @@ from mdsnn_jax.surrogate import get_surrogate, surrogate_grad
 
 
 def numpy_lif(x, decay, threshold, reset):
-  """Plain NumPy loop of SPEC §1 (the reference)."""
+  """Plain NumPy loop of docs/method.md (the reference)."""
   u = np.zeros(x.shape[1:], np.float64)
   spikes, membranes = [], []
   for t in range(x.shape[0]):

@@ -181,7 +181,7 @@ def test_event_input_shapes_and_two_polarity_stem():
 
 
 def test_vgg9_matches_spikesim_layer_table():
-  # SPEC §6 (SpikeSim VGG9 on CIFAR-10): the crossbar model's layer list.
+  # docs/method.md (SpikeSim VGG9 on CIFAR-10): the crossbar model's layer list.
   c_in = [3, 64, 64, 128, 128, 256, 256]
   c_out = [64, 64, 128, 128, 256, 256, 256]
   h_in = [32, 32, 16, 16, 8, 8, 8]
@@ -230,7 +230,7 @@ def test_param_count_vgg16():
 
 
 def test_param_count_vgg9():
-  # SpikeSim VGG9 (SPEC §6 layer list): Σ 9·C_in·C_out = 1,734,336 conv weights; + BN
+  # SpikeSim VGG9 (docs/method.md layer list): Σ 9·C_in·C_out = 1,734,336 conv weights; + BN
   # 2·1,152 + fc 4·4·256·10 + 10.
   variables = abstract_vars("vgg9", 32)[1]
   c_in, c_out = [3, 64, 64, 128, 128, 256, 256], [64, 64, 128, 128, 256, 256, 256]
@@ -477,7 +477,7 @@ def test_create_model_config_handling():
     create_model(config("resnet50"), 10)
   with pytest.raises(ValueError, match="'depth'"):
     create_model({**cfg.to_dict(), "depth": 3}, 10)
-  # MS-ResNet family defaults λ = 0.25, θ = 0.5 (SPEC §1) unless the config sets them.
+  # MS-ResNet family defaults λ = 0.25, θ = 0.5 (docs/method.md) unless the config sets them.
   ms = create_model(config("msresnet18"), 100)
   assert (ms.neuron.decay, ms.neuron.threshold, ms.num_classes) == (0.25, 0.5, 100)
   cfg = config("msresnet18")

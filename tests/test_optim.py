@@ -134,7 +134,7 @@ def np_log_softmax(z):
 
 @pytest.mark.parametrize("lam", [0.05, 0.0, 0.5])
 def test_tet_loss_matches_its_formula(lam):
-  # TET (SPEC §7): (1 − λ)·mean_t CE(o_t, y) + λ·mean_t MSE(o_t, 1), MSE over batch and classes.
+  # TET (docs/method.md): (1 − λ)·mean_t CE(o_t, y) + λ·mean_t MSE(o_t, 1), MSE over batch and classes.
   rng = np.random.default_rng(SEED + 1)
   t, b, k = 3, 5, 4
   logits = rng.normal(0, 2.0, (t, b, k))

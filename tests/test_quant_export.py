@@ -83,7 +83,7 @@ def test_integer_forward_with_wider_membrane_grid():
 @pytest.mark.parametrize("grid", ["symmetric", "full"])
 def test_lsq_integer_codes_span_the_grid_and_export_exactly(grid, bits):
   """LSQ with a power-of-two step (a trained step rounded to a shift): the integer codes are
-  exactly −Q_n … Q_p of SPEC §2 and the integer forward reproduces the float spikes."""
+  exactly −Q_n … Q_p of docs/method.md and the integer forward reproduces the float spikes."""
   kernel, bias, spikes, _ = _case("dense", 6)
   wq = Q.lsq(bits, per_channel=False, grid=grid)
   half = 2 ** (bits - 1)

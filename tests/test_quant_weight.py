@@ -30,7 +30,7 @@ def _np_uniform(w, step, n, n_neg=None):
 
 
 def _np_codes(bits, grid):
-  """(Q_n, Q_p) of SPEC §2, written out independently of the library."""
+  """(Q_n, Q_p) of docs/method.md, written out independently of the library."""
   half = 2 ** (bits - 1)
   return (half - 1, half - 1) if grid == "symmetric" else (half, half - 1)
 

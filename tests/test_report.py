@@ -359,7 +359,7 @@ def test_hardware_for_charges_first_and_last_layer_bits():
 def test_cost_summary_units():
   c = hw.crossbar_cost(hw.VGG9_CIFAR10_SPIKESIM)
   s = rep.cost_summary(c)
-  # SpikeSim's VGG9 reference (SPEC §6): 15.907 µJ, 62.833 ms, 8.4255 mm².
+  # SpikeSim's VGG9 reference (docs/method.md): 15.907 µJ, 62.833 ms, 8.4255 mm².
   assert s["energy_uj"] == pytest.approx(15.907, rel=1e-3)
   assert s["latency_ms"] == pytest.approx(62.833, rel=1e-3)
   assert s["area_mm2"] == pytest.approx(8.4255, rel=1e-3)

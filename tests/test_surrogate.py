@@ -13,7 +13,7 @@ Z = np.linspace(-3.0, 3.0, 601, dtype=np.float32)
 
 
 def _analytic(name, z, a):
-  """SPEC §1 table, written independently in NumPy."""
+  """docs/method.md table, written independently in NumPy."""
   if name == "arctan":
     return a / (2 * (1 + (math.pi / 2 * a * z) ** 2))
   if name == "sigmoid":

@@ -1,6 +1,6 @@
 """MD-SNN paper row: CIFAR-100, MS-ResNet-18, T = 4, low-bit student (2-bit LSQ weights,
 BN folded and quantized, ternary integer membranes), distilled from the FP teacher.
-Reference (SPEC §7): 74.91 % at full scale; 300 epochs of 50,000 images.
+Reference (the paper's reported figure): 74.91 % at full scale; 300 epochs of 50,000 images.
 
     python launch/train.py --config=launch/configs/cifar100_resnet18.py:fp,md \
         --config.data.root=/data --workdir=/tmp/c100

@@ -1,6 +1,6 @@
 """MD-SNN paper row: N-Caltech101 event frames (tonic; Caltech101/<class>/*.bin in data.root),
 VGG-9, T = 10, 2 polarities resized to 48×48; SpQuant's recipe: Adam 1e-3, batch 16, 200 epochs.
-Reference (SPEC §7): 81.73 %.
+Reference (the paper's reported figure): 81.73 %.
 
     python launch/train.py --config=launch/configs/ncaltech101_vgg.py:fp,md \
         --config.data.root=/data/N-Caltech101 --workdir=/tmp/ncal

@@ -1,6 +1,6 @@
 """SpQuant-SNN row: CIFAR-10, ResNet-19 (MS form), T = 2, 4-bit weights, ternary (1.58-bit)
 integer membrane, learnable per-channel threshold; Adam 0.01 cosine, batch 128, 300 epochs,
-TET loss. Reference (SPEC §7): FP 94.56, Q 94.11.
+TET loss. Reference (the paper's reported figure): FP 94.56, Q 94.11.
 
     python launch/train.py --config=launch/configs/spquant_cifar10_resnet19.py:fp,qat --workdir=/tmp/sq
 """

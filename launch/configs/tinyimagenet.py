@@ -1,5 +1,5 @@
 """MD-SNN paper row: TinyImageNet (standard tiny-imagenet-200/ folder in data.root),
-MS-ResNet-18, T = 4, low-bit student. Reference (SPEC §7): 60.59 %; 200 epochs of
+MS-ResNet-18, T = 4, low-bit student. Reference (the paper's reported figure): 60.59 %; 200 epochs of
 100,000 images.
 
     python launch/train.py --config=launch/configs/tinyimagenet.py:fp,md \

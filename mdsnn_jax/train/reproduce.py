@@ -170,7 +170,7 @@ def model_structure(model, variables, sample, timesteps) -> tuple[list[KernelLay
 
 
 class FlopsCounter:
-  """FLOPs of a forward pass from the active-channel masks a model produced (SPEC §4).
+  """FLOPs of a forward pass from the active-channel masks a model produced (docs/method.md, membrane-prior pruning).
 
   Per timestep t and sample b, with n_in / n_out the active input / output channels (the
   count of the LIF it reads / feeds, else of its learned gate's mask on the output side,
@@ -935,7 +935,7 @@ def render_markdown(result: dict) -> str:
            f"Table `{result['table']}`, scale `{result['scale']}`, seeds {result['seeds']}. "
            f"Accuracy: test accuracy in percent, mean ± sample std over the seeds; Δ: paired per "
            f"seed against row `{result['baseline']}` (mean ± std, seeds with Δ > 0).", "",
-           "**Papers' figures (SPEC §6–§7), beside ours:**", ""]
+           "**The papers' reported figures, beside ours:**", ""]
   lines += [f"- {p}" for p in result["paper"]] + [""]
   for ds in result["datasets"]:
     lines += [f"## {ds['key']}", "", ds["description"] + ".", ""]

@@ -1,5 +1,5 @@
 """The paper tables `launch/reproduce.py` runs: rows as config overrides, datasets per scale,
-the papers' figures (SPEC §7), and the time each table is expected to take.
+the papers' reported figures, and the time each table is expected to take.
 
 A table is a list of `Row`s run on each of its datasets. A row is the FP teacher, or a
 quantized student (stage 'qat' or 'md', `experiments.METHODS`) made from the dataset's base
@@ -96,7 +96,7 @@ class Table:
   rows: tuple[Row, ...]
   baseline: str  # the row every accuracy Δ is paired against
   datasets: Callable[[str], tuple[Dataset, ...]]
-  paper: tuple[str, ...]  # the papers' figures, one line each (SPEC §6 / §7)
+  paper: tuple[str, ...]  # the papers' reported figures, one line each
   columns: tuple[str, ...]  # the measured columns besides accuracy (names in the json rows)
   # One FP teacher per dataset (root/teacher, the config's seed) for every seed and row,
   # instead of one per seed: the MD evidence design, where only the student's seed varies.
@@ -231,7 +231,7 @@ def _md_snn_datasets(scale: str) -> tuple[Dataset, ...]:
     return _quiet(c)
 
   return (Dataset("cifar10", "CIFAR-10 (50,000 / 10,000), MS-ResNet-18, T = 4, 300 epochs: the "
-                  "paper's setting (SPEC §7)", False, cifar),
+                  "paper's setting", False, cifar),
           Dataset("ncaltech101", "N-Caltech101 event frames, VGG-9, T = 10, 200 epochs (the "
                   "paper's hardware row)", True, ncal))
 
@@ -432,9 +432,9 @@ MD_SNN = Table(
     ),
     baseline="qat",
     datasets=_with_gpu_short(_md_snn_datasets, "md_snn"),
-    paper=("MD-SNN (SPEC §7): CIFAR-10 MS-ResNet-18 T = 4 low-bit 94.27 %; CIFAR-100 74.91 %; "
+    paper=("MD-SNN (paper): CIFAR-10 MS-ResNet-18 T = 4 low-bit 94.27 %; CIFAR-100 74.91 %; "
            "TinyImageNet 60.59 %; N-Caltech101 81.73 %.",
-           "MD-SNN (SPEC §6), N-Caltech101 at iso-accuracy, quantized vs FP SNN: 14.85× lower EDAP, "
+           "MD-SNN (paper), N-Caltech101 at iso-accuracy, quantized vs FP SNN: 14.85× lower EDAP, "
            "2.64× higher TOPS/W, 6.19× higher TOPS/mm² (FP weight bit width not stated)."),
     columns=("emd_to_fp", "hardware"),
 )
@@ -459,7 +459,7 @@ SPQUANT = Table(
     ),
     baseline="fp",
     datasets=_with_gpu_short(_spquant_datasets, "spquant"),
-    paper=("SpQuant-SNN (SPEC §7): CIFAR-10 ResNet-19 T = 2, 4-bit W / 1.58-bit U: FP 94.56, Q 94.11, "
+    paper=("SpQuant-SNN (paper): CIFAR-10 ResNet-19 T = 2, 4-bit W / 1.58-bit U: FP 94.56, Q 94.11, "
            "Q + prune 93.09 % (5.1× fewer FLOPs); DVS-CIFAR10 VGG-9 T = 10, 2 / 1.58 bits: FP 78.45, "
            "Q 77.94, Q + prune 76.80 %; memory 48.58 MB → 3.75 MB (13×).",
            "SpQuant-SNN's headline: < 1.8 % accuracy drop, > 4.7× fewer FLOPs, 13× less memory."),
@@ -484,10 +484,10 @@ EMD = Table(
     rows=_emd_rows(),
     baseline="fp",
     datasets=_with_gpu_short(_emd_datasets, "emd"),
-    paper=("Quantization of SNNs beyond accuracy (SPEC §5): on SEW-ResNet (CIFAR-10 / 100), "
+    paper=("Quantization of SNNs beyond accuracy (paper): on SEW-ResNet (CIFAR-10 / 100), "
            "quantizers of equal accuracy fire differently: uniform quantization drifts from the FP "
            "model's firing-rate distribution (higher EMD), LQ-Net-style learned quantization "
-           "preserves it. No figure of SPEC §7 to set beside ours.",),
+           "preserves it. The paper reports no accuracy figure to set beside ours.",),
     columns=("emd_to_fp", "layer_emd", "dead_fraction"),
 )
 
@@ -518,7 +518,7 @@ FEATURE_KD = Table(
     rows=_feature_kd_rows(),
     baseline="none_t4",  # each T's rows are paired against that T's no-KD row (BASELINES)
     datasets=_with_gpu_short(_feature_kd_datasets, "feature_kd"),
-    paper=("KD for SNNs with features and saliency (SPEC §7): CIFAR-100, ResNet-18, T = 4, FP: "
+    paper=("KD for SNNs with features and saliency (paper): CIFAR-100, ResNet-18, T = 4, FP: "
            "80.48 % (ANN 79.90 %), +3.49 pp over the non-distilled SNN; feature KD works on "
            "membranes or spikes, and teacher and student agree on which pixels are salient.",),
     columns=("saliency",),
@@ -641,7 +641,7 @@ MD_EVIDENCE = Table(
     ),
     baseline="none",
     datasets=_with_gpu_short(_md_evidence_datasets, "md_evidence"),
-    paper=("MD-SNN (SPEC §7): distilling the FP teacher's membrane potentials into the low-bit "
+    paper=("MD-SNN (paper): distilling the FP teacher's membrane potentials into the low-bit "
            "student recovers accuracy that QAT alone loses (CIFAR-10 MS-ResNet-18 T = 4 low-bit "
            "94.27 %).",),
     columns=("emd_to_fp",),
@@ -692,7 +692,7 @@ MD_ABLATION = Table(
     baseline="none",
     datasets=_with_gpu_short(lambda scale: _md_evidence_datasets(scale, "8", "symmetric"),
                              "md_ablation"),
-    paper=("MD-SNN (SPEC §7): membrane distillation with logit KD; no ablation figures to set "
+    paper=("MD-SNN (paper): membrane distillation with logit KD; no ablation figures to set "
            "beside ours.",),
     columns=("emd_to_fp",),
     shared_teacher=True,
