@@ -22,12 +22,7 @@ def _config(stages, **fields):
   config_lib.set_quant(c, "membrane", "ternary")
   c.train.update(dict(global_batch=32, eval_batch=128, steps=10, log_every=5,
                       checkpoint_every=10, eval_ptq=False, tensorboard=False))
-  for dotted, value in fields.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(fields)  # dotted names, e.g. **{"optim.lr": 1e-2}
   return c
 
 

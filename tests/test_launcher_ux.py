@@ -44,12 +44,7 @@ def _config(stages="fp", **fields):
   set_quant(c, "membrane", "ternary")
   c.train.update(dict(global_batch=32, eval_batch=64, steps=10, log_every=5,
                       checkpoint_every=10, eval_ptq=False))
-  for dotted, value in fields.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(fields)  # dotted names, e.g. **{"optim.lr": 1e-2}
   return c
 
 

@@ -27,12 +27,7 @@ def _config(stages, **fields):
   c.train.update(dict(global_batch=32, eval_batch=128, steps=10, log_every=5,
                       checkpoint_every=10, eval_ptq=False, tensorboard=False))
   c.optim.lr = 2e-3
-  for dotted, value in fields.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(fields)  # dotted names, e.g. **{"optim.lr": 1e-2}
   return c
 
 
