@@ -380,7 +380,8 @@ def acquire_lock(workdir: pathlib.Path) -> pathlib.Path:
 # ------------------------------------------------------------------ signals (preemption)
 class _StopRequest:
   """Turns SIGTERM / SIGINT into a flag read between steps (a second SIGINT interrupts at
-  once). All processes agree on the step to stop at through one all-gather per step."""
+  once). Several processes agree on the step to stop at through an all-gather, done every
+  SIGNAL_AGREE_EVERY steps and at every boundary (`run_stage`)."""
 
   def __init__(self):
     self.signum = None
@@ -463,6 +464,11 @@ def evaluate(eval_fn, variables, config, mesh, num_test: int) -> float:
   correct = float(sum(float(o["correct"]) for o in totals))
   count = float(sum(float(o["count"]) for o in totals))
   return 100.0 * correct / max(count, 1.0)
+
+
+# Multi-process runs agree on a stop signal every this many steps (and at every log / eval /
+# checkpoint boundary): a preempted job stops within a few steps without a per-step sync.
+SIGNAL_AGREE_EVERY = 10
 
 
 def host_get(tree: Any) -> Any:
@@ -635,10 +641,16 @@ def run_stage(config, plan: StagePlan, workdir: pathlib.Path, *,
         jax.block_until_ready(state.step)
         t_ref = t_last = time.time()
         step_ref = step
-      signum = stop.agreed() if stop is not None else None
       logs = step % log_every == 0 or step == total_steps
       evals = bool(eval_every) and step % eval_every == 0 and step != total_steps
-      saves = step % ckpt_every == 0 or step == total_steps or bool(signum)
+      saves = step % ckpt_every == 0 or step == total_steps
+      signum = None
+      if stop is not None and (jax.process_count() == 1 or logs or evals or saves
+                               or step % SIGNAL_AGREE_EVERY == 0):
+        # One process reads its own flag (no device work); several agree through an
+        # all-gather, a host sync, so only every few steps and at the other boundaries.
+        signum = stop.agreed()
+      saves = saves or bool(signum)
       if not (logs or evals or saves):
         continue
       check_finite()
