@@ -274,12 +274,13 @@ def test_second_run_in_the_same_workdir_is_refused_and_a_stale_lock_taken_over(t
 
 
 @pytest.mark.integration
-def test_readme_multihost_command_runs_as_written(tmp_path):
-  """The README's two-process command, exactly as written (only the port, made free, and the
-  workdir, made temporary, are replaced): both processes exit 0 and the report is written."""
+def test_documented_multihost_command_runs_as_written(tmp_path):
+  """The launcher guide's two-process command, exactly as written (only the port, made free,
+  and the workdir, made temporary, are replaced): both processes exit 0 and the report is
+  written."""
   import re
-  readme = (REPO / "README.md").read_text()
-  block = readme.split("**Several devices and several hosts.**", 1)[1].split("```bash", 1)[1]
+  guide = (REPO / "docs" / "launcher.md").read_text()
+  block = guide.split("## Several devices and several hosts", 1)[1].split("```bash", 1)[1]
   block = block.split("```", 1)[0]
   joined = block.strip().replace("\\\n", " ")  # line continuations
   commands = [" ".join(line.split()) for line in joined.splitlines() if line.strip()]

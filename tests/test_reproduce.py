@@ -81,7 +81,7 @@ def test_table_at_smoke_scale_end_to_end(tmp_path, name):
   md = (tmp_path / f"{name}.md").read_text()
   for r in table.rows:
     assert r.label in md
-  assert "Papers' figures" in md and "wall time" in md
+  assert "papers' reported figures" in md and "wall time" in md
   if name == "md_snn":
     columns = ("accuracy_mean", "delta_mean", "emd_to_fp", "dense_edap_reduction_vs_fp16",
                "event_tops_per_w_gain_vs_fp8", "event_tops_per_mm2_gain_vs_fp32",
@@ -143,7 +143,7 @@ def _smoke_one_seed(tmp_path, name):
   md = (tmp_path / f"{name}.md").read_text()
   for r in table.rows:
     assert r.label in md
-  assert "Papers' figures" in md and "wall time" in md
+  assert "papers' reported figures" in md and "wall time" in md
   return result, rows, lines, md
 
 
