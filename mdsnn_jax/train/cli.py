@@ -119,6 +119,17 @@ def _is_filesystem_error(e: BaseException) -> bool:
   return isinstance(e, OSError) and e.errno in FILESYSTEM_ERRNOS
 
 
+def _silence_teardown() -> None:
+  """After a file-system error line: orbax's writer threads, cut off by the failed write, can
+  print 'Event loop is closed' tracebacks while the interpreter shuts down. The one line
+  already says what happened, so stderr goes to /dev/null for the rest of the process."""
+  sys.stderr.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.close(devnull)
+  sys.stderr = open(os.devnull, "w")
+
+
 def guarded(main: Callable[[list[str]], None],
             conv_library: str | None = None) -> Callable[[list[str]], None]:
   """`main` with quiet logging and one-line user errors (see the module docstring);
@@ -145,6 +156,8 @@ def guarded(main: Callable[[list[str]], None],
       if _show_traceback():
         traceback.print_exc()
       print(filesystem_error_line(e), file=sys.stderr, flush=True)
+      if not _show_traceback():
+        _silence_teardown()
       sys.exit(USAGE_EXIT)
     except KeyboardInterrupt:
       print(f"interrupted. Re-run the same command to resume from the last checkpoint:\n  "
