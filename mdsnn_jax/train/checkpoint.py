@@ -9,6 +9,7 @@ evaluation, reporting and as the teacher of a distillation stage.
 from __future__ import annotations
 
 import errno
+import contextlib
 import os
 import pathlib
 import shutil
@@ -70,14 +71,76 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   if free is not None and free < need:
     raise OSError(errno.ENOSPC, f"no space left on device for the checkpoint of step {step} "
                   f"({need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)", str(directory))
+  with _captured_stderr() as captured:
+    try:
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                   force=True)
+      manager.wait_until_finished()
+    except Exception as e:  # orbax wraps the OSError of its writer threads in several types
+      converted = no_space_error(e, directory, f"the checkpoint of step {step}")
+      if converted is None:
+        raise
+      # The writer threads cut off by the full disk print 'Event loop is closed' tracebacks
+      # while they wind down: let them finish here, where that noise is dropped.
+      try:
+        manager.close()
+      except Exception:  # noqa: BLE001  (closing a manager whose write failed)
+        pass
+      captured.settle()
+      captured.drop()
+      raise converted from e
+
+
+class _StderrCapture:
+  def __init__(self):
+    self.keep = True
+    self.file = None
+
+  def drop(self) -> None:
+    self.keep = False
+
+  def settle(self, quiet_s: float = 0.3, limit_s: float = 3.0) -> None:
+    """Waits until nothing more was written for `quiet_s` (at most `limit_s`)."""
+    import time
+    if self.file is None:
+      return
+    end, size = time.time() + limit_s, -1
+    while time.time() < end:
+      now = os.fstat(self.file.fileno()).st_size
+      if now == size:
+        return
+      size = now
+      time.sleep(quiet_s)
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+  """File descriptor 2 into a temporary file for the block (C++ and Python writers alike);
+  written back afterwards unless the block called `.drop()`."""
+  import sys
+  import tempfile
+  capture = _StderrCapture()
   try:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
-    manager.wait_until_finished()
-  except Exception as e:  # orbax wraps the OSError of its writer threads in several types
-    converted = no_space_error(e, directory, f"the checkpoint of step {step}")
-    if converted is None:
-      raise
-    raise converted from e
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError):  # no usable fd 2 (an embedding host): nothing to capture
+    yield capture
+    return
+  with tempfile.TemporaryFile() as tmp:
+    capture.file = tmp
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield capture
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if capture.keep:
+        tmp.seek(0)
+        data = tmp.read()
+        if data:
+          sys.stderr.write(data.decode(errors="replace"))
+          sys.stderr.flush()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state: Any) -> Any:
