@@ -20,16 +20,14 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from mdsnn_jax.train import cli, preflight, reproduce
+from mdsnn_jax.train import cli, reproduce
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the MD table (teacher + students).")
 _SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated student seeds.")
 _VARIANTS = flags.DEFINE_string("variants", "", "Comma-separated variant names (default: all).")
 _OUT = flags.DEFINE_string("out", "ablation", "Basename of the table files written in --workdir.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Retrain runs whose stored config differs.")
-_DATA_ROOT = flags.DEFINE_string(
-    "data_root", "", "NAME=PATH[,NAME=PATH...]: read the config's dataset NAME from PATH "
-    "instead of its config.data.root.")
+_DATA_ROOT = flags.DEFINE_string("data_root", "", reproduce.DATA_ROOT_HELP)
 config_flags.DEFINE_config_file("config", None, "The MD table's configuration.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -37,12 +35,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   rows = [v for v in _VARIANTS.value.split(",") if v] or None
-  try:
-    print(reproduce.run_on_config("md_ablation", _WORKDIR.value, flags.FLAGS.config, rows=rows,
-                                  seeds=_SEEDS.value, overwrite=_OVERWRITE.value, out=_OUT.value,
-                                  data_roots=preflight.parse_data_roots(_DATA_ROOT.value) or None))
-  except preflight.PreflightError as e:
-    preflight.exit_with(e.problems)
+  print(reproduce.run_on_config("md_ablation", _WORKDIR.value, flags.FLAGS.config, rows=rows,
+                                seeds=_SEEDS.value, overwrite=_OVERWRITE.value, out=_OUT.value,
+                                data_roots=_DATA_ROOT.value))
 
 
 if __name__ == "__main__":

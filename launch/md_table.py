@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from mdsnn_jax.train import cli, preflight, reproduce
+from mdsnn_jax.train import cli, reproduce
 from mdsnn_jax.train.experiments import parse_methods
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the whole table.")
@@ -22,9 +22,7 @@ _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated student seeds.")
 _METHODS = flags.DEFINE_string("methods", "none,logit,md", "Which students to train.")
 _OUT = flags.DEFINE_string("out", "table", "Basename of the table files written in --workdir.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Retrain runs whose stored config differs.")
-_DATA_ROOT = flags.DEFINE_string(
-    "data_root", "", "NAME=PATH[,NAME=PATH...]: read the config's dataset NAME from PATH "
-    "instead of its config.data.root.")
+_DATA_ROOT = flags.DEFINE_string("data_root", "", reproduce.DATA_ROOT_HELP)
 config_flags.DEFINE_config_file("config", None, "Table configuration (a training config).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -32,12 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   rows = ["fp", "ptq", *parse_methods(_METHODS.value)]
-  try:
-    print(reproduce.run_on_config("md_evidence", _WORKDIR.value, flags.FLAGS.config, rows=rows,
-                                  seeds=_SEEDS.value, overwrite=_OVERWRITE.value, out=_OUT.value,
-                                  data_roots=preflight.parse_data_roots(_DATA_ROOT.value) or None))
-  except preflight.PreflightError as e:
-    preflight.exit_with(e.problems)
+  print(reproduce.run_on_config("md_evidence", _WORKDIR.value, flags.FLAGS.config, rows=rows,
+                                seeds=_SEEDS.value, overwrite=_OVERWRITE.value, out=_OUT.value,
+                                data_roots=_DATA_ROOT.value))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ reading back finished ones) and writes <workdir>/<table>.{md,csv,json,png}.
     python launch/reproduce.py --table=md_evidence --rows=none,md --workdir=runs/mine \
         --config=launch/configs/md_cifar10.py:2 --seeds=0
     python launch/reproduce.py --table=md_snn --workdir=runs/full --scale=full \
-        --data_root=cifar10=/data/cifar,ncaltech101=/data/N-Caltech101 --dry_run
+        --data_root=cifar10=/data/cifar,cifar100=/data/cifar100,tinyimagenet=/data/tin,ncaltech101=/data/N-Caltech101 --dry_run
+    python launch/reproduce.py --table=md_snn --workdir=runs/full --scale=full \
+        --datasets=cifar10 --data_root=cifar10=/data/cifar --student_epochs=100 --dry_run
 
 --scale=full and --scale=gpu_short read every dataset from --data_root (nothing from
 ../shared/data), refuse a folder whose split sizes are not the real dataset's, and refuse to
@@ -16,6 +18,13 @@ train on a CPU unless --allow_cpu. Before any training, every dataset is opened 
 every run's step traced and the free disk checked; every problem found is one `error:` line
 (exit 2), and nothing is created. --dry_run does that, then prints each run's steps, epochs,
 data and estimated hours, and trains nothing.
+
+At --scale=full every run evaluates on the test split each epoch, and the table file gives
+each row's final and best-epoch accuracy and its recipe (model, T, epochs, optimizer,
+augmentation, loss, quantization), derived from the configs. --student_epochs=N (full scale
+only) trains every student N epochs instead of the table's default (which the table file
+states with its reason). --datasets runs only some of the table's datasets (their
+--data_root alone is needed); give each such run its own --out.
 
 --rows runs only those rows (and the rows they need: the teacher, each row's no-KD
 baseline, each PTQ row's source). --config runs the table's rows on your own training config
@@ -40,6 +49,13 @@ _SCALE = flags.DEFINE_string("scale", "smoke", f"One of {list(tables.SCALES)}.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds (>= 3 at cpu / full).")
 _ROWS = flags.DEFINE_string("rows", "", "Comma-separated row keys (default: the table's rows).")
 _OUT = flags.DEFINE_string("out", "", "Basename of the table files (default: the table name).")
+_DATASETS = flags.DEFINE_string(
+    "datasets", "", "Comma-separated dataset keys of the table to run (default: all of the "
+    "scale's; --list names them).")
+_STUDENT_EPOCHS = flags.DEFINE_string(
+    "student_epochs", None, "--scale=full only: every student row trains this many epochs "
+    "(an integer >= 1) instead of the table's default (stated, with its reason, in the table "
+    "file). Runs with other epochs are other runs: use another --workdir.")
 _LIST = flags.DEFINE_bool("list", False, "List every table, its rows, datasets and time.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Retrain runs whose stored config differs.")
 _COMPILE_CACHE = flags.DEFINE_bool(
@@ -69,7 +85,8 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; allowed: --table, --workdir, --scale, "
                      "--seeds, --rows, --config, --out, --list, --overwrite, --compile_cache, "
-                     "--data_root, --allow_cpu, --dry_run, --devices, --precision")
+                     "--data_root, --allow_cpu, --dry_run, --devices, --precision, "
+                     "--student_epochs, --datasets")
   if _LIST.value:
     print(reproduce.describe_tables())
     return
@@ -82,6 +99,8 @@ def main(argv):
   rows = [r for r in _ROWS.value.split(",") if r] or None
   scale = reproduce.CONFIG_SCALE if config is not None else _SCALE.value
   reproduce.check_inputs(_TABLE.value, scale, _SEEDS.value, rows)
+  student_epochs = reproduce.tables_lib.check_student_epochs(_STUDENT_EPOCHS.value, scale)
+  datasets = [d for d in _DATASETS.value.split(",") if d] or None
   if not _WORKDIR.value:
     raise ValueError("--workdir is required (the folder of the runs and the table files)")
   roots = preflight.parse_data_roots(_DATA_ROOT.value)
@@ -89,16 +108,16 @@ def main(argv):
   if _DEVICES.value < 1:
     raise ValueError(f"--devices={_DEVICES.value}; allowed: an integer >= 1")
   common = dict(scale=_SCALE.value, seeds=_SEEDS.value, rows=rows, config=config,
-                data_roots=roots, dtype=dtype)
-  try:
-    if _DRY_RUN.value:
-      print(reproduce.dry_run(_TABLE.value, _WORKDIR.value, devices=_DEVICES.value, **common))
-      return
-    result = reproduce.run_table(_TABLE.value, _WORKDIR.value, overwrite=_OVERWRITE.value,
-                                 out=_OUT.value or None, allow_cpu=_ALLOW_CPU.value,
-                                 compile_cache=_COMPILE_CACHE.value, **common)
-  except preflight.PreflightError as e:
-    preflight.exit_with(e.problems)
+                data_roots=roots, dtype=dtype, student_epochs=student_epochs,
+                datasets=datasets)
+  # A failed pre-flight raises one PreflightError; `cli` prints each of its problems as an
+  # `error:` line and exits 2.
+  if _DRY_RUN.value:
+    print(reproduce.dry_run(_TABLE.value, _WORKDIR.value, devices=_DEVICES.value, **common))
+    return
+  result = reproduce.run_table(_TABLE.value, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                               out=_OUT.value or None, allow_cpu=_ALLOW_CPU.value,
+                               compile_cache=_COMPILE_CACHE.value, **common)
   # The headline rows only: the full table (every section, seed and provenance) is in the
   # files, and a terminal of hundreds of lines hides the numbers a user ran for.
   base = pathlib.Path(_WORKDIR.value) / (result.get("basename") or _TABLE.value)

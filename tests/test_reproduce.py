@@ -476,7 +476,7 @@ def test_list_names_every_table_row_dataset_and_time():
 
 
 # ------------------------------------------------------- 5. every full-scale config builds
-EVENT_SENSORS = {"nmnist": (34, 34), "ncaltech101": (180, 240)}
+EVENT_SENSORS = {"nmnist": (34, 34), "ncaltech101": (180, 240), "cifar10dvs": (128, 128)}
 
 
 def _batch2(c):

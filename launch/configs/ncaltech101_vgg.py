@@ -1,5 +1,7 @@
 """MD-SNN paper row: N-Caltech101 event frames (tonic; Caltech101/<class>/*.bin in data.root),
-VGG-9, T = 10, 2 polarities resized to 48×48; SpQuant's recipe: Adam 1e-3, batch 16, 200 epochs.
+VGG-9, T = 10, 2 polarities resized to 48×48; SpQuant's recipe: Adam 1e-3, batch 16, 200 epochs;
+split 90/10 per class without BACKGROUND_Google (MD-SNN states no split; the config fields
+data.ncaltech101_background / data.ncaltech101_train_fraction change it); evaluated every epoch.
 Reference (the paper's reported figure): 81.73 %.
 
     python launch/train.py --config=launch/configs/ncaltech101_vgg.py:fp,md \

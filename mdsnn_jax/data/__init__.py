@@ -8,7 +8,8 @@
                                start_step=s)       # rows [k·G/P, (k+1)·G/P) of global batch s, s+1, ...
 
 Modules: `sources` (static images in their on-disk formats), `events` (ATIS event files -> frames
-through tonic), `registry` (names, config, DatasetInfo), `pipeline` (grain transforms, loader).
+through tonic), `registry` (names, config, DatasetInfo), `augment` (per-example Cutout and the
+AutoAugment CIFAR-10 policy, through PIL), `pipeline` (grain transforms, loader).
 A truncated or corrupt dataset file raises DataFormatError (a ValueError) naming the file.
 """
 from __future__ import annotations

@@ -4,14 +4,27 @@ For static images, in order:
 
     x ← bilinear_resize(x / max_value, S)     per example, only when cfg.image_size = S differs
     x ← random_crop_flip(x, rng, padding=4)   per example: CIFAR-like train split with cfg.augment
+    x ← autoaugment(x, rng, policy)           per example: CIFAR-like train split with
+                                              cfg.autoaugment = 'cifar10' (uint8, through PIL)
+    box ← cutout_box(H, W, rng, L)            per example: CIFAR-like train split with cfg.cutout = L
     batch of B examples
     x ← x / max_value                         per batch, if still integer (max_value 255, or 16
                                               for the bundled digits): pixels in [0, 1]
     x ← (x − mean_c) / std_c                  per batch, CIFAR-like data (per-channel constants)
+    x[box] ← 0                                per batch, each example its own box (Cutout)
+
+The order is the papers' (torchvision) recipe: crop + flip, AutoAugment, to tensor and
+normalise, Cutout last, so the patch holds the per-channel mean (0 after standardisation).
+Normalisation runs per batch, so Cutout is split in two: each example draws its box before
+batching (from its own generator, like the crop), carried as an int32 [4] field 'cutout_box'
+through Batch and Normalize, and `ApplyCutout` zeroes the boxes and drops the field after
+Normalize. A box thus depends on (seed, example position) alone, never on where a batch is cut.
 
 Cropping with zero padding and flipping commute with the scaling, so the per-example work runs
 on the stored uint8 pixels and the arithmetic on whole batches. Event frames (float32 counts
-[T, H, W, 2]) pass through unchanged. Batches are dicts of NumPy arrays, batch-major:
+[T, H, W, 2]) pass through unchanged, except an event train split with cfg.event_augment: its
+raw events are augmented with tonic's transforms and then framed, per example
+(`event_input`, `event_augment.AugmentEventsToFrames`). Batches are dicts of NumPy arrays, batch-major:
 {'image': float32 [B, H, W, C] or [B, T, H, W, 2], 'label': int32 [B]}.
 
 Randomness comes only from grain: the sampler's seed fixes the order, and each example's
@@ -32,9 +45,10 @@ from absl import flags
 import grain
 import numpy as np
 
-from mdsnn_jax.data import registry, sources
+from mdsnn_jax.data import augment, registry, sources
 
 AUGMENT_PADDING = 4
+CUTOUT_KEY = "cutout_box"  # per-example Cutout box, carried from before batching to after Normalize
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -109,8 +123,54 @@ class RandomCropFlip(grain.transforms.RandomMap):
     return {"image": random_crop_flip(element["image"], rng, self.padding), "label": element["label"]}
 
 
+class AutoAugment(grain.transforms.RandomMap):
+  """`augment.autoaugment` of a named policy with grain's per-example generator.
+
+  Stored uint8 pixels go to PIL as they are; float images in [0, 1] (after `Resize`) are
+  quantised to uint8 (round(255·x)) for PIL and come back as float32 in [0, 1].
+  """
+
+  def __init__(self, policy: str = "cifar10"):
+    if policy not in augment.POLICIES:
+      raise ValueError(f"unknown AutoAugment policy {policy!r}; allowed: {list(augment.POLICIES)}")
+    self.policy = policy
+
+  def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image = np.asarray(element["image"])
+    table = augment.POLICIES[self.policy]
+    if image.dtype == np.uint8:
+      out = augment.autoaugment(image, rng, table)
+    else:
+      pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+      out = augment.autoaugment(pixels, rng, table).astype(np.float32) / np.float32(255.0)
+    return {"image": out, "label": element["label"]}
+
+
+class CutoutBox(grain.transforms.RandomMap):
+  """Per example: draws the Cutout box (`augment.cutout_box`) into the field 'cutout_box'."""
+
+  def __init__(self, size: int):
+    self.size = augment.check_cutout_size(size)
+
+  def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    h, w = np.shape(element["image"])[:2]
+    return {**element, CUTOUT_KEY: augment.cutout_box(h, w, rng, self.size)}
+
+
+class ApplyCutout(grain.transforms.Map):
+  """Per batch, after `Normalize`: each example's 'cutout_box' [top, bottom, left, right) set
+  to 0 (the per-channel mean), and the field dropped."""
+
+  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    image = np.array(batch["image"], copy=True)
+    for row, (top, bottom, left, right) in enumerate(np.asarray(batch[CUTOUT_KEY])):
+      image[row, top:bottom, left:right] = 0
+    return {k: (image if k == "image" else v) for k, v in batch.items() if k != CUTOUT_KEY}
+
+
 class Normalize(grain.transforms.Map):
-  """Per batch: integer pixels / max_value, then `standardize` when mean/std are given; int32 labels."""
+  """Per batch: integer pixels / max_value, then `standardize` when mean/std are given; int32
+  labels. Other fields (the Cutout boxes) pass through."""
 
   def __init__(self, *, max_value: float, mean: Any = None, std: Any = None):
     self.max_value = float(max_value)
@@ -125,7 +185,7 @@ class Normalize(grain.transforms.Map):
       image /= np.float32(self.max_value)
     if self.mean is not None:
       image = standardize(image, self.mean, self.std)
-    return {"image": image, "label": np.asarray(batch["label"], np.int32)}
+    return {**batch, "image": image, "label": np.asarray(batch["label"], np.int32)}
 
 
 def make_operations(cfg: Any, split: str, source: Any, *, batch_size: int,
@@ -137,11 +197,21 @@ def make_operations(cfg: Any, split: str, source: Any, *, batch_size: int,
   is_event = c.name in registry.EVENT_NAMES
   if not is_event and c.image_size is not None and tuple(source.image_shape[:2]) != (c.image_size,) * 2:
     ops.append(Resize(max_value=max_value, size=c.image_size))
-  if split == "train" and c.augment and c.name in registry.CIFAR_LIKE:
+  train_cifar = split == "train" and c.name in registry.CIFAR_LIKE
+  if train_cifar and c.augment:
     ops.append(RandomCropFlip(AUGMENT_PADDING))
+  if train_cifar and c.autoaugment != "none":
+    ops.append(AutoAugment(c.autoaugment))
+  cutout = train_cifar and c.cutout > 0
+  if cutout:
+    ops.append(CutoutBox(c.cutout))
+  if split == "train" and is_event and c.event_augment:
+    ops.append(_event_augment_op(c, source))
   ops.append(grain.transforms.Batch(batch_size=batch_size, drop_remainder=drop_remainder))
   mean, std = registry.MEAN_STD.get(c.name, (None, None))
   ops.append(Normalize(max_value=max_value, mean=mean, std=std))
+  if cutout:
+    ops.append(ApplyCutout())  # after Normalize: the patch is the mean colour, 0
   return ops
 
 
@@ -161,9 +231,10 @@ def make_train_stream(cfg: Any, *, global_batch: int, seed: int, process_index: 
   The global stream is the train split (cfg.train_subset applied) in a fresh permutation per
   epoch, epochs concatenated: position p holds example π_e(p mod N) of epoch e = ⌊p / N⌋, with
   π_e grain's index_shuffle under a per-epoch seed derived from (seed, e). Each example then gets
-  exactly `make_operations`' per-example work (Resize when cfg.image_size differs, RandomCropFlip
-  for CIFAR-like data with cfg.augment), the augmentation drawing from a Philox generator keyed
-  by (seed, p) alone; per-batch normalisation is elementwise, so where a batch is cut does not
+  exactly `make_operations`' per-example work (Resize when cfg.image_size differs, RandomCropFlip,
+  AutoAugment and the Cutout box for CIFAR-like data with cfg.augment / cfg.autoaugment /
+  cfg.cutout), the augmentation drawing from Philox generators keyed by (seed, p) alone;
+  per-batch normalisation and Cutout's zeroing are per row, so where a batch is cut does not
   change a value.
 
       global batch s = positions [s·G, (s+1)·G),  G = global_batch
@@ -191,7 +262,7 @@ def make_train_stream(cfg: Any, *, global_batch: int, seed: int, process_index: 
   seed = _check_int("seed", seed, 0, 2**32)
   start_step = _check_int("start_step", start_step, 0)
   worker_count = _check_int("worker_count", worker_count, 0)
-  source = registry.load_split(cfg, "train")
+  source = event_input(cfg, "train", registry.load_split(cfg, "train"))
   if global_batch > len(source):
     raise ValueError(f"global_batch must be at most the {len(source)} train examples, got {global_batch}")
   local_batch = global_batch // process_count
@@ -259,6 +330,7 @@ def make_loader(cfg: Any, split: str, *, batch_size: int, seed: int, shuffle: bo
     else:
       lo, hi = k * (n // p) + min(k, n % p), (k + 1) * (n // p) + min(k + 1, n % p)
     source = sources.SubsetSource(source, np.arange(lo, hi), f"shard {k} of {p}")
+  source = event_input(cfg, split, source)
   # A seed is passed even without shuffling: grain derives the per-example augmentation rng from it.
   sampler = grain.samplers.IndexSampler(num_records=len(source),
                                         shard_options=grain.sharding.NoSharding(),
@@ -274,3 +346,27 @@ def make_loader(cfg: Any, split: str, *, batch_size: int, seed: int, shuffle: bo
                                  drop_remainder=drop_remainder),
       worker_count=int(worker_count), shard_options=grain.sharding.NoSharding(),
       read_options=read_options)
+
+
+def event_input(cfg: Any, split: str, source: Any) -> Any:
+  """`source` as the operations of `make_operations` expect it: for an event dataset's train
+  split with cfg.event_augment, its raw events (`events.RawEventView`: augmented, then framed,
+  per example by `event_augment.AugmentEventsToFrames`); otherwise `source` itself (frames)."""
+  from mdsnn_jax.data import events  # pylint: disable=g-import-not-at-top
+
+  c = registry.parse_config(cfg)
+  if split == "train" and c.name in registry.EVENT_NAMES and c.event_augment:
+    return events.RawEventView(source)
+  return source
+
+
+def _event_augment_op(c: Any, source: Any) -> Any:
+  from mdsnn_jax.data import event_augment, events  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(source, events.RawEventView):
+    raise ValueError(f"data.event_augment={event_augment.format_spec(c.event_augment)} augments "
+                     "raw events: pass the train source through `pipeline.event_input` first, got "
+                     f"{source!r}")
+  return event_augment.AugmentEventsToFrames(c.event_augment, sensor_size=source.sensor_size,
+                                             timesteps=source.timesteps,
+                                             image_size=source.image_size)

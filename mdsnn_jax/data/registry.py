@@ -10,12 +10,21 @@ A data config is an ml_collections ConfigDict or a dict with the fields
     timesteps     event datasets: number of frames T (default 10); ignored for static data
     augment       bool: random crop (4-pixel zero padding) + horizontal flip for CIFAR-like
                   train data (cifar10, cifar100, tinyimagenet); no effect on other datasets
+    autoaugment   'none' | 'cifar10': the AutoAugment CIFAR-10 policy after crop + flip, on
+                  CIFAR-like train data only (`augment` module)
+    cutout        int >= 0: Cutout patch side in pixels (0 = off), set to the mean colour after
+                  normalisation, on CIFAR-like train data only (papers: 16 for CIFAR-10)
     train_subset  int or None: keep a fixed seeded random subset of this many train examples
     test_subset   int or None: evaluate on a fixed seeded random subset of this many test
                   examples (the same for every run; for CPU-sized tables)
     ncaltech101_background      bool (False): N-Caltech101 keeps BACKGROUND_Google as a class
     ncaltech101_train_fraction  float (0.9): N-Caltech101's per-class train share (no official
                   split; the rest is the test split)
+    cifar10dvs_train_fraction   float (0.9): CIFAR10-DVS's per-class train share (no official
+                  split: per class the first ⌈f·n⌉ files by name are train, the rest test)
+    event_augment str ('none'): event datasets' train split only: a comma list of tonic event
+                  augmentations (spatial_jitter, drop_event, polarity_flip, each optionally
+                  =VALUE); see `mdsnn_jax.data.event_augment`
 """
 from __future__ import annotations
 
@@ -25,13 +34,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mdsnn_jax.data import events, sources
+from mdsnn_jax.data import augment, events, sources
 
-NAMES = ("digits", "mnist", "cifar10", "cifar100", "tinyimagenet", "nmnist", "ncaltech101")
-EVENT_NAMES = ("nmnist", "ncaltech101")
+NAMES = ("digits", "mnist", "cifar10", "cifar100", "tinyimagenet", "nmnist", "ncaltech101",
+         "cifar10dvs")
+EVENT_NAMES = ("nmnist", "ncaltech101", "cifar10dvs")
 CIFAR_LIKE = ("cifar10", "cifar100", "tinyimagenet")
 TFDS_NAMES = ("mnist", "cifar10", "cifar100")
 SOURCES = ("auto", "folder", "tfds")
+AUTOAUGMENT = ("none",) + tuple(augment.POLICIES)
 DEFAULT_TIMESTEPS = 10
 TRAIN_SUBSET_SEED = 0
 
@@ -69,6 +80,10 @@ class _Config(NamedTuple):
   test_subset: int | None = None
   background: bool = False
   train_fraction: float = events.NCALTECH101_TRAIN_FRACTION
+  cifar10dvs_train_fraction: float = events.CIFAR10DVS_TRAIN_FRACTION
+  event_augment: tuple = ()  # event_augment.parse_event_augment's spec; () for none
+  cutout: int = 0
+  autoaugment: str = "none"
 
 
 def _field(cfg: Any, key: str, default: Any) -> Any:
@@ -109,8 +124,24 @@ def parse_config(cfg: Any) -> _Config:
       or not 0 < float(fraction) < 1):
     raise ValueError(f"data.ncaltech101_train_fraction must be a number in (0, 1), got "
                      f"{fraction!r}")
+  dvs_fraction = _field(cfg, "cifar10dvs_train_fraction", events.CIFAR10DVS_TRAIN_FRACTION)
+  if (isinstance(dvs_fraction, bool) or not isinstance(dvs_fraction, (int, float, np.floating))
+      or not 0 < float(dvs_fraction) < 1):
+    raise ValueError(f"data.cifar10dvs_train_fraction must be a number in (0, 1), got "
+                     f"{dvs_fraction!r}")
+  from mdsnn_jax.data import event_augment  # pylint: disable=g-import-not-at-top
+  event_spec = event_augment.parse_event_augment(_field(cfg, "event_augment", "none"))
+  autoaugment = _field(cfg, "autoaugment", "none")
+  if autoaugment not in AUTOAUGMENT:
+    raise ValueError(f"unknown data.autoaugment {autoaugment!r}; allowed: {list(AUTOAUGMENT)}")
+  cutout = _field(cfg, "cutout", 0)
+  if isinstance(cutout, bool) or not isinstance(cutout, (int, np.integer)) or cutout < 0:
+    raise ValueError(f"data.cutout must be an int >= 0 (patch side in pixels, 0 = off), got "
+                     f"{cutout!r}")
   return _Config(name=name, root=root, source=source, background=bool(background),
-                 train_fraction=float(fraction),
+                 cifar10dvs_train_fraction=float(dvs_fraction),
+                 event_augment=event_spec if name in EVENT_NAMES else (),
+                 train_fraction=float(fraction), cutout=int(cutout), autoaugment=str(autoaugment),
                  image_size=_positive_or_none("image_size", _field(cfg, "image_size", None)),
                  timesteps=timesteps if name in EVENT_NAMES else None,
                  augment=bool(_field(cfg, "augment", False)),
@@ -130,6 +161,9 @@ def _full_split(name: str, root: str | None, source: str, image_size: int | None
   if name == "ncaltech101":
     return events.ncaltech101_source(root, split, timesteps=timesteps, image_size=image_size,
                                      background=background, train_fraction=train_fraction)
+  if name == "cifar10dvs":
+    return events.cifar10dvs_source(root, split, timesteps=timesteps, image_size=image_size,
+                                    train_fraction=train_fraction)
   if name == "tinyimagenet":
     return sources.tinyimagenet_source(root, split)
   if name == "mnist":
@@ -167,9 +201,10 @@ def load_split(cfg: Any, split: str) -> Any:
     raise ValueError(f"unknown split {split!r}; allowed splits: ['train', 'test']")
   c = parse_config(cfg)
   ncaltech = c.name == "ncaltech101"
+  fraction = (c.train_fraction if ncaltech else c.cifar10dvs_train_fraction
+              if c.name == "cifar10dvs" else events.NCALTECH101_TRAIN_FRACTION)
   full = _full_split(c.name, c.root, c.source, c.image_size if c.name in EVENT_NAMES else None,
-                     c.timesteps, split, c.background if ncaltech else False,
-                     c.train_fraction if ncaltech else events.NCALTECH101_TRAIN_FRACTION)
+                     c.timesteps, split, c.background if ncaltech else False, fraction)
   subset = c.train_subset if split == "train" else c.test_subset
   if subset is not None:
     field = f"{split}_subset"
@@ -218,12 +253,32 @@ def split_rule(cfg: Any) -> str:
             f"{events.NCALTECH101_BACKGROUND} "
             + ("kept as a class" if c.background else "excluded")
             + f" (data.ncaltech101_background={c.background})")
+  if c.name == "cifar10dvs":
+    f = c.cifar10dvs_train_fraction
+    return (f"per class, the first ceil({f:g} n) files by name train, the rest test "
+            f"(data.cifar10dvs_train_fraction={f:g}; no official split)")
   return "the dataset's own train / test files"
+
+
+def augmentation_rule(cfg: Any) -> str | None:
+  """The train split's augmentation, in pipeline order, in words (None: none applies)."""
+  c = parse_config(cfg)
+  if c.name in EVENT_NAMES and c.event_augment:
+    from mdsnn_jax.data import event_augment  # pylint: disable=g-import-not-at-top
+    return (f"tonic event transforms {event_augment.format_spec(c.event_augment)} "
+            "(data.event_augment; on the events, before framing)")
+  if c.name not in CIFAR_LIKE:
+    return None
+  steps = (["random crop (zero pad 4) + horizontal flip"] if c.augment else []) + (
+      [f"AutoAugment {c.autoaugment} policy"] if c.autoaugment != "none" else []) + (
+      [f"Cutout {c.cutout}×{c.cutout} (after normalisation)"] if c.cutout else [])
+  return ", ".join(steps) or None
 
 
 def describe(cfg: Any) -> str:
   """One line a person checks before training: the dataset, where it was read, its classes,
-  the split sizes after the split rule (and subsets), and classes left without examples."""
+  the split sizes after the split rule (and subsets), the train augmentation, and classes left
+  without examples."""
   c = parse_config(cfg)
   train, test = load_split(cfg, "train"), load_split(cfg, "test")
   shape = dataset_info(cfg).image_shape
@@ -234,6 +289,9 @@ def describe(cfg: Any) -> str:
   line = (f"data: {c.name} {where}: {int(train.num_classes)} classes, {len(train)} train / "
           f"{len(test)} test examples{subsets}, input {'×'.join(map(str, shape))}{frames}; "
           f"split: {split_rule(cfg)}")
+  rule = augmentation_rule(cfg)
+  if rule:
+    line += f"; train augmentation: {rule}"
   for name, src in (("train", train), ("test", test)):
     counts = class_counts(src)
     if counts is not None and len(src) and (counts == 0).any():

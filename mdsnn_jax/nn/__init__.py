@@ -35,6 +35,7 @@ from mdsnn_jax.nn.models import (
     MSResNet,
     SEWResNet,
     SpikingNet,
+    SpikingResNet,
     SpikingVGG,
     create_model,
     default_model_config,
@@ -47,7 +48,7 @@ __all__ = [
     "conv2d", "merge_time",
     "LIF", "RLIF", "LIF_IMPLS", "REMATS", "DTYPES", "NeuronConfig", "QConv", "QConvBN", "QDense", "QuantConfig", "TDBatchNorm",
     "resolve_weight_quantizer", "resolve_membrane_quantizer",
-    "MODELS", "SpikingNet", "SpikingVGG", "MSResNet", "SEWResNet", "DigitsMLP", "DigitsCNN",
+    "MODELS", "SpikingNet", "SpikingVGG", "MSResNet", "SEWResNet", "SpikingResNet", "DigitsMLP", "DigitsCNN",
     "create_model", "default_model_config", "init_variables", "init_student_from_teacher",
     "param_count",
 ]

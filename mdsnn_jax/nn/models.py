@@ -1,4 +1,5 @@
-"""Spiking models in Flax linen: VGG-9/16, MS-ResNet-18/19, SEW-ResNet-18, digits MLP/CNN.
+"""Spiking models in Flax linen: VGG-9/16, MS-ResNet-18/19, SEW-ResNet-18, ResNet-18/19 (spike
+after the residual add), digits MLP/CNN.
 
 Call convention (the trainer and the distillation code rely on it):
 
@@ -47,6 +48,9 @@ VGG16_LAYERS = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P",
 # Stages as (channels, blocks, first stride).
 RESNET18_STAGES = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))
 RESNET19_STAGES = ((128, 3, 1), (256, 3, 2), (512, 2, 2))
+# SpQuant-SNN's own ResNet-19 (its public models/resnet.py): after a 7×7 stride-2 stem of 128
+# channels, the first stage narrows to 64 (through a 1×1 shortcut) before 256 and 512.
+RESNET19_SPQUANT_STAGES = ((64, 3, 1), (256, 3, 2), (512, 2, 2))
 
 # A training forward updates these (pass them as `mutable`, like BN statistics) ...
 TRAIN_MUTABLE = ("batch_stats", "quant_state")
@@ -58,10 +62,10 @@ BODY = object()  # sentinel: the layer takes the body's weight quantizer (QuantC
 # model.remat: 'none'; 'layer': every conv + BN unit keeps only its input for the backward
 # pass (bfloat16 where the input is spikes: exact) and recomputes conv and BN there
 # (`recompute_in_backward`); the LIF after it is recomputed in the same unit where it has no
-# parameters and the taps are not collected (`Builder.conv_bn_lif`: VGG, SEW-ResNet), and
-# otherwise keeps only its membranes (lif_vjp, fully unrolled); 'time':
-# every LIF recurrence keeps only every c-th state (c ≈ √T, `layers.time_chunked_lif_scan`)
-# and recomputes the steps in between.
+# parameters and the taps are not collected (`Builder.conv_bn_lif`: VGG, SEW-ResNet, the
+# stem and each block's conv1 + lif1 of ResNet-18/19), and otherwise keeps only its
+# membranes (lif_vjp, fully unrolled); 'time': every LIF recurrence keeps only every c-th
+# state (c ≈ √T, `layers.time_chunked_lif_scan`) and recomputes the steps in between.
 REMATS = ("none", "layer", "time")
 # model.dtype: the compute dtype of convolutions, matmuls, BN outputs and the LIF recurrence.
 # Parameters, BN statistics, quantizer parameters, logits and taps stay float32.
@@ -338,6 +342,32 @@ class SEWBlock(nn.Module):
     return y + s
 
 
+class SpikeAfterAddBlock(nn.Module):
+  """The standard spiking basic block, spike after the residual add, as SpQuant-SNN's and
+  tdBN's code (TET's ResNet-19 too):
+
+      out = LIF2(BN2(conv3×3(LIF1(BN1(conv3×3_s(s))))) + shortcut(s)),
+      shortcut = s, or BN(conv1×1_s(s)) ('downsample', no LIF) when the shape changes.
+
+  Modules 'conv1', 'lif1', 'conv2', 'downsample', 'lif2'. Input and output are binary spikes
+  (the add is spiked before it leaves the block), so every conv sees binary input. BN scales
+  start at 1, as the reference code's plain BatchNorm2d.
+  """
+  build: Builder
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, s: Array, train: bool = False) -> Array:
+    y = self.build.conv_bn_lif(self.features, strides=self.strides, name="conv1",
+                               lif_name="lif1", taps=_collects_taps(self))(s, train)
+    y = self.build.conv_bn(self.features, name="conv2")(y, train)
+    if self.strides != 1 or s.shape[-1] != self.features:
+      s = self.build.conv_bn(self.features, strides=self.strides, kernel_size=1,
+                             name="downsample")(s, train)
+    return self.build.lif("lif2")(y + s)
+
+
 class Stage(nn.Module):
   """`blocks` residual blocks 'block0'... of one kind; the first has stride `strides`."""
   build: Builder
@@ -397,6 +427,36 @@ class SEWResNet(SpikingNet):
     return self.classifier(h.mean(axis=(2, 3)), train)
 
 
+class SpikingResNet(SpikingNet):
+  """ResNet of `SpikeAfterAddBlock`s (spike after the residual add, as SpQuant-SNN's and
+  tdBN's code): stem conv-BN-LIF ('stem', 'stem_lif'; stem_kernel × stem_kernel at stride
+  stem_stride, 3×3 stride 1 for CIFAR), stages 'layer1'..., global average
+  pooling of the spikes, optional hidden dense 'fc1' + 'fc1_lif' (ResNet-19: 256, as tdBN /
+  TET / SpQuant-SNN: avgpool → FC 256 → LIF → FC classes), classifier 'fc'.
+  Defaults as the MS-ResNets: λ = 0.25, θ = 0.5 (`NEURON_DEFAULTS`).
+  """
+  stem_channels: int = 64
+  stages: tuple = RESNET18_STAGES
+  hidden: int | None = None
+  stem_kernel: int = 3
+  stem_stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, timesteps: int | None = None) -> Array:
+    h, t, static = self.time_major(x, timesteps)
+    h = self.build.conv_bn_lif(self.ch(self.stem_channels), weight_quant=self.quant.first,
+                               spike_input=False, name="stem", lif_name="stem_lif",
+                               kernel_size=self.stem_kernel, strides=self.stem_stride,
+                               taps=_collects_taps(self), time_steps=t if static else None)(h, train)
+    for i, (c, n, s) in enumerate(self.stages):
+      h = Stage(self.build, SpikeAfterAddBlock, self.ch(c), n, s, name=f"layer{i + 1}")(h, train)
+    h = h.mean(axis=(2, 3))
+    if self.hidden is not None:
+      h = self.build.gate("fc1")(h, self.build.dense(self.ch(self.hidden), name="fc1")(h, train))
+      h = self.build.lif("fc1_lif")(h)
+    return self.classifier(h, train)
+
+
 class DigitsMLP(SpikingNet):
   """Flatten → dense 'fc1' (hidden·width units, bias) → 'lif1' → classifier 'fc'.
   Static input [B, F] or [B, H, W, C]; events [B, T, H, W, C]."""
@@ -443,12 +503,36 @@ def _sewresnet18(**kw):
   return SEWResNet(stem_channels=64, stages=RESNET18_STAGES, **kw)
 
 
+def _resnet18(**kw):
+  """ResNet-18 SNN (spike after the residual add): CIFAR stem conv3×3 stride 1, 64/128/256/512
+  channels, (2, 2, 2, 2) blocks, avgpool → fc (the feature-KD paper's ResNet-18)."""
+  return SpikingResNet(stem_channels=64, stages=RESNET18_STAGES, **kw)
+
+
+def _resnet19(**kw):
+  """ResNet-19 with the spike after the residual add, as the tdBN paper describes it: stem
+  conv3×3 128, 128/256/512 channels, (3, 3, 2) blocks, avgpool → FC 256 → LIF → FC classes."""
+  return SpikingResNet(stem_channels=128, stages=RESNET19_STAGES, hidden=256, **kw)
+
+
+def _resnet19_spquant(**kw):
+  """ResNet-19 as SpQuant-SNN's public code builds it (spike after the residual add): stem
+  conv7×7 stride 2 with 128 channels, then 64/256/512 channels with (3, 3, 2) blocks, avgpool
+  → FC 256 → LIF → FC classes. The 7×7 stride-2 stem halves a 32×32 image before the first
+  block, unlike `resnet19`'s CIFAR stem."""
+  return SpikingResNet(stem_channels=128, stem_kernel=7, stem_stride=2,
+                       stages=RESNET19_SPQUANT_STAGES, hidden=256, **kw)
+
+
 MODELS: dict[str, Callable[..., SpikingNet]] = {
     "vgg9": _vgg9,
     "vgg16": _vgg16,
     "msresnet18": _msresnet18,
     "msresnet19": _msresnet19,
     "sewresnet18": _sewresnet18,
+    "resnet18": _resnet18,
+    "resnet19": _resnet19,
+    "resnet19_spquant": _resnet19_spquant,
     "digits_mlp": DigitsMLP,
     "digits_cnn": DigitsCNN,
 }
@@ -457,6 +541,9 @@ MODELS: dict[str, Callable[..., SpikingNet]] = {
 NEURON_DEFAULTS: dict[str, dict[str, float]] = {
     "msresnet18": {"decay": 0.25, "threshold": 0.5},
     "msresnet19": {"decay": 0.25, "threshold": 0.5},
+    "resnet18": {"decay": 0.25, "threshold": 0.5},
+    "resnet19": {"decay": 0.25, "threshold": 0.5},
+    "resnet19_spquant": {"decay": 0.25, "threshold": 0.5},
 }
 
 
@@ -464,8 +551,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   """Every field of `create_model`'s config with its default.
 
   neuron.decay / threshold / alpha None: the family default (λ = 0.5, θ = 1.0, or
-  λ = 0.25, θ = 0.5 for MS-ResNets) and the surrogate's default slope. neuron.prune_prior
-  and neuron.gate_rho None: no membrane-prior pruning, no learned gate.
+  λ = 0.25, θ = 0.5 for MS-ResNets and ResNet-18/19) and the surrogate's default slope.
+  neuron.prune_prior and neuron.gate_rho None: no membrane-prior pruning, no learned gate.
   quant.* configs are {'kind': ..., **kwargs} for `mdsnn_jax.quant.registry`; first_layer /
   last_layer {'kind': 'same'} reuse quant.weight, {'kind': 'none'} keeps them full precision.
   """

@@ -148,7 +148,11 @@ def guarded(main: Callable[[list[str]], None],
     except USER_ERRORS as e:
       if _show_traceback():
         traceback.print_exc()
-      print(_error_line(e), file=sys.stderr, flush=True)
+      # An error that found several problems at once (`preflight.PreflightError`) lists them,
+      # one `error:` line each.
+      for problem in getattr(e, "problems", None) or [e]:
+        print(_error_line(problem if isinstance(problem, BaseException) else ValueError(problem)),
+              file=sys.stderr, flush=True)
       sys.exit(USAGE_EXIT)
     except OSError as e:
       if not _is_filesystem_error(e):

@@ -227,22 +227,26 @@ def _stored() -> dict:
   return json.loads(ESTIMATES_FILE.read_text())
 
 
-def stored_table_seconds(table: str, scale: str, seeds: int | None = None) -> float | None:
+def stored_table_seconds(table: str, scale: str, seeds: int | None = None,
+                         dataset: str | None = None) -> float | None:
   """The table's total (high) seconds at `seeds` (default: its scale's minimum) on one H100,
-  as ESTIMATES_FILE holds it (no check against the current configs; `describe_runs` does)."""
-  # gpu_short's runs are full's at GPU_SHORT_STEPS: read from full's entries, so that
-  # describing gpu_short never builds gpu_short's own datasets (whose text holds this).
+  as ESTIMATES_FILE holds it (no check against the current configs; `describe_runs` does);
+  `dataset`: that dataset's runs only (None when the file has no entry for it)."""
+  # gpu_short's runs are full's at `tables.gpu_short_steps`: read from full's entries, so
+  # that describing gpu_short never builds gpu_short's own datasets (whose text holds this).
   entry = _stored().get("tables", {}).get(table, {}).get(
       "full" if scale == "gpu_short" else scale)
-  if entry is None:
+  if entry is None or (dataset is not None and dataset not in entry):
     return None
   seeds = tables_lib.MIN_SEEDS[scale] if seeds is None else seeds
   total = 0.0
-  for runs in entry.values():
+  for ds_key, runs in entry.items():
+    if dataset is not None and ds_key != dataset:
+      continue
     for key, r in runs.items():
       steps = r["steps"]
       if scale == "gpu_short":
-        steps = tables_lib.GPU_SHORT_STEPS[0 if r["stage"] == "fp" else 1]
+        steps = tables_lib.gpu_short_steps(ds_key)[0 if r["stage"] == "fp" else 1]
       total += (seeds if r["per_seed"] else 1) * (steps * r["seconds_high"] + RUN_OVERHEAD_S)
   return total
 

@@ -13,6 +13,7 @@ import copy
 import pathlib
 
 import numpy as np
+import scipy.stats
 
 from mdsnn_jax.train.loop import train_and_evaluate
 
@@ -88,3 +89,50 @@ def paired_delta(accuracy, baseline) -> dict:
   return {"delta": d.tolist(), "mean": float(d.mean()),
           "std": float(d.std(ddof=1)) if d.size > 1 else 0.0,
           "positive": int((d > 0).sum()), "n": int(d.size)}
+
+
+def one_sided_tests(delta) -> dict:
+  """Tests of "Δ > 0" on paired per-seed differences, one-sided: `paired_delta`'s summary of
+  Δ (without the list) plus, for n ≥ 2, the paired t statistic t = mean / (std / √n) with
+  n − 1 degrees of freedom and p = P(T ≥ t) ('p_t_one_sided'), and the exact Wilcoxon
+  signed-rank p ('p_wilcoxon_one_sided'; at n = 5 it cannot go below 1/32)."""
+  d = np.asarray(delta, np.float64)
+  out = paired_delta(d, np.zeros_like(d))
+  out.pop("delta")
+  if d.size >= 2:
+    sd = d.std(ddof=1)
+    if not d.any():  # every Δ = 0: no evidence either way
+      t, p_t, p_w = float("nan"), 1.0, 1.0
+    else:
+      # Δ equal on every seed: t = ±inf, and p is 0 or 1 by its sign.
+      t = float(np.sign(d.mean()) * np.inf if sd == 0 else d.mean() / (sd / np.sqrt(d.size)))
+      p_t = float(scipy.stats.t.sf(t, d.size - 1))
+      p_w = float(scipy.stats.wilcoxon(d, alternative="greater", method="exact").pvalue)
+    out.update(t=t, df=int(d.size - 1), p_t_one_sided=p_t, p_wilcoxon_one_sided=p_w)
+  return out
+
+
+def holm(pvalues) -> list[float]:
+  """Holm's step-down adjustment of m p-values (family-wise error control).
+
+  With the p-values sorted ascending, p_(1) ≤ … ≤ p_(m), the adjusted value of p_(i) is
+  max_{j ≤ i} min(1, (m − j + 1)·p_(j)); returned in the input order. Rejecting every
+  hypothesis whose adjusted p is < α controls the family-wise error rate at α.
+  """
+  p = np.asarray(pvalues, np.float64)
+  m = p.size
+  order = np.argsort(p, kind="stable")
+  adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+  out = np.empty(m)
+  out[order] = adjusted
+  return [float(v) for v in out]
+
+
+def add_holm(tests: dict) -> dict:
+  """Adds 'p_t_holm' and 'p_wilcoxon_holm' to every test of one family (a {name: tests} dict,
+  in place; returned): each raw p is adjusted across all the family's tests that have it."""
+  for raw, adj in (("p_t_one_sided", "p_t_holm"), ("p_wilcoxon_one_sided", "p_wilcoxon_holm")):
+    keys = [k for k, s in tests.items() if raw in s]
+    for k, v in zip(keys, holm([tests[k][raw] for k in keys])):
+      tests[k][adj] = v
+  return tests

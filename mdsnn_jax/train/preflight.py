@@ -8,8 +8,8 @@ from --data_root with the real dataset's split sizes), every run's config is bui
 train step traced abstractly (`jax.eval_shape`, or lowered for its cost: nothing runs), the
 backend is checked (an accelerator scale on a CPU is refused unless allowed), and the free
 disk for every run's checkpoints is checked, without creating anything. All problems found
-are raised together as one `PreflightError`, which the launchers print as one `error:` line
-each (exit 2).
+are raised together as one `PreflightError`, which the launchers (`cli.run`) print as one
+`error:` line each (exit 2).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import sys
 from typing import Any, Sequence
 
 import jax
@@ -34,8 +33,10 @@ REAL_SPLITS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
 # N-Caltech101 has no official split: the check is on its recordings, BACKGROUND_Google
 # included (the count tonic checks an N-Caltech101 folder against), split by the config.
 NCALTECH101_RECORDINGS = 8_709
+# CIFAR10-DVS has no official split either: 10,000 recordings (1,000 per class), split by the
+# config (data.cifar10dvs_train_fraction).
+CIFAR10DVS_RECORDINGS = 10_000
 ROOT_NAMES = tuple(n for n in data_lib.NAMES if n != "digits")  # digits ships with sklearn
-USAGE_EXIT = 2
 
 
 class PreflightError(ValueError):
@@ -44,14 +45,6 @@ class PreflightError(ValueError):
   def __init__(self, problems: Sequence[str]):
     self.problems = list(problems)
     super().__init__("; ".join(self.problems))
-
-
-def exit_with(problems: Sequence[str]) -> None:
-  """Prints one `error:` line per problem on stderr and exits 2 (cli's convention for one
-  error, kept for several)."""
-  for p in problems:
-    print(f"error: {' '.join(str(p).split())}", file=sys.stderr, flush=True)
-  sys.exit(USAGE_EXIT)
 
 
 # ----------------------------------------------------------------------- data roots
@@ -102,6 +95,12 @@ def real_size_problem(data_cfg, info) -> str | None:
     if n != NCALTECH101_RECORDINGS:
       return (f"{where} holds {n:,} recordings (BACKGROUND_Google included), but the real "
               f"N-Caltech101 has {NCALTECH101_RECORDINGS:,}; point it at the whole dataset")
+  if c.name == "cifar10dvs":
+    n = info.num_train + info.num_test  # the split divides the recordings, whatever the fraction
+    if n != CIFAR10DVS_RECORDINGS:
+      return (f"{where} holds {n:,} recordings ({info.num_train:,} train / {info.num_test:,} "
+              f"test), but the real CIFAR10-DVS has {CIFAR10DVS_RECORDINGS:,}; point it at the "
+              "whole dataset")
   return None
 
 

@@ -8,6 +8,9 @@ refused unless `overwrite`. Runs live in <workdir>/<table>/<dataset>/<row>_seed<
 `config=`, a user's config: in <workdir> itself); each seed has its own FP teacher
 (teacher_seed<s>), which its students start from and distil, except in the MD evidence tables
 (`Table.shared_teacher`), where one teacher (<root>/teacher) serves every seed.
+Each row's final and best-epoch accuracy come from the evaluations its loop recorded while
+training (`eval_history`: metrics.jsonl; every epoch at full scale), and each dataset's
+recipe from its runs' configs (`tables.dataset_recipe`); both go into the table files.
 After training, every row of every seed is measured on the test split (`data.test_subset`
 when set) from its saved variables: accuracy, per-neuron firing rates (EMD to the FP teacher
 of the same seed), the crossbar model in dense and event mode (`report.hardware_for`, first
@@ -481,6 +484,8 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
                accuracy_remeasured=ev["accuracy"], examples=ev["examples"],
                steps=0 if row.kind == "ptq" else summary["steps"],
                quantization=quantization_of(run.model_cfg))
+      if row.kind != "ptq":  # the final and best evaluation the loop recorded as it trained
+        m.update(eval_history(stage_dir, summary))
       if row.kind == "teacher":
         fp_rates[seed] = ev["rates"]
       m["mean_rate"] = float(np.concatenate([r.ravel() for r in ev["rates"].values()]).mean())
@@ -520,6 +525,7 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
     mean, std = _mean_std(acc)
     entry = dict(key=row.key, label=row.label, available=True, seeds=list(seeds), accuracy=acc,
                  accuracy_mean=mean, accuracy_std=std, per_seed=per_seed)
+    entry.update(best_summary(per_seed))
     for col in ("emd_to_fp", "hardware", "gains", "flops", "memory", "weight_bits",
                 "membrane_bits", "mean_rate", "layer_emd", "dead_fraction", "saliency",
                 "quantization"):
@@ -545,11 +551,85 @@ def run_dataset(table: tables_lib.Table, dataset: tables_lib.Dataset, root: path
       entry["memory"]["membrane_reduction"] = fp_mem["membrane_mb"] / entry["memory"]["membrane_mb"]
       total = entry["memory"]["weight_mb"] + entry["memory"]["membrane_mb"]
       entry["memory"]["total_reduction"] = (fp_mem["weight_mb"] + fp_mem["membrane_mb"]) / total
+  add_delta_tests(table.name, out_rows)
   out = dict(key=dataset.key, description=dataset.description, is_event=dataset.is_event,
              rows=out_rows, training_seconds=training_seconds)
   if table.name == "emd":
     out["verdict"] = emd_verdict(out_rows, len(seeds))
   return out
+
+
+BEST_LABEL = "best epoch (the papers' code reports this)"
+NO_BEST = "no per-epoch evaluation (final only)"
+
+
+def eval_history(stage_dir: pathlib.Path, summary: Mapping[str, Any] | None = None) -> dict:
+  """The run's final and best test accuracy, read from the evaluations its loop recorded as it
+  trained (<stage_dir>/metrics.jsonl: `eval_accuracy` at every `train.eval_every` step and at
+  the end; nothing is re-evaluated): {'final_accuracy', 'final_step', 'best_accuracy' (None
+  when the run evaluated only at the end), 'best_step', 'evals' (evaluations before the
+  end)}. Only the last record of a step counts (a resumed run rewrote the later ones)."""
+  path = pathlib.Path(stage_dir) / "metrics.jsonl"
+  by_step: dict[int, float] = {}
+  if path.is_file():
+    for line in path.read_text().splitlines():
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if "eval_accuracy" in rec and rec.get("step") is not None:
+        by_step[int(rec["step"])] = float(rec["eval_accuracy"])
+  total = int(summary["steps"]) if summary and "steps" in summary else (max(by_step) if by_step else 0)
+  final = (float(summary["test_accuracy"]) if summary and "test_accuracy" in summary
+           else by_step.get(total))
+  during = {k: v for k, v in by_step.items() if 0 < k < total}
+  out = dict(final_accuracy=final, final_step=total, evals=len(during),
+             best_accuracy=None, best_step=None)
+  if during:
+    scored = dict(during)
+    if final is not None:
+      scored[total] = final
+    best_step = max(sorted(scored), key=lambda k: scored[k])  # the earliest of equal bests
+    out.update(best_accuracy=scored[best_step], best_step=best_step)
+  return out
+
+
+def best_summary(per_seed: list[dict]) -> dict:
+  """A row's best-epoch accuracy over its seeds: mean ± std of each seed's best (only when
+  every seed evaluated during training), the best steps, and the evaluation count."""
+  if not per_seed or any("best_accuracy" not in m for m in per_seed):
+    return {}
+  best = [m["best_accuracy"] for m in per_seed]
+  out = dict(accuracy_best=None if any(b is None for b in best) else best,
+             best_steps=[m["best_step"] for m in per_seed],
+             evals=[m["evals"] for m in per_seed])
+  if out["accuracy_best"] is not None:
+    out["accuracy_best_mean"], out["accuracy_best_std"] = _mean_std(best)
+  return out
+
+
+def accuracy_lines(result: dict, ds: dict) -> list[str]:
+  """The final and best-epoch accuracy of each row (rows the loop evaluated during training;
+  empty for a result made before these were recorded)."""
+  rows = [e for e in ds["rows"] if e.get("available") and "evals" in e]
+  if not rows:
+    return []
+  lines = ["Accuracy as trained (read from each run's metrics.jsonl, not re-evaluated): final "
+           "= after the last step (the accuracy column above); best epoch = the highest test "
+           "accuracy of the run's evaluations during training (every epoch at full scale; "
+           "`train.eval_every` steps otherwise), the final one included, mean ± std over the "
+           "seeds.", "",
+           f"| row | final (%) | {BEST_LABEL} (%) | best at step (per seed) | evaluations "
+           "during training (per seed) |", "|" + "---|" * 5]
+  for e in rows:
+    if e.get("accuracy_best") is None:
+      best, at = NO_BEST, "—"
+    else:
+      best = f"{e['accuracy_best_mean']:.2f} ± {e['accuracy_best_std']:.2f}"
+      at = ", ".join(str(s) for s in e["best_steps"])
+    lines.append(f"| {e['label']} | {_acc(e)} | {best} | {at} | "
+                 f"{', '.join(str(n) for n in e['evals'])} |")
+  return lines
 
 
 def teacher_saliency(run: Run, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -648,11 +728,14 @@ class Prepared:
 def prepare(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0,1,2",
             rows: Iterable[str] | None = None, config: ml_collections.ConfigDict | None = None,
             data_roots: Mapping[str, str] | str | None = None, dtype: str | None = None,
-            allow_cpu: bool = False, dry_run: bool = False) -> Prepared:
+            allow_cpu: bool = False, dry_run: bool = False,
+            student_epochs: int | str | None = None,
+            datasets: Iterable[str] | None = None) -> Prepared:
   """Every check before training (`preflight.run_preflight`; a PreflightError lists every
   problem). data_roots: {data name: folder} or the --data_root text; dtype: every run's
   model.dtype (None: as the table sets it). dry_run: the step costs are computed and the
-  backend is not checked (nothing will train)."""
+  backend is not checked (nothing will train). student_epochs: the students' epochs (scale
+  'full' only; None: the table's default). datasets: the dataset keys to run (None: all)."""
   from mdsnn_jax.train import preflight
   if config is not None:
     scale = CONFIG_SCALE
@@ -663,13 +746,19 @@ def prepare(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0
   if dtype is not None and dtype not in PRECISIONS.values():
     raise ValueError(f"unknown model dtype {dtype!r}; allowed: {list(PRECISIONS.values())}")
   workdir = pathlib.Path(workdir)
+  epochs = tables_lib.check_student_epochs(student_epochs, scale)
+  keys = [k for k in (datasets or []) if k]
   if config is not None:
+    if keys:
+      raise ValueError(f"--datasets={','.join(keys)} was given with --config; a table on your "
+                       "config runs on its one dataset")
     datasets = (config_dataset(config),)
     folders = [workdir]
   else:
-    datasets = t.datasets(scale)
+    datasets = tables_lib.select_datasets(t.datasets(scale), keys)
     folders = [workdir / t.name / ds.key for ds in datasets]
-  datasets = tuple(tables_lib.with_settings(ds, roots=roots, dtype=dtype) for ds in datasets)
+  datasets = tuple(tables_lib.with_settings(ds, roots=roots, dtype=dtype, student_epochs=epochs)
+                   for ds in datasets)
   report = preflight.run_preflight(t, datasets, scale=scale, workdir=workdir, seeds=seed_list,
                                    roots=roots, allow_cpu=allow_cpu,
                                    check_backend_now=not dry_run, lower=dry_run)
@@ -681,7 +770,12 @@ def dry_run(table: str, workdir, *, devices: int = 8, **kwargs) -> str:
   trains nothing and creates nothing."""
   from mdsnn_jax.train import preflight
   prepared = prepare(table, workdir, dry_run=True, **kwargs)
-  return preflight.describe_report(prepared.report, devices)
+  lines = [preflight.describe_report(prepared.report, devices)]
+  labels = {r.key: r.label for r in prepared.table.rows}
+  for ds in prepared.datasets:  # what each run will train, as the table file will state it
+    lines += ["", f"{ds.key}:"] + tables_lib.recipe_lines(
+        tables_lib.dataset_recipe(prepared.table, ds), labels)
+  return "\n".join(lines)
 
 
 def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = "0,1,2",
@@ -689,7 +783,8 @@ def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = 
               rows: Iterable[str] | None = None, config: ml_collections.ConfigDict | None = None,
               out: str | None = None, data_roots: Mapping[str, str] | str | None = None,
               dtype: str | None = None, allow_cpu: bool = False,
-              compile_cache: bool = False) -> dict:
+              compile_cache: bool = False, student_epochs: int | str | None = None,
+              datasets: Iterable[str] | None = None) -> dict:
   """Runs (or reads back) every row of `table` at `scale` and writes the table files
   <workdir>/<out or table>.{md,csv,json,png}.
 
@@ -702,7 +797,8 @@ def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = 
   which creates nothing)."""
   t0 = time.time()
   prepared = prepare(table, workdir, scale=scale, seeds=seeds, rows=rows, config=config,
-                     data_roots=data_roots, dtype=dtype, allow_cpu=allow_cpu)
+                     data_roots=data_roots, dtype=dtype, allow_cpu=allow_cpu,
+                     student_epochs=student_epochs, datasets=datasets)
   t, seed_list, scale = prepared.table, prepared.seeds, prepared.scale
   datasets, roots = prepared.datasets, prepared.roots
   workdir = pathlib.Path(workdir)
@@ -711,6 +807,8 @@ def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = 
   plans = [tables_lib.plan(t, ds) for ds in datasets]
   results = [run_dataset(t, ds, root, seed_list, overwrite=overwrite, plan=plan)
              for ds, root, plan in zip(datasets, roots, plans)]
+  for res, ds, plan in zip(results, datasets, plans):  # each run's recipe, from its config
+    res["recipe"] = tables_lib.dataset_recipe(t, ds, plan)
   result = dict(table=t.name, title=t.title, scale=scale, seeds=seed_list, baseline=t.baseline,
                 paper=list(t.paper), datasets=results, unit="percent",
                 shared_teacher=t.shared_teacher,
@@ -718,8 +816,21 @@ def run_table(table: str, workdir, *, scale: str = "smoke", seeds: str | list = 
                 memory_fp_bits=MEMORY_FP_BITS, bits_note=report_lib.BITS_NOTE,
                 wall_seconds=time.time() - t0, provenance=provenance.record(command),
                 basename=out or t.name, model_dtype=dtype or "as each config sets it")
+  if scale == "full":  # the students' training length: the table's default or --student_epochs
+    result["student_epochs"] = dict(
+        given=tables_lib.check_student_epochs(student_epochs, scale), note=t.epochs_note,
+        per_dataset={ds.key: _student_epochs(ds, plan) for ds, plan in zip(datasets, plans)})
   write_table(result, workdir, result["basename"])
   return result
+
+
+def _student_epochs(ds: tables_lib.Dataset, plan: tuple) -> float | None:
+  """The students' epochs on `ds` (from the first student's config), or None."""
+  students = [c for k, c in plan[0].items() if not k.startswith("teacher")]
+  if not students or not ds.steps_per_epoch:
+    return None
+  e = int(students[0].train.steps) / ds.steps_per_epoch
+  return int(e) if e == int(e) else round(e, 2)
 
 
 # ------------------------------------------------------------------------------ output
@@ -733,11 +844,36 @@ def _acc(entry) -> str:
   return f"{entry['accuracy_mean']:.2f} ± {entry['accuracy_std']:.2f}"
 
 
+TEST_FIELDS = ("t", "df", "p_t_one_sided", "p_t_holm", "p_wilcoxon_one_sided", "p_wilcoxon_holm")
+TESTS_NOTE = ("p: one-sided paired t-test of Δ > 0 over the seeds, raw and Holm-adjusted across "
+              "the tested rows of the dataset (every student paired against a student row; Δ vs "
+              "the FP teacher and PTQ points are not tested); read Δ > 0 as shown only where the "
+              "adjusted p < 0.05.")
+
+
+def add_delta_tests(table_name: str, rows: list[dict]) -> list[dict]:
+  """Adds 'tests' (`experiments.one_sided_tests` of the paired Δ, Holm-adjusted across the
+  family) to each row's 'delta_vs_baseline', in place. The family is one dataset of one
+  table: every student row paired against another student row over >= 2 seeds."""
+  kinds = {r.key: r.kind for r in tables_lib.get_table(table_name).rows}
+  family = {e["key"]: experiments.one_sided_tests(e["delta_vs_baseline"]["delta"])
+            for e in rows if e["available"] and e.get("delta_vs_baseline")
+            and kinds.get(e["key"]) == "student" and kinds.get(e.get("baseline")) == "student"
+            and e["delta_vs_baseline"]["n"] >= 2}
+  experiments.add_holm(family)
+  for e in rows:
+    if e["key"] in family:
+      e["delta_vs_baseline"]["tests"] = {k: family[e["key"]][k] for k in TEST_FIELDS}
+  return rows
+
+
 def _delta(entry) -> str:
   d = entry.get("delta_vs_baseline")
   if d is None:
     return "—"
-  return f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['positive']}/{d['n']} > 0)"
+  tests = d.get("tests")
+  p = (f"; p = {tests['p_t_one_sided']:.3f}, Holm {tests['p_t_holm']:.3f}" if tests else "")
+  return f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['positive']}/{d['n']} > 0{p})"
 
 
 def _pm(entry, col, digits) -> str:
@@ -759,6 +895,8 @@ def csv_rows(result: dict) -> list[dict]:
         d = e.get("delta_vs_baseline")
         row.update(delta_mean=d["mean"] if d else "", delta_std=d["std"] if d else "",
                    delta_positive=d["positive"] if d else "")
+        tests = (d or {}).get("tests") or {}
+        row.update(p_t_one_sided=tests.get("p_t_one_sided", ""), p_t_holm=tests.get("p_t_holm", ""))
         for k in ("emd_to_fp", "emd_to_fp_std", "dead_fraction", "dead_fraction_std",
                   "mean_rate", "mean_rate_std"):
           if k in e:
@@ -934,9 +1072,19 @@ def render_markdown(result: dict) -> str:
   lines = [f"# {result['title']}", "",
            f"Table `{result['table']}`, scale `{result['scale']}`, seeds {result['seeds']}. "
            f"Accuracy: test accuracy in percent, mean ± sample std over the seeds; Δ: paired per "
-           f"seed against row `{result['baseline']}` (mean ± std, seeds with Δ > 0).", "",
+           f"seed against row `{result['baseline']}` (mean ± std, seeds with Δ > 0)."
+           + ("" if not any((e.get("delta_vs_baseline") or {}).get("tests")
+                            for ds in result["datasets"] for e in ds["rows"])
+              else f" {TESTS_NOTE}"), "",
            "**The papers' reported figures, beside ours:**", ""]
   lines += [f"- {p}" for p in result["paper"]] + [""]
+  se = result.get("student_epochs")
+  if se:
+    per = ", ".join(f"{k}: {v}" for k, v in se["per_dataset"].items() if v is not None)
+    lines += [f"**Students' epochs** ({per}): " + (
+        f"set by --student_epochs={se['given']}; the table's default: {se['note']}"
+        if se.get("given") else se["note"]) + " (`--student_epochs=N` changes it at full scale.)",
+        ""]
   for ds in result["datasets"]:
     lines += [f"## {ds['key']}", "", ds["description"] + ".", ""]
     avail = [e for e in ds["rows"] if e["available"]]
@@ -944,7 +1092,12 @@ def render_markdown(result: dict) -> str:
       lines += ["Quantization of each row (weights W, membranes U; levels and stored bits):", ""]
       lines += [f"- {e['label']}: {e['quantization']}" for e in avail if "quantization" in e]
       lines += [""]
-    lines += main_table_lines(result, ds) + [""] + _extra_lines(result, ds) + [""]
+    if ds.get("recipe"):
+      lines += tables_lib.recipe_lines(ds["recipe"], {e["key"]: e["label"] for e in ds["rows"]})
+      lines += [""]
+    lines += main_table_lines(result, ds) + [""]
+    acc = accuracy_lines(result, ds)
+    lines += (acc + [""] if acc else []) + _extra_lines(result, ds) + [""]
   lines += ["## Provenance", "",
             f"Command: `{prov.get('command')}`", "",
             f"Machine: {machine_line(result)}.", "",
@@ -961,13 +1114,18 @@ def machine_line(result: dict) -> str:
           f"the runs' wall times); wall time of this command {result['wall_seconds']:.0f} s")
 
 
+DATA_ROOT_HELP = ("NAME=PATH[,NAME=PATH...]: read the config's dataset NAME from PATH instead "
+                  "of its config.data.root.")
+
+
 def run_on_config(table: str, workdir, config: ml_collections.ConfigDict, *,
                   rows: Iterable[str] | None, seeds: str, overwrite: bool, out: str,
-                  data_roots: str | None = None) -> str:
+                  data_roots: str | dict[str, str] | None = None) -> str:
   """`launch/md_table.py` / `md_ablation.py`: checks the inputs, keeps compiled programs in
   <workdir>/.jax_cache, runs `table`'s rows on `config` (runs in <workdir> itself; its data
-  from data_roots when it names the config's dataset) and returns the summary
-  (`render_summary`) and where the full table files are."""
+  from data_roots, 'NAME=PATH,...' or a dict, when it names the config's dataset) and returns
+  the summary (`render_summary`) and where the full table files are. A failed pre-flight
+  raises `preflight.PreflightError` listing every problem."""
   check_inputs(table, CONFIG_SCALE, seeds, rows)
   result = run_table(table, workdir, config=config, rows=rows, seeds=seeds, overwrite=overwrite,
                      out=out, data_roots=data_roots, compile_cache=True)
@@ -981,6 +1139,8 @@ def render_summary(result: dict) -> str:
   lines = []
   for ds in result["datasets"]:
     lines += [f"*{ds['key']}*: {ds['description']}.", ""] + main_table_lines(result, ds) + [""]
+    acc = accuracy_lines(result, ds)
+    lines += acc + [""] if acc else []
   lines += [f"Command: `{result['provenance'].get('command')}`. Machine: {machine_line(result)}."]
   return "\n".join(lines)
 
@@ -1040,6 +1200,24 @@ def _plot_layer_emd(ax, rows: list[dict]) -> None:
   ax.legend(fontsize=6, ncol=2)
 
 
+def rerender(path: pathlib.Path | str, record: dict) -> dict:
+  """Re-writes a table's files (.json, .csv, .md, .png beside `path`, a table .json) from its
+  stored per-seed numbers, with what the current renderer derives from them (the paired
+  tests of `add_delta_tests`). Nothing is trained or measured: the numbers and the run's
+  provenance are unchanged; `rendered` keeps the command, commit and date of `record` (a
+  `provenance.record` taken before any file was rewritten)."""
+  path = pathlib.Path(path)
+  result = json.loads(path.read_text())
+  if "datasets" not in result or "table" not in result:
+    raise ValueError(f"{path} is not a table file of launch/reproduce.py (no 'table' / "
+                     "'datasets')")
+  for ds in result["datasets"]:
+    add_delta_tests(result["table"], ds["rows"])
+  result["rendered"] = {k: record[k] for k in ("command", "commit", "dirty", "date") if k in record}
+  write_table(result, path.parent, path.stem)
+  return result
+
+
 def write_table(result: dict, workdir: pathlib.Path, name: str | None = None) -> None:
   name = name or result["table"]
   provenance.write_json_atomic(workdir / f"{name}.json", report_lib._to_jsonable(result))
@@ -1085,6 +1263,8 @@ def describe_tables() -> str:
       else:
         when = _fmt_s(tables_lib.ESTIMATES_S[t.name][scale])
       lines.append(f"  --scale={scale} ({when}, seeds >= {need}):")
+      if scale == "full" and t.epochs_note:
+        lines.append(f"    {t.epochs_note} (--student_epochs=N changes it.)")
       for i, ds in enumerate(t.datasets(scale)):
         ts, ss = tables_lib.training_steps(tables_lib.select_rows(t, None), ds)
         teacher = f"{ts} teacher steps once; per seed:" if t.shared_teacher else \
@@ -1115,12 +1295,16 @@ def _run_lines(entry, seeds: int) -> list[str]:
   from mdsnn_jax.train import preflight
   ds, info, runs = entry
   real = preflight.REAL_SPLITS.get(info.name)
+  from mdsnn_jax.train.config import CIFAR10DVS_RECORDINGS, nominal_train_count
   lines = [f"      data: --data_root={info.name}=PATH"
            + (f" ({real[0]:,} train / {real[1]:,} test)" if real else
               f" (the whole dataset: {preflight.NCALTECH101_RECORDINGS:,} recordings)"
-              if info.name == "ncaltech101" else "")]
+              if info.name == "ncaltech101" else
+              f" (the whole dataset: {CIFAR10DVS_RECORDINGS:,} recordings)"
+              if info.name == "cifar10dvs" else "")]
   for run, c in runs:
-    epochs = (f"{run.steps * run.batch / real[0]:.1f} epochs" if real else
+    n = real[0] if real else nominal_train_count(run.config.data)
+    epochs = (f"{'' if real else '≈ '}{run.steps * run.batch / n:.1f} epochs" if n else
               "epochs counted by --dry_run")
     k = cost_lib.instances(run, seeds)
     head = f"      {run.key:14s} {run.stage:3s} {run.steps} steps ({epochs}) at batch {run.batch} × {k}"

@@ -177,11 +177,19 @@ NCALTECH101_FIELDS = ("ncaltech101_background", "ncaltech101_train_fraction")
 
 def data_result(data_cfg) -> dict:
   """The data fields that decide a result: not the worker count or the prefetch depth, and the
-  N-Caltech101 split fields only for N-Caltech101 (other datasets' runs stored before they
+  N-Caltech101 split fields only for N-Caltech101 (CIFAR10-DVS's only for CIFAR10-DVS),
+  AutoAugment, Cutout and event augmentation only when on (runs stored before those fields
   existed stay valid)."""
   out = {k: v for k, v in data_cfg.to_dict().items() if k not in ("worker_count", "prefetch")}
   if out.get("name") != "ncaltech101":
     for k in NCALTECH101_FIELDS:
+      out.pop(k, None)
+  if out.get("name") != "cifar10dvs":
+    out.pop("cifar10dvs_train_fraction", None)
+  # Augmentation fields added later count only when switched on: runs stored before they
+  # existed trained without them.
+  for k, off in (("autoaugment", "none"), ("cutout", 0), ("event_augment", "none")):
+    if out.get(k, off) == off:
       out.pop(k, None)
   return out
 
