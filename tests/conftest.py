@@ -50,3 +50,28 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real-data folder {SHARED_DATA} is absent (set MDSNN_SHARED_DATA)")
   return SHARED_DATA
+
+
+def _digits_stages_config(stages: str, **fields):
+  """A launcher config of `stages` on the digits MLP: T = 2, 2-bit LSQ weights and ternary
+  membranes for the students, 10 steps at batch 32, lr 2e-3, no report or TensorBoard.
+  `fields`: dotted overrides applied last, e.g. **{"optim.lr": 1e-2}."""
+  from mdsnn_jax.train import config as config_lib
+  c = config_lib.base_config()
+  c.stages = stages
+  c.model.name = "digits_mlp"
+  c.model.timesteps = 2
+  c.report = False
+  config_lib.set_quant(c, "weight", "lsq", bits=2)
+  config_lib.set_quant(c, "membrane", "ternary")
+  c.train.update(dict(global_batch=32, eval_batch=128, steps=10, log_every=5,
+                      checkpoint_every=10, eval_ptq=False, tensorboard=False))
+  c.optim.lr = 2e-3
+  c.update_from_flattened_dict(fields)
+  return c
+
+
+@pytest.fixture(scope="session")
+def digits_stages_config():
+  """`_digits_stages_config`: the small staged config the launcher and report tests share."""
+  return _digits_stages_config

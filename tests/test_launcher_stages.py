@@ -7,48 +7,35 @@ import time
 
 import pytest
 
-from mdsnn_jax.train import config as config_lib
-
 pytestmark = pytest.mark.integration
 
 
-def _config(stages, **fields):
-  c = config_lib.base_config()
-  c.stages = stages
-  c.model.name = "digits_mlp"
-  c.model.timesteps = 2
-  c.report = False
-  config_lib.set_quant(c, "weight", "lsq", bits=2)
-  config_lib.set_quant(c, "membrane", "ternary")
-  c.train.update(dict(global_batch=32, eval_batch=128, steps=10, log_every=5,
-                      checkpoint_every=10, eval_ptq=False, tensorboard=False))
-  c.update_from_flattened_dict(fields)  # dotted names, e.g. **{"optim.lr": 1e-2}
-  return c
-
-
-def test_qat_without_a_teacher_runs_from_scratch_and_start_lines_say_where(tmp_path, capsys):
+def test_qat_without_a_teacher_runs_from_scratch_and_start_lines_say_where(
+    tmp_path, capsys, digits_stages_config):
   from mdsnn_jax.train import loop
   # No fp stage anywhere: with init_from_teacher=False the quantized run needs no teacher.
-  out = loop.train_and_evaluate(_config("qat", init_from_teacher=False), tmp_path / "scratch")
+  out = loop.train_and_evaluate(digits_stages_config("qat", init_from_teacher=False),
+                                tmp_path / "scratch")
   assert out["qat"]["test_accuracy"] > 0
   stored = json.loads((tmp_path / "scratch" / "qat" / "config.json").read_text())["result"]
   assert stored["init_from_teacher"] is False and "teacher" not in stored
   printed = capsys.readouterr().out
   assert "[qat] training 10 steps from scratch" in printed
   # With a teacher: both students start from its weights and say so.
-  loop.train_and_evaluate(_config("fp,qat,md"), tmp_path / "taught")
+  loop.train_and_evaluate(digits_stages_config("fp,qat,md"), tmp_path / "taught")
   printed = capsys.readouterr().out
   assert "[fp] training 10 steps from scratch" in printed
   assert "[qat] training 10 steps from the teacher's weights" in printed
   assert "[md] training 10 steps from the teacher's weights" in printed
   # md distilled from a teacher but initialised from scratch says "from scratch".
-  loop.train_and_evaluate(_config("md", init_from_teacher=False,
-                                  **{"distill.teacher_workdir": str(tmp_path / "taught")}),
+  taught = {"distill.teacher_workdir": str(tmp_path / "taught")}
+  loop.train_and_evaluate(digits_stages_config("md", init_from_teacher=False, **taught),
                           tmp_path / "md_scratch")
   assert "[md] training 10 steps from scratch" in capsys.readouterr().out
 
 
-def test_steps_per_second_after_an_evaluation_counts_training_only(tmp_path, monkeypatch):
+def test_steps_per_second_after_an_evaluation_counts_training_only(
+    tmp_path, monkeypatch, digits_stages_config):
   from mdsnn_jax.train import loop
   from mdsnn_jax.train.metrics import read_metrics
   real = loop.evaluate
@@ -59,7 +46,8 @@ def test_steps_per_second_after_an_evaluation_counts_training_only(tmp_path, mon
     return real(*args, **kwargs)
 
   monkeypatch.setattr(loop, "evaluate", slow_evaluate)
-  loop.train_and_evaluate(_config("fp", **{"train.eval_every": 5, "train.steps": 15}), tmp_path)
+  loop.train_and_evaluate(
+      digits_stages_config("fp", **{"train.eval_every": 5, "train.steps": 15}), tmp_path)
   rates = {r["step"]: r["steps_per_s"] for r in read_metrics(tmp_path / "fp" / "metrics.jsonl")
            if "steps_per_s" in r}
   # The windows ending at steps 10 and 15 each follow an evaluation of >= 2 s: counted in, the

@@ -11,34 +11,18 @@ import shutil
 import numpy as np
 import pytest
 
-from mdsnn_jax.train import config as config_lib
-
 pytestmark = pytest.mark.integration
 
 
-def _config(stages, **fields):
-  c = config_lib.base_config()
-  c.stages = stages
-  c.model.name = "digits_mlp"
-  c.model.timesteps = 2
-  c.report = False
-  config_lib.set_quant(c, "weight", "lsq", bits=2)
-  config_lib.set_quant(c, "membrane", "ternary")
-  c.train.update(dict(global_batch=32, eval_batch=128, steps=10, log_every=5,
-                      checkpoint_every=10, eval_ptq=False, tensorboard=False))
-  c.optim.lr = 2e-3
-  c.update_from_flattened_dict(fields)  # dotted names, e.g. **{"optim.lr": 1e-2}
-  return c
-
 
 @pytest.fixture(scope="module")
-def three_commands(tmp_path_factory):
+def three_commands(tmp_path_factory, digits_stages_config):
   """fp; then qat at 4 bits; then md at the config's 2 bits: three commands, one workdir."""
   from mdsnn_jax.train import loop
   w = tmp_path_factory.mktemp("stages") / "w1"
-  loop.train_and_evaluate(_config("fp"), w)
-  loop.train_and_evaluate(_config("qat", **{"model.quant.weight.bits": 4}), w)
-  loop.train_and_evaluate(_config("md"), w)
+  loop.train_and_evaluate(digits_stages_config("fp"), w)
+  loop.train_and_evaluate(digits_stages_config("qat", **{"model.quant.weight.bits": 4}), w)
+  loop.train_and_evaluate(digits_stages_config("md"), w)
   return w
 
 
@@ -77,12 +61,12 @@ def test_report_rebuilt_only_when_a_stage_changed(three_commands, tmp_path):
   assert (w / "report" / "report.json").stat().st_mtime_ns != stamp
 
 
-def test_students_of_a_retrained_teacher_are_stale(three_commands, tmp_path):
+def test_students_of_a_retrained_teacher_are_stale(three_commands, tmp_path, digits_stages_config):
   from mdsnn_jax import report as rep
   from mdsnn_jax.train import loop
   w = tmp_path / "w"
   shutil.copytree(three_commands, w)
-  loop.train_and_evaluate(_config("fp", **{"optim.lr": 1e-2}), w, overwrite=True)
+  loop.train_and_evaluate(digits_stages_config("fp", **{"optim.lr": 1e-2}), w, overwrite=True)
   report = rep.build_report(w, saliency_examples=8, max_batches=1)
   for s in ("qat", "md"):
     assert "optim.lr: 0.002 -> 0.01" in report["stages"][s]["stale"], report["stages"][s]
@@ -91,10 +75,11 @@ def test_students_of_a_retrained_teacher_are_stale(three_commands, tmp_path):
   assert "| qat (stale) |" in md and "**Stale**: md: its teacher fp was retrained" in md
   # Their own re-run refuses to skip them under the new teacher.
   with pytest.raises(loop.StaleRunError, match="teacher.result.optim.lr"):
-    loop.check(_config("md"), w)
+    loop.check(digits_stages_config("md"), w)
 
 
-def test_moved_copied_symlinked_and_relative_workdir_still_skips(three_commands, tmp_path):
+def test_moved_copied_symlinked_and_relative_workdir_still_skips(
+    three_commands, tmp_path, digits_stages_config):
   from mdsnn_jax.train import loop
   moved = tmp_path / "x" / "w1moved"
   shutil.copytree(three_commands, moved)
@@ -108,21 +93,22 @@ def test_moved_copied_symlinked_and_relative_workdir_still_skips(three_commands,
   try:
     os.chdir(sub)
     for workdir in (moved, link, pathlib.Path("../../w1moved")):
-      plans = loop.check(_config("fp,md"), workdir)
+      plans = loop.check(digits_stages_config("fp,md"), workdir)
       assert [p.action for p in plans] == ["skip", "skip"], workdir
-      assert [p.action for p in loop.check(_config("qat", **{"model.quant.weight.bits": 4}),
-                                           workdir)] == ["skip"]
+      qat4 = digits_stages_config("qat", **{"model.quant.weight.bits": 4})
+      assert [p.action for p in loop.check(qat4, workdir)] == ["skip"]
   finally:
     os.chdir(old_cwd)
 
 
-def test_teacher_outside_the_workdir_is_compared_by_content(three_commands, tmp_path):
+def test_teacher_outside_the_workdir_is_compared_by_content(
+    three_commands, tmp_path, digits_stages_config):
   from mdsnn_jax.train import loop
   from mdsnn_jax.train import stages as stages_lib
   teacher = tmp_path / "teacher"
   shutil.copytree(three_commands / "fp", teacher / "fp")
   student = tmp_path / "student"
-  cfg = _config("md", **{"distill.teacher_workdir": str(teacher)})
+  cfg = digits_stages_config("md", **{"distill.teacher_workdir": str(teacher)})
   loop.train_and_evaluate(cfg, student)
   stored = json.loads((student / "md" / "config.json").read_text())["result"]["teacher"]
   assert "dir" not in stored
@@ -130,7 +116,7 @@ def test_teacher_outside_the_workdir_is_compared_by_content(three_commands, tmp_
   # The same teacher at another path: the same run.
   elsewhere = tmp_path / "elsewhere"
   shutil.move(teacher, elsewhere)
-  cfg = _config("md", **{"distill.teacher_workdir": str(elsewhere)})
+  cfg = digits_stages_config("md", **{"distill.teacher_workdir": str(elsewhere)})
   assert [p.action for p in loop.check(cfg, student)] == ["skip"]
   assert stages_lib.stale_reason(student, "md") is not None  # the stored path is gone
   # Other weights under the same config: refused, and stale in the report.
