@@ -28,57 +28,16 @@ import pathlib
 import sys
 
 import numpy as np
-import scipy.stats
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mdsnn_jax import provenance  # noqa: E402
-from mdsnn_jax.train.experiments import paired_delta  # noqa: E402
+from mdsnn_jax.train.experiments import add_holm, holm, one_sided_tests  # noqa: E402,F401
 
 _RESULTS = flags.DEFINE_string("results", str(REPO / "results"), "The results folder.")
 PAIRS = (("md", "none"), ("logit", "none"), ("md", "logit"))
-
-
-def one_sided_tests(delta) -> dict:
-  """Paired t-test and exact Wilcoxon signed-rank test of mean / median Δ > 0 (one-sided)."""
-  d = np.asarray(delta, np.float64)
-  out = paired_delta(d, np.zeros_like(d))
-  out.pop("delta")
-  if d.size >= 2:
-    t = float(d.mean() / (d.std(ddof=1) / np.sqrt(d.size)))
-    out.update(t=t, df=int(d.size - 1), p_t_one_sided=float(scipy.stats.t.sf(t, d.size - 1)),
-               p_wilcoxon_one_sided=float(scipy.stats.wilcoxon(
-                   d, alternative="greater", method="exact").pvalue))
-  return out
-
-
-def holm(pvalues) -> list[float]:
-  """Holm's step-down adjustment of m p-values (family-wise error control).
-
-  With the p-values sorted ascending, p_(1) ≤ … ≤ p_(m), the adjusted value of p_(i) is
-  max_{j ≤ i} min(1, (m − j + 1)·p_(j)); returned in the input order. Rejecting every
-  hypothesis whose adjusted p is < α controls the family-wise error rate at α.
-  """
-  p = np.asarray(pvalues, np.float64)
-  m = p.size
-  order = np.argsort(p, kind="stable")
-  adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
-  adjusted = np.maximum.accumulate(adjusted)
-  out = np.empty(m)
-  out[order] = adjusted
-  return [float(v) for v in out]
-
-
-def add_holm(block: dict) -> dict:
-  """Adds 'p_t_holm' and 'p_wilcoxon_holm' to every test of one table's block (in place):
-  the family is all tests of the block that have that p-value."""
-  for raw, adj in (("p_t_one_sided", "p_t_holm"), ("p_wilcoxon_one_sided", "p_wilcoxon_holm")):
-    keys = [k for k, s in block.items() if raw in s]
-    for k, v in zip(keys, holm([block[k][raw] for k in keys])):
-      block[k][adj] = v
-  return block
 
 
 EVIDENCE_PAIRS = PAIRS + (("md_sym", "none_sym"), ("logit_sym", "none_sym"),
