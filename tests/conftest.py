@@ -75,3 +75,21 @@ def _digits_stages_config(stages: str, **fields):
 def digits_stages_config():
   """`_digits_stages_config`: the small staged config the launcher and report tests share."""
   return _digits_stages_config
+
+
+@pytest.fixture
+def fake_cifar(tmp_path):
+  """A cifar-10-batches-py folder of 40 train / 8 test random images in the real pickled
+  format; returns the data config that reads it."""
+  import pickle
+
+  import numpy as np
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "cifar-10-batches-py"
+  folder.mkdir()
+  for name, n in (("data_batch_1", 40), ("test_batch", 8)):
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    with open(folder / name, "wb") as f:
+      pickle.dump({"data": images.transpose(0, 3, 1, 2).reshape(n, -1),
+                   "labels": list(rng.integers(0, 10, n))}, f)
+  return {"name": "cifar10", "root": str(tmp_path), "source": "folder"}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import pickle
 import sys
 import types
 
@@ -20,20 +19,6 @@ from mdsnn_jax.train.config import base_config
 
 MEAN, STD = registry.MEAN_STD["cifar10"]
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake_cifar(tmp_path):
-  """A cifar-10-batches-py folder of 40 train / 8 test random images (real pickled format), the
-  same bytes as tests/test_data_pipeline.py's fixture."""
-  rng = np.random.default_rng(0)
-  folder = tmp_path / "cifar-10-batches-py"
-  folder.mkdir()
-  for name, n in (("data_batch_1", 40), ("test_batch", 8)):
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    with open(folder / name, "wb") as f:
-      pickle.dump({"data": images.transpose(0, 3, 1, 2).reshape(n, -1), "labels": list(rng.integers(0, 10, n))}, f)
-  return {"name": "cifar10", "root": str(tmp_path), "source": "folder"}
 
 
 def all_values_image():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import pickle
 
 import numpy as np
 import pytest
@@ -23,19 +22,6 @@ def assert_batches_equal(a, b):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
-
-
-@pytest.fixture
-def fake_cifar(tmp_path):
-  """A cifar-10-batches-py folder of 40 train / 8 test random images (real pickled format)."""
-  rng = np.random.default_rng(0)
-  folder = tmp_path / "cifar-10-batches-py"
-  folder.mkdir()
-  for name, n in (("data_batch_1", 40), ("test_batch", 8)):
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    with open(folder / name, "wb") as f:
-      pickle.dump({"data": images.transpose(0, 3, 1, 2).reshape(n, -1), "labels": list(rng.integers(0, 10, n))}, f)
-  return {"name": "cifar10", "root": str(tmp_path), "source": "folder"}
 
 
 def crop_flip_candidates(image, padding):

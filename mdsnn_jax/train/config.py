@@ -286,6 +286,19 @@ def msresnet18_paper_config(stages: str, dataset: str, root: str, *, epochs: int
   return c
 
 
+def _event_schedule(c: ml_collections.ConfigDict, epochs: int) -> None:
+  """SpQuant-SNN's event-data schedule, in place: Adam 1e-3 at batch 16 for `epochs` epochs of
+  c.data's training split, evaluated every epoch."""
+  spe = steps_per_epoch(c.data, 16)
+  c.train.global_batch = 16
+  c.train.eval_batch = 16
+  c.train.steps = epochs * spe
+  c.train.log_every = 100
+  c.train.eval_every = spe
+  c.train.checkpoint_every = 1000
+  c.optim.lr = 1e-3
+
+
 def ncaltech101_vgg_paper_config(stages: str = "fp,md", *, train_fraction: float = 0.9,
                                  background: bool = False,
                                  epochs: int = 200) -> ml_collections.ConfigDict:
@@ -304,14 +317,7 @@ def ncaltech101_vgg_paper_config(stages: str = "fp,md", *, train_fraction: float
   c.model.name = "vgg9"
   c.model.timesteps = 10
   low_bit_student(c)
-  spe = steps_per_epoch(c.data, 16)
-  c.train.global_batch = 16
-  c.train.eval_batch = 16
-  c.train.steps = epochs * spe
-  c.train.log_every = 100
-  c.train.eval_every = spe
-  c.train.checkpoint_every = 1000
-  c.optim.lr = 1e-3
+  _event_schedule(c, epochs)
   return c
 
 
@@ -376,14 +382,7 @@ def spquant_vgg9_event_paper_config(stages: str = "fp,qat", dataset: str = "cifa
   c.model.neuron.learn_threshold = True
   set_quant(c, "weight", "sawb", bits=2)
   set_quant(c, "membrane", "ternary")
-  spe = steps_per_epoch(c.data, 16)
-  c.train.global_batch = 16
-  c.train.eval_batch = 16
-  c.train.steps = epochs * spe
-  c.train.log_every = 100
-  c.train.eval_every = spe
-  c.train.checkpoint_every = 1000
-  c.optim.lr = 1e-3
+  _event_schedule(c, epochs)
   c.loss.kind = "tet"
   return c
 

@@ -413,18 +413,8 @@ def _sew_full(dataset: str, timesteps: int, epochs: int = 300):
 def _resnet18_kd_full(dataset: str, timesteps: int, epochs: int = FEATURE_KD_EPOCHS):
   """The feature-KD rows at full scale: ResNet-18 (spike after the residual add), SGD 0.1,
   momentum 0.9, weight decay 5e-4, cosine, batch 128, crop + flip, evaluated every epoch."""
-  c = base_config()
-  c.data.name = dataset
-  c.data.root = FULL_ROOT
-  c.data.augment = True
+  c = _sew_full(dataset, timesteps, epochs)
   c.model.name = "resnet18"
-  c.model.timesteps = timesteps
-  c.train.global_batch = 128
-  c.train.eval_batch = 500
-  c.train.steps = c.teacher_steps = epochs * 390
-  c.train.log_every = 100
-  c.train.eval_every = 390  # every epoch
-  c.train.checkpoint_every = 1000
   c.optim.name = "sgd"
   c.optim.lr = 0.1
   c.optim.momentum = 0.9
