@@ -3,9 +3,12 @@
     python bench/input_pipeline.py [--root ../shared/data] [--batch_size 128] [--steps 50]
                                    [--repeats 3] [--workers 0,2]
                                    [--step_config launch/configs/cifar10_resnet18.py]
+                                   [--augmentations crop_flip,autoaugment,autoaugment_cutout]
+                                   [--out input_pipeline]
 
-Augmentation on (random crop with 4-pixel padding + horizontal flip), shuffled, per-channel
-normalisation: the trainer's configuration. For each worker count, a run builds a fresh
+Augmentation on (random crop with 4-pixel padding + horizontal flip; with --augmentations also
+the AutoAugment CIFAR-10 policy and Cutout 16, `data.autoaugment` / `data.cutout`, each a row
+timed in the same run), shuffled, per-channel normalisation: the trainer's configuration. For each worker count, a run builds a fresh
 loader, pulls `--warmup` batches (worker start-up and the first file reads happen there), then
 times `--steps` batches; the table gives the median images/s over `--repeats` runs and the
 median start-up seconds (loader construction to first batch).
@@ -25,6 +28,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mdsnn_jax.data import dataset_info, make_loader  # noqa: E402
+
+
+# --augmentations: the data fields each row sets on top of crop + flip.
+AUGMENTATIONS = {"crop_flip": {}, "autoaugment": {"autoaugment": "cifar10"},
+                 "autoaugment_cutout": {"autoaugment": "cifar10", "cutout": 16}}
 
 
 def run_once(cfg: dict, batch_size: int, steps: int, warmup: int, workers: int, seed: int
@@ -99,7 +107,13 @@ def main() -> None:
   p.add_argument("--workers", default="0,2", help="comma-separated worker counts")
   p.add_argument("--step_config", default="",
                  help="a launch/configs file whose training step is timed for comparison")
+  p.add_argument("--augmentations", default="crop_flip",
+                 help=f"comma-separated, each one of {sorted(AUGMENTATIONS)}")
+  p.add_argument("--out", default="input_pipeline", help="results/bench/<out>.{md,json}")
   a = p.parse_args()
+  bad = [k for k in a.augmentations.split(",") if k not in AUGMENTATIONS]
+  if bad:
+    raise ValueError(f"unknown --augmentations {bad}; allowed: {sorted(AUGMENTATIONS)}")
   if a.warmup < 1 or a.steps < 1 or a.repeats < 1:
     raise ValueError(f"--warmup, --steps and --repeats must be >= 1, got {a.warmup}, {a.steps}, {a.repeats}")
   cfg = {"name": "cifar10", "root": a.root, "source": "folder", "augment": True}
@@ -112,18 +126,27 @@ def main() -> None:
     step_rate, desc = step_images_per_s(a.step_config, a.root, a.batch_size)
     print(f"training step of {a.step_config} ({desc}): {step_rate:,.1f} images/s")
   ratio_head = " pipeline ÷ step |" if step_rate else ""
-  print(f"| worker_count | images/s (median) | min .. max | start-up s (median) |{ratio_head}")
-  print("|---|---|---|---|" + ("---|" if step_rate else ""))
-  for workers in (int(w) for w in a.workers.split(",")):
-    results = [run_once(cfg, a.batch_size, a.steps, a.warmup, workers, seed=r) for r in range(a.repeats)]
-    rates = [r for r, _ in results]
-    ratio = f" {statistics.median(rates) / step_rate:,.0f}× |" if step_rate else ""
-    print(f"| {workers} | {statistics.median(rates):,.0f} | {min(rates):,.0f} .. {max(rates):,.0f} | "
-          f"{statistics.median(s for _, s in results):.2f} |{ratio}", flush=True)
+  kinds = a.augmentations.split(",")
+  aug_head, aug_rule = ("| augmentation ", "|---") if kinds != ["crop_flip"] else ("", "")
+  print(f"{aug_head}| worker_count | images/s (median) | min .. max | start-up s (median) |{ratio_head}")
+  print(aug_rule + "|---|---|---|---|" + ("---|" if step_rate else ""))
+  for kind in kinds:
+    for workers in (int(w) for w in a.workers.split(",")):
+      c = {**cfg, **AUGMENTATIONS[kind]}
+      results = [run_once(c, a.batch_size, a.steps, a.warmup, workers, seed=r)
+                 for r in range(a.repeats)]
+      rates = [r for r, _ in results]
+      ratio = f" {statistics.median(rates) / step_rate:,.0f}× |" if step_rate else ""
+      cell = f"| {kind} " if aug_head else ""
+      print(f"{cell}| {workers} | {statistics.median(rates):,.0f} | {min(rates):,.0f} .. "
+            f"{max(rates):,.0f} | {statistics.median(s for _, s in results):.2f} |{ratio}", flush=True)
 
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from common import tee_results
-  with tee_results("input_pipeline"):
+  out = next((v.split("=", 1)[1] for v in sys.argv[1:] if v.startswith("--out=")), None)
+  if out is None and "--out" in sys.argv:
+    out = sys.argv[sys.argv.index("--out") + 1]
+  with tee_results(out or "input_pipeline"):
     main()
