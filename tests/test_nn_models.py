@@ -374,7 +374,8 @@ def test_jit_grad_small_sew_resnet():
 # LIF layers (one learnable θ each) and LSQ-quantized layers (one step each) of the full
 # architectures: every conv / dense but the 8-bit uniform first layer ('last_layer': 'same').
 FULL_ARCH = {"vgg9": (7, 7), "msresnet18": (17, 20), "msresnet19": (18, 20),
-             "sewresnet18": (20, 20)}
+             "sewresnet18": (20, 20), "resnet18": (17, 20), "resnet19": (18, 20),
+             "resnet19_spquant": (18, 21)}  # (LIF layers, LSQ layers: every kernel but one)
 
 
 @pytest.mark.integration

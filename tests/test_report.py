@@ -293,7 +293,9 @@ def _abstract_model(cfg, x):
 
 MODEL_INPUTS = {"digits_mlp": (1, 8, 8, 1), "digits_cnn": (1, 8, 8, 1), "vgg9": (1, 8, 8, 3),
                 "vgg16": (1, 32, 32, 3), "msresnet18": (1, 16, 16, 3),
-                "msresnet19": (1, 16, 16, 3), "sewresnet18": (1, 16, 16, 3)}
+                "msresnet19": (1, 16, 16, 3), "sewresnet18": (1, 16, 16, 3),
+                "resnet18": (1, 16, 16, 3), "resnet19": (1, 16, 16, 3),
+                "resnet19_spquant": (1, 32, 32, 3)}
 
 
 @pytest.mark.integration
