@@ -1159,8 +1159,10 @@ def _model_text(config) -> str:
   if float(_g(m, "width", 1.0)) != 1.0:
     text += f" at width {float(m.width):g}"
   text += f", T = {int(m.timesteps)}"
-  if _g(config.data, "timesteps"):
-    text += f" ({int(config.data.timesteps)} event frames)"
+  frames = _g(config.data, "timesteps")
+  if frames:
+    text += (" event frames" if int(frames) == int(m.timesteps)
+             else f" on {int(frames)} event frames")
   n = m.neuron
   lif = []
   if _g(n, "decay") is not None:
