@@ -7,9 +7,11 @@ open-neuromorphic benchmark shape) forward and forward+backward for mdsnn-jax (l
 'scan' and 'fused'), SpikingJelly's multi-step LIFNode (backend 'cupy' on CUDA, else
 'torch') and spyx; VGG-9 for SpikingJelly; the input pipeline's batches/s against the step's;
 the digits quickstart (launch/train.py with launch/configs/default.py) end to end; the
-md_snn table at --scale=gpu_short, seed 0, when --data_root is given. A second table: the
+md_snn table at --scale=gpu_short, seed 0, on the first dataset --data_root names. A
+second table: the
 FP, QAT and MD training steps of VGG-9, MS-ResNet-18 and MS-ResNet-19 (CIFAR, B = 128,
-T = 4) in float32 and bfloat16 with compile time, step time, images/s, XLA's program memory
+T = 4) in float32 and bfloat16, then resnet19_spquant (QAT, FP) and resnet18 (FP) in float32,
+with compile time, step time, images/s, XLA's program memory
 and the device's peak memory. --budget (seconds) bounds the timed pieces: a piece that would
 start after it gives a row saying so. --dry-run: every piece at toy size (CPU is fine;
 every model and kind in float32, one bfloat16 step). A piece whose library is missing or
@@ -126,6 +128,10 @@ def _spyx_lif(n, b, t, repeats):
 STEP_MODELS = ("vgg9", "msresnet18", "msresnet19")
 STEP_KINDS = ("fp", "qat", "md")
 STEP_DTYPES = ("float32", "bfloat16")
+# The full-scale rows' other models, float32 only, after the main matrix (the budget skips
+# them first): SpQuant's ResNet-19 (its students are QAT) and feature KD's ResNet-18 (FP).
+EXTRA_COMBOS = (("resnet19_spquant", "qat", "float32"), ("resnet19_spquant", "fp", "float32"),
+                ("resnet18", "fp", "float32"))
 
 
 class Budget:
@@ -214,16 +220,20 @@ SUITE_SECONDS = 520.0  # bench/gpu_suite.sh kills the call at 540 s
 
 
 def gpu_short_row(data_root, dry_run, seconds_left):
-  """`launch/reproduce.py --table=md_snn --scale=gpu_short --seeds=0`: the short real-data
-  table, end to end (needs --data_root; the dry run asks for its --dry_run only)."""
-  piece = "md_snn gpu_short, seed 0"
+  """`launch/reproduce.py --table=md_snn --scale=gpu_short --seeds=0 --datasets=NAME`: the
+  short real-data table on the first dataset --data_root names (gpu_short is sized at about
+  6 minutes per dataset on one H100; the four together would not fit the call), end to end
+  (needs --data_root; the dry run asks for its --dry_run only)."""
+  first = (data_root or "").split(",")[0].strip()
+  name = first.split("=", 1)[0]
+  piece = f"md_snn gpu_short {name or '(no dataset)'}, seed 0"
   if not data_root:
     return (piece, "skipped (no --data_root given)", None, None)
   if seconds_left < 60 and not dry_run:
     return (piece, f"skipped: {seconds_left:.0f} s left of the call", None, None)
   with tempfile.TemporaryDirectory() as wd:
     cmd = [sys.executable, "launch/reproduce.py", "--table=md_snn", "--scale=gpu_short",
-           "--seeds=0", f"--workdir={wd}", f"--data_root={data_root}"]
+           "--seeds=0", f"--workdir={wd}", f"--datasets={name}", f"--data_root={first}"]
     if dry_run:
       cmd += ["--dry_run", "--allow_cpu"]
     t0 = time.perf_counter()
@@ -290,11 +300,13 @@ def main() -> None:
     # Every model and kind in float32, one bfloat16 step: the same code at toy size.
     combos = [(m, k, "float32") for m in STEP_MODELS for k in STEP_KINDS]
     combos.append(("vgg9", "fp", "bfloat16"))
+    combos += EXTRA_COMBOS
   else:
     lif_shapes, reps = [(4096, 16, 100), (4096, 16, 500)], 5
     step_args = dict(batch=128, timesteps=4, size=32, width=1.0, repeats=5)
     # The papers' batch; MD first within each model (what users train), then QAT, then FP.
     combos = [(m, k, d) for m in STEP_MODELS for k in ("md", "qat", "fp") for d in STEP_DTYPES]
+    combos += EXTRA_COMBOS
   rows = []
   for n, b, t in lif_shapes:
     rows += lif_rows(n, b, t, reps)

@@ -30,11 +30,15 @@ def test_gpu_suite_dry_run(tmp_path):
   assert "mdsnn-jax lif fused" in text and "launch/train.py: ok" in text, text
   # The step table: every model x kind in float32 and one bfloat16 row, each either timed
   # or cut by the time budget (never a failure); the first one always runs.
+  models = ("vgg9", "msresnet18", "msresnet19", "resnet19_spquant", "resnet18")
   steps = [[c.strip() for c in l.strip("|").split("|")] for l in table
-           if l.split("|")[1].strip() in ("vgg9", "msresnet18", "msresnet19")]
+           if l.split("|")[1].strip() in models]
   assert [(r[0], r[1], r[2]) for r in steps] == [
       (m, k, "float32") for m in ("vgg9", "msresnet18", "msresnet19")
-      for k in ("fp", "qat", "md")] + [("vgg9", "fp", "bfloat16")]
+      for k in ("fp", "qat", "md")] + [("vgg9", "fp", "bfloat16"),
+                                      ("resnet19_spquant", "qat", "float32"),
+                                      ("resnet19_spquant", "fp", "float32"),
+                                      ("resnet18", "fp", "float32")]
   for r in steps:
     assert (r[8] == "" and float(r[4]) > 0 and float(r[6]) > 0) or r[8] == (
         "skipped: time budget spent"), r
@@ -62,3 +66,29 @@ def test_bench_md_step_has_no_teacher_backward():
   ok, counts = train_step.teacher_has_no_backward()
   assert counts["teacher_forward"] == 7 and counts["qat"] > counts["teacher_forward"], counts
   assert ok, counts
+
+
+def test_gpu_short_row_runs_only_the_first_named_dataset(tmp_path, monkeypatch):
+  """The suite's gpu_short piece runs md_snn on the first dataset --data_root names (a dataset
+  takes about 6 minutes of the call's 9), asking the launcher for that dataset alone."""
+  sys.path.insert(0, str(REPO / "bench"))
+  try:
+    import gpu_suite
+  finally:
+    sys.path.pop(0)
+  calls = []
+
+  def fake_run(cmd, **kwargs):
+    calls.append(cmd)
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setattr(gpu_suite.subprocess, "run", fake_run)
+  roots = f"cifar10={tmp_path / 'c10'},cifar100={tmp_path / 'c100'}"
+  piece, status, _, _ = gpu_suite.gpu_short_row(roots, False, 300.0)
+  assert piece == "md_snn gpu_short cifar10, seed 0" and status == "launch/reproduce.py: ok"
+  (cmd,) = calls
+  assert cmd[1:] == ["launch/reproduce.py", "--table=md_snn", "--scale=gpu_short", "--seeds=0",
+                     cmd[5], "--datasets=cifar10", f"--data_root=cifar10={tmp_path / 'c10'}"]
+  assert cmd[5].startswith("--workdir=")
+  assert gpu_suite.gpu_short_row("", False, 300.0)[1] == "skipped (no --data_root given)"
+  assert calls == [cmd]
