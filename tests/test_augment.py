@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import sys
 import types
 
 import ml_collections
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 from PIL import Image, ImageEnhance
 
 from mdsnn_jax.data import augment, load_split, make_loader, pipeline, registry, standardize
 from mdsnn_jax.train import stages
 from mdsnn_jax.train.config import base_config
+from helpers import parse_config_flags
 
 MEAN, STD = registry.MEAN_STD["cifar10"]
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -312,16 +310,9 @@ def test_base_config_fields_typed_and_overridable():
   c = base_config()
   assert c.data.cutout == 0 and c.data.autoaugment == "none"
   assert registry.parse_config(c.data).cutout == 0
-  argv = ["prog", f"--config={REPO / 'launch' / 'configs' / 'default.py'}",
-          "--config.data.cutout=16", "--config.data.autoaugment=cifar10"]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
-  saved, sys.argv = sys.argv, argv
-  try:
-    fv(argv)
-  finally:
-    sys.argv = saved
-  assert fv.config.data.cutout == 16 and fv.config.data.autoaugment == "cifar10"
+  parsed = parse_config_flags(REPO / "launch" / "configs" / "default.py",
+                              ["--config.data.cutout=16", "--config.data.autoaugment=cifar10"])
+  assert parsed.data.cutout == 16 and parsed.data.autoaugment == "cifar10"
   with pytest.raises(TypeError):
     c.data.cutout = "16"
 

@@ -10,7 +10,9 @@ pytest.importorskip("tonic")
 from mdsnn_jax.data import DatasetInfo, dataset_info, load_split, make_loader  # noqa: E402
 from mdsnn_jax.data import events, registry  # noqa: E402
 from mdsnn_jax.data.sources import DataFormatError  # noqa: E402
+from helpers import reference_frames  # noqa: E402
 
+SENSOR = (128, 128)  # DVS128: width, height
 HEADER = (b"#!AER-DAT2.0\r\n"
           b"# This is a raw AE data file - do not edit\r\n"
           b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event\r\n"
@@ -35,22 +37,6 @@ def random_raw(rng, n, duration_us=200_000):
 def oriented(xa, ya, bit, t):
   """The documented orientation: x = 127 − y_a, y = 127 − x_a, p = 1 − bit (SpikingJelly's)."""
   return 127 - np.asarray(ya), 127 - np.asarray(xa), np.asarray(t), 1 - np.asarray(bit)
-
-
-def reference_frames(x, y, t, p, timesteps, size=None, sensor=128):
-  """np.histogramdd of (bin, y', x', p): bin = ⌊(t − t₀)/w⌋, w = ⌊(t_last − t₀)/T⌋, x' = ⌊x·S/W⌋."""
-  x, y, t, p = (np.asarray(a, np.int64) for a in (x, y, t, p))
-  width = height = sensor
-  if size is not None:
-    x = np.floor(x * (size / sensor)).astype(np.int64)
-    y = np.floor(y * (size / sensor)).astype(np.int64)
-    width = height = size
-  w = (t[-1] - t[0]) // timesteps
-  b = (t - t[0]) // w
-  keep = b < timesteps
-  sample = np.stack([b[keep], y[keep], x[keep], p[keep]], axis=1)
-  edges = [np.arange(n + 1) - 0.5 for n in (timesteps, height, width, 2)]
-  return np.histogramdd(sample, bins=edges)[0].astype(np.float32)
 
 
 def write_root(root, counts, rng, *, n_events=300, nested=True):
@@ -145,7 +131,7 @@ def test_split_labels_and_frames(tmp_path):
   for src in (train, test):
     for k in range(len(src)):
       ex = src[k]
-      ref = reference_frames(*np.array(oriented(*written[src.files[k]]))[[0, 1, 2, 3]], 4, 16)
+      ref = reference_frames(*np.array(oriented(*written[src.files[k]]))[[0, 1, 2, 3]], SENSOR, 4, 16)
       assert ex["image"].shape == (4, 16, 16, 2) and ex["image"].dtype == np.float32
       np.testing.assert_array_equal(ex["image"], ref)
       assert ex["label"] == src.labels[k]
@@ -166,7 +152,7 @@ def test_full_resolution_frames_and_flat_root(tmp_path):
   train = load_split(cfg, "train")
   assert len(train) == 1 and train.labels.tolist() == [5]
   np.testing.assert_array_equal(train[0]["image"],
-                                reference_frames(*oriented(*written[train.files[0]]), 3))
+                                reference_frames(*oriented(*written[train.files[0]]), SENSOR, 3))
   assert dataset_info(cfg).image_shape == (128, 128, 2)
 
 
@@ -293,7 +279,7 @@ def test_aedat4_files_through_tonic(tmp_path):
   for src in (train, test):
     for k in range(len(src)):
       s = written[src.files[k]]
-      np.testing.assert_array_equal(src[k]["image"], reference_frames(s["x"], s["y"], s["t"], s["on"], 3, 32))
+      np.testing.assert_array_equal(src[k]["image"], reference_frames(s["x"], s["y"], s["t"], s["on"], SENSOR, 3, 32))
   bad = tmp_path / "CIFAR10DVS" / "cat" / "cifar10_cat_0.aedat4"
   bad.write_bytes(b"#!AER-DAT4.0\r\n" + bytes(7))
   with pytest.raises(DataFormatError, match="cifar10_cat_0.aedat4: not a readable AEDAT 4 file"):

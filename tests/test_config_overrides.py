@@ -3,11 +3,10 @@ absl / ml_collections flag parser (issue: a bare-None default could not be overr
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
+
+from helpers import parse_config_flags
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "launch" / "configs").glob("*.py"))
 
@@ -35,22 +34,9 @@ def _new_value(value, typ):
   raise AssertionError(f"field of type {typ} cannot be overridden")
 
 
-def _parse(config_path: pathlib.Path, overrides: list[str]):
-  """Parses like `app.run` does (ml_collections reads the overrides from sys.argv)."""
-  argv = ["prog", f"--config={config_path}", *overrides]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
-  saved, sys.argv = sys.argv, argv
-  try:
-    fv(argv)
-  finally:
-    sys.argv = saved
-  return fv.config
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_field_overridable(path):
-  base = _parse(path, [])
+  base = parse_config_flags(path, [])
   leaves = list(_leaves(base))
   assert len(leaves) > 60  # the whole tree, quantizer arguments included
   overrides, expected = [], {}
@@ -61,7 +47,7 @@ def test_every_field_overridable(path):
     overrides.append(f"--config.{name}={text}")
     expected[name] = parsed
   # One parse with every override at once, through the real flag parser.
-  cfg = _parse(path, overrides)
+  cfg = parse_config_flags(path, overrides)
   for name, want in expected.items():
     got = cfg
     for part in name.split("."):
@@ -69,9 +55,9 @@ def test_every_field_overridable(path):
     assert got == pytest.approx(want) if isinstance(want, float) else got == want, name
 
 
-def test_issue_examples_parse():
+def test_issue_examplesparse_config_flags():
   path = next(p for p in CONFIGS if p.stem == "default")
-  cfg = _parse(path, ["--config.data.train_subset=100", "--config.data.root=/data",
+  cfg = parse_config_flags(path, ["--config.data.train_subset=100", "--config.data.root=/data",
                       "--config.distributed.num_processes=2",
                       "--config.distributed.coordinator_address=127.0.0.1:1234",
                       "--config.model.quant.first_layer.bits=8",
@@ -85,7 +71,7 @@ def test_issue_examples_parse():
   assert "bits=2" in notes[0] and "ternary" in notes[0]
   assert quant_args("first_layer", cfg.model.quant.first_layer) == {"kind": "uniform", "bits": 8}
   # The whole-dict form still works.
-  cfg = _parse(path, ["--config.model.quant.weight={'kind': 'ternary', 'ratio': 0.1}"])
+  cfg = parse_config_flags(path, ["--config.model.quant.weight={'kind': 'ternary', 'ratio': 0.1}"])
   assert quant_args("weight", cfg.model.quant.weight) == {"kind": "ternary", "ratio": 0.1}
 
 
@@ -99,10 +85,10 @@ def test_weight_grid_is_set_from_the_command_line():
   levels = {}
   for flag in ([], ["--config.model.quant.weight.grid=symmetric"],
                ["--config.model.quant.weight.grid=full"]):
-    cfg = _parse(path, flag)
+    cfg = parse_config_flags(path, flag)
     wq = make_weight_quantizer(quant_args("weight", cfg.model.quant.weight))
     levels[tuple(flag)] = (grid_info(wq)["grid"], grid_info(wq)["levels"])
   assert list(levels.values()) == [("full", 4), ("symmetric", 3), ("full", 4)]
-  cfg = _parse(path, ["--config.model.quant.weight.grid=ternaryish"])
+  cfg = parse_config_flags(path, ["--config.model.quant.weight.grid=ternaryish"])
   with pytest.raises(ValueError, match=r"'ternaryish'.*allowed: \['symmetric', 'full'\]"):
     make_weight_quantizer(quant_args("weight", cfg.model.quant.weight))

@@ -8,6 +8,7 @@ pytest.importorskip("tonic")
 
 from mdsnn_jax.data import DatasetInfo, dataset_info, load_split, make_loader  # noqa: E402
 from mdsnn_jax.data import events  # noqa: E402
+from helpers import reference_frames  # noqa: E402
 
 
 def encode_atis(x, y, t, p) -> bytes:
@@ -28,23 +29,6 @@ def decode_atis(raw: bytes) -> dict[str, np.ndarray]:
 def random_events(rng, n, width, height, duration_us):
   t = np.sort(rng.integers(0, duration_us, n))
   return rng.integers(0, width, n), rng.integers(0, height, n), t, rng.integers(0, 2, n)
-
-
-def reference_frames(x, y, t, p, sensor_wh, timesteps, size=None):
-  """np.histogramdd of (bin, y', x', p) with bin = ⌊(t − t₀)/w⌋, w = ⌊(t_last − t₀)/T⌋, x' = ⌊x·S/W⌋."""
-  width, height = sensor_wh
-  x, y, t, p = (np.asarray(a, np.int64) for a in (x, y, t, p))
-  if size is not None:
-    x = np.floor(x * (size / width)).astype(np.int64)
-    y = np.floor(y * (size / height)).astype(np.int64)
-    width = height = size
-  w = (t[-1] - t[0]) // timesteps
-  b = (t - t[0]) // w
-  keep = b < timesteps
-  sample = np.stack([b[keep], y[keep], x[keep], p[keep]], axis=1)
-  edges = [np.arange(n + 1) - 0.5 for n in (timesteps, height, width, 2)]
-  hist, _ = np.histogramdd(sample, bins=edges)
-  return hist.astype(np.float32)
 
 
 def test_read_atis_roundtrip(tmp_path):
