@@ -43,6 +43,16 @@ CIFAR_LIKE = ("cifar10", "cifar100", "tinyimagenet")
 TFDS_NAMES = ("mnist", "cifar10", "cifar100")
 SOURCES = ("auto", "folder", "tfds")
 AUTOAUGMENT = ("none",) + tuple(augment.POLICIES)
+# Examples (train, test) of the real datasets, as the loaders count them (`dataset_info`).
+# N-Caltech101 and CIFAR10-DVS have no official split: they are counted by recordings
+# (N-Caltech101's BACKGROUND_Google included, the count tonic checks a folder against) and
+# split by the config.
+REAL_SPLITS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+               "tinyimagenet": (100_000, 10_000), "mnist": (60_000, 10_000),
+               "nmnist": (60_000, 10_000)}
+NCALTECH101_RECORDINGS = 8_709
+NCALTECH101_BACKGROUND_RECORDINGS = 467  # Caltech101's background images
+CIFAR10DVS_RECORDINGS = 10_000  # 1,000 per class
 DEFAULT_TIMESTEPS = 10
 TRAIN_SUBSET_SEED = 0
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from mdsnn_jax.data import registry as data_registry
 from mdsnn_jax.nn import default_model_config
 from mdsnn_jax.quant import registry
 
@@ -223,29 +224,26 @@ def md_cifar10_config(first_last_bits: str = "8", grid: str = "symmetric") -> ml
   return c
 
 
-# Training examples of the real datasets as the full-scale configs split them (epochs =
-# steps · batch / this). N-Caltech101 has 8,709 recordings, 467 of them BACKGROUND_Google
-# (Caltech101's background images); its train share is per class, so the count here is the
-# nearest whole number, within a few recordings of what the loader splits (--dry_run counts).
-NOMINAL_TRAIN = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000,
-                 "mnist": 60_000, "nmnist": 60_000}
-NCALTECH101_ALL, NCALTECH101_BACKGROUND = 8_709, 467
-CIFAR10DVS_RECORDINGS = 10_000  # 1,000 per class
 
 
 def nominal_train_count(data_cfg) -> int | None:
-  """Training examples the config's dataset has at full size (None: not known here)."""
+  """Training examples the config's dataset has at full size (None: not known here), from
+  the real datasets' sizes (`data.registry.REAL_SPLITS` and recording counts); epochs =
+  steps · batch / this. The event sets' train shares are per class, so their count is the
+  nearest whole number, within a few recordings of what the loader splits (--dry_run counts)."""
   if data_cfg.get("train_subset"):
     return int(data_cfg.train_subset)
   name = data_cfg.name
-  if name in NOMINAL_TRAIN:
-    return NOMINAL_TRAIN[name]
+  if name in data_registry.REAL_SPLITS:
+    return data_registry.REAL_SPLITS[name][0]
   if name == "ncaltech101":
-    n = NCALTECH101_ALL - (0 if data_cfg.get("ncaltech101_background", False)
-                           else NCALTECH101_BACKGROUND)
+    n = data_registry.NCALTECH101_RECORDINGS - (
+        0 if data_cfg.get("ncaltech101_background", False)
+        else data_registry.NCALTECH101_BACKGROUND_RECORDINGS)
     return round(n * float(data_cfg.get("ncaltech101_train_fraction", 0.9)))
   if name == "cifar10dvs":
-    return round(CIFAR10DVS_RECORDINGS * float(data_cfg.get("cifar10dvs_train_fraction", 0.9)))
+    return round(data_registry.CIFAR10DVS_RECORDINGS
+                 * float(data_cfg.get("cifar10dvs_train_fraction", 0.9)))
   return None
 
 

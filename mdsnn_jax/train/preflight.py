@@ -26,16 +26,11 @@ from mdsnn_jax.data import events as events_lib
 from mdsnn_jax.train import cost as cost_lib
 from mdsnn_jax.train import tables as tables_lib
 
-# (train, test) examples of the real datasets, as the loaders count them (`dataset_info`).
-REAL_SPLITS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-               "tinyimagenet": (100_000, 10_000), "mnist": (60_000, 10_000),
-               "nmnist": (60_000, 10_000)}
-# N-Caltech101 has no official split: the check is on its recordings, BACKGROUND_Google
-# included (the count tonic checks an N-Caltech101 folder against), split by the config.
-NCALTECH101_RECORDINGS = 8_709
-# CIFAR10-DVS has no official split either: 10,000 recordings (1,000 per class), split by the
-# config (data.cifar10dvs_train_fraction).
-CIFAR10DVS_RECORDINGS = 10_000
+# The real datasets' sizes the roots are checked against (`data.registry`): split sizes, and
+# recordings for the event sets without an official split.
+REAL_SPLITS = data_lib.registry.REAL_SPLITS
+NCALTECH101_RECORDINGS = data_lib.registry.NCALTECH101_RECORDINGS
+CIFAR10DVS_RECORDINGS = data_lib.registry.CIFAR10DVS_RECORDINGS
 ROOT_NAMES = tuple(n for n in data_lib.NAMES if n != "digits")  # digits ships with sklearn
 
 

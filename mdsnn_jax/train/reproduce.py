@@ -1295,12 +1295,12 @@ def _run_lines(entry, seeds: int) -> list[str]:
   from mdsnn_jax.train import preflight
   ds, info, runs = entry
   real = preflight.REAL_SPLITS.get(info.name)
-  from mdsnn_jax.train.config import CIFAR10DVS_RECORDINGS, nominal_train_count
+  from mdsnn_jax.train.config import nominal_train_count
   lines = [f"      data: --data_root={info.name}=PATH"
            + (f" ({real[0]:,} train / {real[1]:,} test)" if real else
               f" (the whole dataset: {preflight.NCALTECH101_RECORDINGS:,} recordings)"
               if info.name == "ncaltech101" else
-              f" (the whole dataset: {CIFAR10DVS_RECORDINGS:,} recordings)"
+              f" (the whole dataset: {preflight.CIFAR10DVS_RECORDINGS:,} recordings)"
               if info.name == "cifar10dvs" else "")]
   for run, c in runs:
     n = real[0] if real else nominal_train_count(run.config.data)
